@@ -1,0 +1,45 @@
+"""Pure PyTorch core: our BatchNorm layer, the networks of the studies, weight init."""
+
+from bnsweep.nn.batchnorm import (
+    ESTIMATORS,
+    BatchNorm,
+    BatchNorm1d,
+    BatchNorm2d,
+    batchnorm,
+    recompute_population_stats,
+    torch_batchnorm,
+)
+from bnsweep.nn.cnn import InitCNN
+from bnsweep.nn.init import glorot_uniform, torch_default, truncated_normal
+from bnsweep.nn.layers import (
+    Block,
+    NormFactory,
+    block_names,
+    capture_preactivations,
+    count_parameters,
+    norm_layers,
+)
+from bnsweep.nn.lenet import LeNet
+from bnsweep.nn.mlp import MLP
+
+__all__ = [
+    "ESTIMATORS",
+    "MLP",
+    "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Block",
+    "InitCNN",
+    "LeNet",
+    "NormFactory",
+    "batchnorm",
+    "block_names",
+    "capture_preactivations",
+    "count_parameters",
+    "glorot_uniform",
+    "norm_layers",
+    "recompute_population_stats",
+    "torch_batchnorm",
+    "torch_default",
+    "truncated_normal",
+]

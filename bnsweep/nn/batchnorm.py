@@ -1,0 +1,330 @@
+"""Batch normalization from scratch, with a choice of inference-statistics estimator.
+
+Ioffe & Szegedy (2015), Alg. 1 (training): for each channel over the m values of a mini-batch
+(m = N for (N, C) input, m = N·H·W for (N, C, H, W) input, §3.2)
+
+    μ_B  = 1/m Σ x_i
+    σ²_B = 1/m Σ (x_i − μ_B)²                  biased: this is what training normalises with
+    x̂_i  = (x_i − μ_B) / √(σ²_B + ε)
+    y_i  = γ x̂_i + β
+
+and the closed-form backward pass (paper §3), with g = ∂ℓ/∂y:
+
+    ∂ℓ/∂β = Σ g_i        ∂ℓ/∂γ = Σ g_i x̂_i
+    ∂ℓ/∂x_i = γ / √(σ²_B + ε) · (g_i − 1/m Σ g_j − x̂_i · 1/m Σ g_j x̂_j)
+
+Alg. 2 (inference): y = γ / √(Var[x] + ε) · x + (β − γ E[x] / √(Var[x] + ε)), with E[x] and
+Var[x] estimated from training batches. `running_var` always stores the *unbiased* estimate
+m/(m−1)·σ²_B, as torch.nn.BatchNorm does, so state dicts move between the two layers.
+
+The estimator of (E[x], Var[x]) is the axis the studies sweep:
+
+- ``momentum``: exponential moving average, torch's convention new = (1 − m)·old + m·batch.
+- ``cumulative``: the plain average over every training batch since the last reset (Alg. 2;
+  identical to torch's ``momentum=None``).
+- ``window``: the average of the last k training batches (k = ``window``); before k batches
+  have been seen it averages those seen. The last k batch statistics are buffers, so a
+  checkpoint keeps the window.
+
+Whatever the estimator, ``running_mean`` / ``running_var`` hold the current estimate, and eval
+mode reads only them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from bnsweep.nn.layers import norm_layers
+
+Estimator = Literal["momentum", "window", "cumulative"]
+ESTIMATORS: tuple[str, ...] = ("momentum", "window", "cumulative")
+_SHAPE_NAMES = {2: "(N, C)", 4: "(N, C, H, W)"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _BatchNormTrain(torch.autograd.Function):
+    """Training-mode normalisation with the paper's closed-form backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+        dims = (0,) if x.dim() == 2 else (0, 2, 3)
+        shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
+        var, mean = torch.var_mean(x, dim=dims, correction=0)  # (C,), (C,): biased
+        invstd = torch.rsqrt(var + eps)
+        xhat = (x - mean.view(shape)) * invstd.view(shape)
+        y = xhat if weight is None else torch.addcmul(bias.view(shape), xhat, weight.view(shape))
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
+        xhat, invstd, weight = ctx.saved_tensors
+        dims = (0,) if xhat.dim() == 2 else (0, 2, 3)
+        shape = (1, -1) if xhat.dim() == 2 else (1, -1, 1, 1)
+        m = xhat.numel() // xhat.shape[1]
+        sum_g = grad_y.sum(dims)  # (C,) = ∂ℓ/∂β
+        sum_g_xhat = (grad_y * xhat).sum(dims)  # (C,) = ∂ℓ/∂γ
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            scale = invstd if weight is None else weight * invstd
+            # g − mean(g) − x̂·mean(g·x̂), scaled per channel by γ/σ
+            inner = grad_y - (sum_g / m).view(shape) - xhat * (sum_g_xhat / m).view(shape)
+            grad_x = inner * scale.view(shape)
+        if weight is not None:
+            grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
+            grad_b = sum_g if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+def batch_norm_train(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Normalise with batch statistics. Returns (y, batch mean, biased batch variance)."""
+    return _BatchNormTrain.apply(x, weight, bias, eps)
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization over (N, C) or (N, C, H, W) input; see the module docstring.
+
+    Interface, parameter and buffer names follow ``torch.nn.BatchNorm1d/2d``; ``estimator``
+    (``momentum`` | ``window`` | ``cumulative``) and ``window`` choose how the inference
+    statistics are estimated. ``momentum=None`` means ``cumulative``, as in torch.
+    """
+
+    _expected_dims: tuple[int, ...] = (2, 4)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        estimator: Estimator = "momentum",
+        window: int = 5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+        if not _is_number(eps) or not eps > 0:
+            raise ValueError(f"eps must be a number > 0, got {eps!r}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+        if momentum is None:
+            estimator = "cumulative"
+        elif not _is_number(momentum) or not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be a number in [0, 1] or None, got {momentum!r}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive integer, got {window!r}")
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.estimator = estimator
+        self.window = window
+        factory = {"device": device, "dtype": dtype}
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_features, **factory))
+            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
+            if estimator == "window":
+                # the last k batch means and unbiased variances, a ring indexed by batch count
+                self.register_buffer("window_mean", torch.zeros(window, num_features, **factory))
+                self.register_buffer("window_var", torch.zeros(window, num_features, **factory))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+            if self.estimator == "window":
+                self.window_mean.zero_()
+                self.window_var.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}, estimator={self.estimator}"
+        )
+        return s + (f", window={self.window}" if self.estimator == "window" else "")
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() not in self._expected_dims:
+            shapes = " or ".join(_SHAPE_NAMES[d] for d in self._expected_dims)
+            raise ValueError(
+                f"{type(self).__name__} expects {shapes} input, "
+                f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}) got input with {x.shape[1]} channels "
+                f"(shape {tuple(x.shape)}); channel dim 1 must equal num_features"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        use_batch_stats = self.training or not self.track_running_stats
+        if not use_batch_stats:
+            return self._normalize_with(x, self.running_mean, self.running_var)
+        m = x.numel() // x.shape[1]
+        if m < 2 and self.training:
+            raise ValueError(
+                f"{type(self).__name__} needs more than 1 value per channel when training, "
+                f"got input of shape {tuple(x.shape)}"
+            )
+        y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean, var * (m / (m - 1)))
+        return y
+
+    def _normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        # Alg. 2 folded into one affine op: y = x·scale + shift, per channel
+        shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        return torch.addcmul(shift.view(shape), x, scale.view(shape))
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        if self.estimator == "momentum":
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var_unbiased, self.momentum)
+        elif self.estimator == "cumulative":
+            # average over n batches: new = old + (batch − old)/n, without a host sync
+            w = self.num_batches_tracked.to(mean.dtype).reciprocal()
+            self.running_mean.lerp_(mean, w)
+            self.running_var.lerp_(var_unbiased, w)
+        else:
+            slot = torch.remainder(self.num_batches_tracked - 1, self.window).view(1)
+            self.window_mean.index_copy_(0, slot, mean.view(1, -1))
+            self.window_var.index_copy_(0, slot, var_unbiased.view(1, -1))
+            # unfilled slots are zero, so sum / min(n, k) is the mean of those seen
+            seen = self.num_batches_tracked.clamp(max=self.window).to(mean.dtype)
+            torch.div(self.window_mean.sum(0), seen, out=self.running_mean)
+            torch.div(self.window_var.sum(0), seen, out=self.running_var)
+
+    @torch.no_grad()
+    def _fill_window_from_running(self) -> None:
+        """Make the window agree with running_mean/var: the slots of the batches seen hold them."""
+        seen = int(min(self.num_batches_tracked.item(), self.window))
+        self.window_mean.zero_()
+        self.window_var.zero_()
+        self.window_mean[:seen] = self.running_mean
+        self.window_var[:seen] = self.running_var
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # noqa: ANN001 (torch's signature)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # A state dict from torch.nn.BatchNorm has no window: rebuild it from the loaded running
+        # statistics, so the estimate continues from where torch left it.
+        window_keys = [prefix + "window_mean", prefix + "window_var"]
+        if (
+            self.estimator == "window"
+            and self.track_running_stats
+            and prefix + "running_mean" in state_dict
+            and not any(k in state_dict for k in window_keys)
+        ):
+            for k in window_keys:
+                if k in missing_keys:
+                    missing_keys.remove(k)
+            self._fill_window_from_running()
+
+
+class BatchNorm1d(BatchNorm):
+    """Our layer restricted to (N, C) input, like torch.nn.BatchNorm1d on 2-D input."""
+
+    _expected_dims = (2,)
+
+
+class BatchNorm2d(BatchNorm):
+    """Our layer restricted to (N, C, H, W) input, like torch.nn.BatchNorm2d."""
+
+    _expected_dims = (4,)
+
+
+def batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> BatchNorm:
+    """Norm-layer factory used by the networks: our layer, 2d for conv maps, 1d otherwise."""
+    return (BatchNorm2d if spatial else BatchNorm1d)(num_features, **kwargs)
+
+
+def torch_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> nn.Module:
+    """Norm-layer factory for the reference: torch.nn.BatchNorm2d / BatchNorm1d."""
+    return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(num_features, **kwargs)
+
+
+@torch.no_grad()
+def recompute_population_stats(
+    model: nn.Module, batches: Any, device: torch.device | None = None
+) -> int:
+    """Replace every BN layer's running statistics by exact population statistics (Alg. 2).
+
+    Runs the trained network over ``batches`` (an iterable of (x, y) or x) in training mode with
+    the weights frozen: each BN layer averages its batch means and unbiased batch variances over
+    all batches (the cumulative estimator). Dropout is switched off during the pass. Each layer's
+    estimator and the model's train/eval mode are restored afterwards. Returns the batch count.
+    """
+    norms = list(norm_layers(model).values())
+    if not norms:
+        return 0
+    was_training = {m: m.training for m in model.modules()}
+    saved = [(m, m.momentum, getattr(m, "estimator", None)) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # torch's layer: cumulative average
+        if isinstance(m, BatchNorm):
+            m.estimator = "cumulative"
+    model.eval()
+    for m in norms:
+        m.train()
+    n = 0
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(device) if device is not None else x)
+            n += 1
+    finally:
+        for m, momentum, estimator in saved:
+            m.momentum = momentum
+            if estimator is not None:
+                m.estimator = estimator
+            if estimator == "window":
+                m._fill_window_from_running()  # the window now holds the population estimate
+        for m, training in was_training.items():
+            m.train(training)
+    return n

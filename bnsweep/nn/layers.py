@@ -1,0 +1,105 @@
+"""Pieces shared by the networks: a layer block with optional BN, and pre-activation capture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from torch import Tensor, nn
+
+# norm(num_features, spatial) -> module; spatial=True for (N, C, H, W) feature maps
+NormFactory = Callable[[int, bool], nn.Module]
+
+
+class Block(nn.Sequential):
+    """affine → [norm] → act: BN sits between the affine layer and the nonlinearity (§3.2).
+
+    Children are named ``affine``, ``bn`` (only when normalised) and ``act``, so the input of
+    ``act`` is the layer's pre-activation whatever the placement.
+    """
+
+    def __init__(self, affine: nn.Module, act: nn.Module, norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.affine = affine
+        if norm is not None:
+            self.bn = norm
+        self.act = act
+
+
+def make_norms(
+    bn: Sequence[str], allowed: Sequence[str], norm: NormFactory | None, model: str
+) -> set[str]:
+    """Validate a list of BN placements against a network's layer names."""
+    bn = list(bn)
+    unknown = [name for name in bn if name not in allowed]
+    if unknown:
+        raise ValueError(
+            f"model.bn of {model} names unknown layer(s) {unknown}; choose from {list(allowed)}"
+        )
+    if len(set(bn)) != len(bn):
+        raise ValueError(f"model.bn of {model} lists a layer twice: {bn}")
+    if bn and norm is None:
+        raise ValueError(f"{model} places BN on {bn} but no norm factory was given")
+    return set(bn)
+
+
+def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The normalisation layers of a model by qualified name (ours or torch's)."""
+    from bnsweep.nn.batchnorm import BatchNorm
+
+    kinds = (BatchNorm, nn.modules.batchnorm._BatchNorm)
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """Names of the model's blocks (layers whose pre-activation can be captured)."""
+    return [name for name, m in model.named_modules() if isinstance(m, Block)]
+
+
+@contextmanager
+def capture_preactivations(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Record the input of each named block's nonlinearity on every forward pass.
+
+    Yields a dict layer name → the latest pre-activation (detached). The network is unchanged:
+    a forward pre-hook on ``<layer>.act`` is added for the duration of the ``with`` block.
+    """
+    captured: dict[str, Tensor] = {}
+    handles = []
+    for name in layers:
+        try:
+            act = model.get_submodule(f"{name}.act")
+        except AttributeError:
+            raise ValueError(
+                f"no layer {name!r} with a nonlinearity; choose from {block_names(model)}"
+            ) from None
+
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], name: str = name) -> None:
+            captured[name] = inputs[0].detach()
+
+        handles.append(act.register_forward_pre_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def as_images(x: Tensor) -> Tensor:
+    """Accept (N, 784), (N, 28, 28) or (N, 1, 28, 28) input; return (N, 1, 28, 28)."""
+    return x.reshape(x.shape[0], 1, 28, 28) if x.dim() != 4 else x
+
+
+__all__ = [
+    "Block",
+    "NormFactory",
+    "as_images",
+    "block_names",
+    "capture_preactivations",
+    "count_parameters",
+    "make_norms",
+    "norm_layers",
+]
