@@ -12,7 +12,7 @@ from bnsweep.nn import (
     BatchNorm1d,
     BatchNorm2d,
     LeNet,
-    batchnorm,
+    make_batchnorm,
     recompute_population_stats,
 )
 from bnsweep.nn.batchnorm import batch_norm_train
@@ -84,7 +84,7 @@ def test_no_running_stats_normalises_with_batch_in_eval():
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("kind", ["1d", "2d"])
 def test_window_averages_last_k_batches(kind, k):
-    layer = batchnorm(SHAPES[kind][0], kind == "2d", estimator="window", window=k)
+    layer = make_batchnorm(SHAPES[kind][0], kind == "2d", estimator="window", window=k)
     dims = (0,) if kind == "1d" else (0, 2, 3)
     g = torch.Generator().manual_seed(3)
     means, variances = [], []
@@ -250,7 +250,7 @@ def test_constructor_errors(kwargs, message):
 def test_population_stats_equal_direct_average():
     """Alg. 2: E[x] = mean of batch means, Var[x] = mean of unbiased batch variances."""
     torch.manual_seed(0)
-    net = MLP(bn=["fc1"], norm=lambda c, s: batchnorm(c, s, estimator="window", window=2))
+    net = MLP(bn=["fc1"], norm=lambda c, s: make_batchnorm(c, s, estimator="window", window=2))
     batches = [torch.rand(30, 1, 28, 28) for _ in range(7)]
     with torch.no_grad():  # the first BN sees fc1's affine output: compute it directly
         pre = [net.fc1.affine(b.flatten(1)) for b in batches]
@@ -272,7 +272,7 @@ def test_population_stats_equal_direct_average():
 def test_population_stats_for_torch_layers_and_deep_nets():
     """Every layer, ours or torch's, gets the same population statistics over the same pass."""
     torch.manual_seed(1)
-    ours = LeNet(bn=["conv1", "conv2", "fc1", "fc2"], norm=lambda c, s: batchnorm(c, s))
+    ours = LeNet(bn=["conv1", "conv2", "fc1", "fc2"], norm=lambda c, s: make_batchnorm(c, s))
     torch.manual_seed(1)
     ref = LeNet(
         bn=["conv1", "conv2", "fc1", "fc2"],

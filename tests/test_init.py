@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from bnsweep.nn import InitCNN, LeNet, batchnorm, glorot_uniform, torch_default, truncated_normal
+from bnsweep.nn import (
+    InitCNN,
+    LeNet,
+    glorot_uniform,
+    make_batchnorm,
+    torch_default,
+    truncated_normal,
+)
 
 # std of N(0, σ²) truncated at ±2σ, in units of σ: what TF's truncated_normal(stddev=σ) yields
 _phi = math.exp(-2) / math.sqrt(2 * math.pi)
@@ -30,7 +37,7 @@ def test_truncated_normal(std):
 
 
 def test_truncated_normal_explicit_bias_and_bn_untouched():
-    net = LeNet(bn=["conv1", "fc1"], norm=batchnorm)
+    net = LeNet(bn=["conv1", "fc1"], norm=make_batchnorm)
     truncated_normal(net, std=0.3, bias=0.0)
     assert all(
         torch.all(m.bias == 0) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))

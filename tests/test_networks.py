@@ -11,12 +11,12 @@ from bnsweep.nn import (
     BatchNorm,
     InitCNN,
     LeNet,
-    batchnorm,
     block_names,
     capture_preactivations,
     count_parameters,
+    make_batchnorm,
+    make_torch_batchnorm,
     norm_layers,
-    torch_batchnorm,
 )
 
 LENET_VARIANTS = {
@@ -29,7 +29,7 @@ LENET_VARIANTS = {
 CHANNELS = {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
 
 
-@pytest.mark.parametrize("factory", [batchnorm, torch_batchnorm], ids=["ours", "torch"])
+@pytest.mark.parametrize("factory", [make_batchnorm, make_torch_batchnorm], ids=["ours", "torch"])
 @pytest.mark.parametrize("variant", LENET_VARIANTS)
 def test_lenet_variants(variant, factory):
     bn = LENET_VARIANTS[variant]
@@ -42,7 +42,7 @@ def test_lenet_variants(variant, factory):
         assert children == ["affine", "bn", "act"]
         assert isinstance(getattr(net, name).act, nn.Sigmoid)
         assert getattr(net, name).bn.num_features == CHANNELS[name]
-        kind = BatchNorm if factory is batchnorm else nn.modules.batchnorm._BatchNorm
+        kind = BatchNorm if factory is make_batchnorm else nn.modules.batchnorm._BatchNorm
         assert isinstance(getattr(net, name).bn, kind)
     assert count_parameters(net) == 81_290 + sum(2 * CHANNELS[n] for n in bn)
 
@@ -64,7 +64,7 @@ def test_lenet_layer_shapes_follow_the_reference():
 
 @pytest.mark.parametrize("bn", [[], ["conv1", "conv2"], ["conv1", "conv2", "fc1"]])
 def test_init_cnn(bn):
-    net = InitCNN(bn=bn, norm=batchnorm)
+    net = InitCNN(bn=bn, norm=make_batchnorm)
     assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     channels = {"conv1": 32, "conv2": 64, "fc1": 1024}
     assert count_parameters(net) == 3_274_634 + sum(2 * channels[n] for n in bn)
@@ -88,7 +88,7 @@ def test_init_cnn_dropout_is_seeded_and_off_in_eval():
 
 @pytest.mark.parametrize("bn", [[], ["fc1", "fc2", "fc3"]])
 def test_mlp(bn):
-    net = MLP(bn=bn, norm=batchnorm)
+    net = MLP(bn=bn, norm=make_batchnorm)
     assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     assert net(torch.rand(3, 784)).shape == (3, 10)
     assert count_parameters(net) == 99_710 + 2 * 100 * len(bn)
@@ -98,9 +98,12 @@ def test_mlp(bn):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: LeNet(bn=["fc3"], norm=batchnorm), "unknown layer(s) ['fc3']"),
-        (lambda: LeNet(bn=["conv1", "conv1"], norm=batchnorm), "lists a layer twice"),
-        (lambda: InitCNN(bn=["conv3"], norm=batchnorm), "choose from ['conv1', 'conv2', 'fc1']"),
+        (lambda: LeNet(bn=["fc3"], norm=make_batchnorm), "unknown layer(s) ['fc3']"),
+        (lambda: LeNet(bn=["conv1", "conv1"], norm=make_batchnorm), "lists a layer twice"),
+        (
+            lambda: InitCNN(bn=["conv3"], norm=make_batchnorm),
+            "choose from ['conv1', 'conv2', 'fc1']",
+        ),
         (lambda: MLP(bn=["fc1"]), "no norm factory was given"),
         (lambda: InitCNN(dropout=1.0), "model.dropout must be in [0, 1), got 1.0"),
     ],
@@ -113,7 +116,7 @@ def test_network_errors(make, message):
 
 @pytest.mark.parametrize("bn", [[], ["fc1", "fc2", "fc3"]])
 def test_capture_preactivations_reads_sigmoid_input(bn):
-    net = MLP(bn=bn, norm=batchnorm)
+    net = MLP(bn=bn, norm=make_batchnorm)
     x = torch.rand(8, 1, 28, 28)
     with capture_preactivations(net, ["fc3"]) as pre:
         out = net(x)

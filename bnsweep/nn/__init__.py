@@ -5,9 +5,9 @@ from bnsweep.nn.batchnorm import (
     BatchNorm,
     BatchNorm1d,
     BatchNorm2d,
-    batchnorm,
+    make_batchnorm,
+    make_torch_batchnorm,
     recompute_population_stats,
-    torch_batchnorm,
 )
 from bnsweep.nn.cnn import InitCNN
 from bnsweep.nn.init import glorot_uniform, torch_default, truncated_normal
@@ -32,14 +32,14 @@ __all__ = [
     "InitCNN",
     "LeNet",
     "NormFactory",
-    "batchnorm",
+    "make_batchnorm",
     "block_names",
     "capture_preactivations",
     "count_parameters",
     "glorot_uniform",
     "norm_layers",
     "recompute_population_stats",
-    "torch_batchnorm",
+    "make_torch_batchnorm",
     "torch_default",
     "truncated_normal",
 ]

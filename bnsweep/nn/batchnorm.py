@@ -278,12 +278,12 @@ class BatchNorm2d(BatchNorm):
     _expected_dims = (4,)
 
 
-def batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> BatchNorm:
+def make_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> BatchNorm:
     """Norm-layer factory used by the networks: our layer, 2d for conv maps, 1d otherwise."""
     return (BatchNorm2d if spatial else BatchNorm1d)(num_features, **kwargs)
 
 
-def torch_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> nn.Module:
+def make_torch_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> nn.Module:
     """Norm-layer factory for the reference: torch.nn.BatchNorm2d / BatchNorm1d."""
     return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(num_features, **kwargs)
 

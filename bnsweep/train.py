@@ -1,0 +1,186 @@
+"""``run(cfg)``: one training run from a composed config; writes everything into ``cfg.run_dir``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from bnsweep.config import ConfigError, validate
+from bnsweep.data import DataError
+from bnsweep.lit import BNStatsLogger, LitClassifier
+
+HPARAM_KEYS = (
+    "model", "bn", "bn.momentum", "bn.window", "bn.eps", "init", "init.std", "optimizer",
+    "optimizer.lr", "data", "data.batch_size", "seed",
+)  # fmt: skip
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def choices(cfg: DictConfig) -> dict[str, str]:
+    """The option picked in each config group (model=lenet_fc_bn2 …), from Hydra or cfg.meta."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return {
+            k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")
+        }
+    return dict(OmegaConf.select(cfg, "meta.choices", default={}) or {})
+
+
+def overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def hparams(cfg: DictConfig, picked: dict[str, str]) -> dict[str, Any]:
+    """What the HPARAMS tab shows: group choices and the numbers swept most often."""
+    out: dict[str, Any] = {}
+    for key in HPARAM_KEYS:
+        value = picked[key] if key in picked else OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
+    """Network (norm layer from cfg.bn, weights from cfg.init), LightningModule, DataModule."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    net = instantiate(cfg.model, norm=instantiate(cfg.bn))
+    instantiate(cfg.init)(net, generator=torch.Generator().manual_seed(cfg.seed))
+    module = LitClassifier(net, optimizer=instantiate(cfg.optimizer))
+    return module, instantiate(cfg.data)
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    callbacks = [
+        # best.ckpt and last.ckpt, written after each validation
+        ModelCheckpoint(
+            dirpath=run_dir / "ckpt",
+            filename="best",
+            monitor="val/acc",
+            mode="max",
+            save_last=True,
+            save_on_train_epoch_end=False,
+        ),
+        BNStatsLogger(),
+    ]
+    t = cfg.trainer
+    accelerator = t.get("accelerator", "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    extra = {}
+    if t.get("enable_progress_bar") is None:
+        extra["enable_progress_bar"] = _interactive()
+    if t.get("deterministic") is None:
+        # deterministic kernels on CPU; on a GPU some (avg-pool backward) have none
+        extra["deterministic"] = on_cpu
+    return instantiate(
+        t, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir), **extra
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train, validate and test one configuration; returns the metrics written to metrics.json."""
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning
+    validate(cfg)
+    run_dir = Path(cfg.run_dir)
+    if (run_dir / "metrics.json").exists():
+        raise FileExistsError(f"{run_dir} already holds a finished run; refusing to overwrite it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    try:
+        module, datamodule = build(cfg)
+    except ValueError as e:  # a constructor refused a config value (model.bn, data.normalize…)
+        raise ConfigError(str(e)) from e
+    trainer = make_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=datamodule)
+    # each stage resets callback_metrics: keep the training ones before validate / test
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if not module.history["val_step"] or module.history["val_step"][-1] != trainer.global_step:
+        # stopped between validations (max_steps mid-epoch): validate the final weights too
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.save_checkpoint(run_dir / "ckpt" / "last.ckpt")
+        if module.history["val/acc"][-1] >= max(module.history["val/acc"]):
+            trainer.save_checkpoint(run_dir / "ckpt" / "best.ckpt")
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = {**fit_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+    picked = choices(cfg)
+    result = {
+        "status": "finished",
+        "seed": cfg.seed,
+        "choices": picked,
+        "overrides": overrides(),
+        "val/acc": module.history["val/acc"][-1] if module.history["val/acc"] else None,
+        "val/acc_best": max(module.history["val/acc"], default=None),
+        "val/loss": module.history["val/loss"][-1] if module.history["val/loss"] else None,
+        # the last full epoch's training metrics, else the last step's
+        "train/acc": metrics.get("train/acc_epoch", metrics.get("train/acc_step")),
+        "train/loss": metrics.get("train/loss_epoch", metrics.get("train/loss_step")),
+        "test/acc": metrics.get("test/acc"),
+        "test/loss": metrics.get("test/loss"),
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "wall_time_s": round(time.time() - start, 3),
+        "device": str(trainer.strategy.root_device),
+        "history": module.history,
+    }
+    hp_metrics = {
+        f"hp/{k.replace('/', '_')}": result[k]
+        for k in ("val/acc", "val/acc_best", "test/acc", "test/loss")
+        if result[k] is not None
+    }
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # the real final metrics against the hyper-parameters (never Lightning's -1)
+            logger.log_hyperparams(hparams(cfg, picked), metrics=hp_metrics)
+        else:
+            logger.log_hyperparams(hparams(cfg, picked))
+        logger.save()
+    write_json(run_dir / "metrics.json", result)
+    return result
+
+
+# errors that are the user's input, not a bug: reported in one line, exit status 2
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, FileExistsError)
+
+
+def _remove_unstarted(run_dir: Path) -> None:
+    """Remove a run folder holding only what Hydra wrote before the run failed to start."""
+    if run_dir.is_dir() and all(
+        p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
+    ):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of train.py: run, and turn input errors into one line and exit status 2."""
+    try:
+        return run(cfg)["val/acc_best"]
+    except USER_ERRORS as e:
+        _remove_unstarted(Path(cfg.run_dir))
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

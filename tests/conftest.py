@@ -1,0 +1,70 @@
+"""Shared fixtures: configs through Hydra's compose API, the real MNIST copy, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def mnist_root() -> Path:
+    """The real MNIST files: $BNSWEEP_DATA, else the shared dataset copy beside the project."""
+    for candidate in (
+        os.environ.get("BNSWEEP_DATA"),
+        ROOT.parent / "shared" / "datasets",
+        ROOT / "data",
+    ):
+        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
+            return Path(candidate)
+    pytest.fail(
+        "real MNIST not found: set BNSWEEP_DATA to a folder holding MNIST/raw/*.gz "
+        "(see README, 'Getting the data')"
+    )
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return mnist_root()
+
+
+def compose_cfg(config: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose(config_name=config, overrides=overrides)
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, mnist_dir: Path) -> Callable[..., DictConfig]:
+    """compose("train") with the run dir in tmp_path and the data from the real MNIST copy."""
+
+    def make(*overrides: str, config: str = "train") -> DictConfig:
+        base = [f"run_dir={tmp_path / 'run'}", f"data.root={mnist_dir}", "data.download=false"]
+        return compose_cfg(config, base + list(overrides))
+
+    return make
+
+
+@pytest.fixture
+def cli(tmp_path: Path, mnist_dir: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run a project script (train.py, sweep.py) as a user would, from a scratch folder."""
+
+    def run(script: str, *args: str, timeout: float = 600, env: dict | None = None):
+        full_env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true", **(env or {}))
+        return subprocess.run(
+            [sys.executable, str(ROOT / script), *args],
+            cwd=tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

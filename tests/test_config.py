@@ -1,0 +1,113 @@
+"""Every option of every config group composes and instantiates into working objects."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from bnsweep.config import ConfigError, validate
+from bnsweep.data import MNISTDataModule
+from bnsweep.nn import BatchNorm, count_parameters, norm_layers
+from bnsweep.train import build, make_trainer
+
+from conftest import CONF
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+GROUPS = ["model", "bn", "init", "optimizer", "data", "trainer", "logger"]
+ALL = [(g, o) for g in GROUPS for o in options(g)]
+
+
+def test_every_group_has_the_documented_options():
+    assert set(options("model")) >= {
+        "lenet", "lenet_bn1", "lenet_bn2", "lenet_fc_bn1", "lenet_fc_bn2", "cnn", "cnn_bn", "mlp", "mlp_bn"
+    }  # fmt: skip
+    assert set(options("bn")) == {"momentum", "window", "cumulative", "torch"}
+    assert set(options("init")) == {"truncated_normal", "glorot", "torch"}
+    assert set(options("optimizer")) == {"adam", "sgd", "adagrad"}
+    assert set(options("data")) == {"mnist", "fashion_mnist"}
+    assert {"default", "tensorboard", "csv"} <= set(options("logger"))
+
+
+@pytest.mark.parametrize("group, option", ALL, ids=[f"{g}={o}" for g, o in ALL])
+def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
+    cfg = make_cfg(f"{group}={option}")
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="trainer.accelerator=gpu but no CUDA GPU"):
+            validate(cfg)
+        return
+    validate(cfg)
+    module, datamodule = build(cfg)
+    assert isinstance(datamodule, MNISTDataModule)
+    x = torch.rand(4, 1, 28, 28)
+    assert module(x).shape == (4, 10)
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+    trainer = make_trainer(cfg, tmp_path / "run")
+    assert isinstance(trainer, pl.Trainer)
+    if group == "logger":
+        kinds = {type(lg).__name__ for lg in trainer.loggers}
+        expected = {"default": {"TensorBoardLogger", "CSVLogger"}, "tensorboard": {"TensorBoardLogger"},
+                    "csv": {"CSVLogger"}, "none": set()}[option]  # fmt: skip
+        assert kinds == expected
+    if group == "bn":
+        net = instantiate(cfg.model, norm=instantiate(cfg.bn, _partial_=True))
+        assert norm_layers(net) == {}  # the default model, lenet, has no BN
+        net = instantiate(
+            make_cfg("model=lenet_fc_bn2", f"bn={option}").model, norm=instantiate(cfg.bn)
+        )
+        layers = list(norm_layers(net).values())
+        assert len(layers) == 4
+        if option == "torch":
+            assert all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers)
+        else:
+            assert all(isinstance(m, BatchNorm) and m.estimator == option for m in layers)
+    if group == "model":
+        assert count_parameters(module.net) > 80_000
+
+
+def test_init_std_and_bias_are_overridable_from_the_default_config(make_cfg):
+    cfg = make_cfg("init.std=0.0001")
+    assert cfg.init.std == 0.0001 and cfg.init.bias == 0.0001  # bias follows std
+    module, _ = build(cfg)
+    w = module.net.fc1.affine.weight
+    assert w.abs().max() <= 2e-4 and torch.all(module.net.fc1.affine.bias == 1e-4)
+    assert make_cfg("init.std=0.1", "init.bias=0").init.bias == 0
+
+
+def test_seed_zero_is_a_seed(make_cfg):
+    a, _ = build(make_cfg("seed=0"))
+    b, _ = build(make_cfg("seed=0"))
+    c, _ = build(make_cfg("seed=1"))
+    assert torch.equal(a.net.fc1.affine.weight, b.net.fc1.affine.weight)
+    assert not torch.equal(a.net.fc1.affine.weight, c.net.fc1.affine.weight)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["bn=window", "bn.window=0"], "bn.window must be a positive integer, got 0"),
+        (["bn=window", "bn.window=abc"], "bn.window must be a positive integer, got 'abc'"),
+        (["bn.momentum=1.5"], "bn.momentum must be a number in [0, 1], got 1.5"),
+        (["bn.eps=0"], "bn.eps must be a number > 0, got 0"),
+        (["init.std=-1"], "init.std must be a number > 0, got -1"),
+        (
+            ["data.batch_size=0"],
+            "data.batch_size must be an integer >= 2 (BN needs 2 samples), got 0",
+        ),
+        (["optimizer.lr=-1"], "optimizer.lr must be a number > 0, got -1"),
+        (["seed=-3"], "seed must be an integer >= 0, got -3"),
+        (["data.val_size=60000"], "data.val_size must be an integer in [1, 59999], got 60000"),
+    ],
+)
+def test_validate_names_key_and_value(make_cfg, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*overrides))
+    assert str(err.value) == message

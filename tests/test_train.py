@@ -1,0 +1,170 @@
+"""python train.py end to end on real MNIST, its outputs, its errors, and learning itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from bnsweep.train import build, run
+
+QUICK = [
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=20",
+    "trainer.check_val_every_n_epoch=null",
+    "data.train_size=2000",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=10",
+]
+METRIC_KEYS = {
+    "status", "seed", "choices", "overrides", "val/acc", "val/acc_best", "val/loss", "train/acc",
+    "train/loss", "test/acc", "test/loss", "steps", "epochs", "wall_time_s", "device", "history",
+}  # fmt: skip
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(
+        str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
+    )
+    acc.Reload()
+    return acc
+
+
+def hparams_session(run_dir: Path) -> dict:
+    """The hyper-parameters TensorBoard's HPARAMS tab reads from the run's event files."""
+    for f in sorted(run_dir.glob("events.out.tfevents.*")):
+        for ev in EventFileLoader(str(f)).Load():
+            for v in ev.summary.value:
+                if v.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(
+                        v.metadata.plugin_data.content
+                    )
+                    return dict(data.session_start_info.hparams)
+    raise AssertionError(f"no HPARAMS session in {run_dir}")
+
+
+def test_train_cli_short_run(cli, tmp_path):
+    proc = cli("train.py", "model=lenet_fc_bn2", "bn=window", *QUICK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "train").iterdir()
+    assert "lenet_fc_bn2_window_s0" in run_dir.name  # a readable TensorBoard run name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == METRIC_KEYS
+    assert metrics["steps"] == 40 and metrics["seed"] == 0 and metrics["status"] == "finished"
+    assert metrics["choices"]["model"] == "lenet_fc_bn2" and metrics["choices"]["bn"] == "window"
+    assert "bn=window" in metrics["overrides"]
+    assert metrics["history"]["val_step"] == [20, 40]
+    assert 0.1 < metrics["val/acc"] <= 1 and metrics["val/acc_best"] == max(
+        metrics["history"]["val/acc"]
+    )
+    assert 0 < metrics["test/acc"] <= 1
+    # TensorBoard: scalars with stage prefixes, BN dashboards, real HPARAMS metrics
+    ev = events(run_dir)
+    tags = ev.Tags()
+    assert {"val/acc", "val/loss", "val/acc_best", "train/loss_step", "test/acc"} <= set(
+        tags["scalars"]
+    )
+    assert [e.step for e in ev.Scalars("val/acc")] == [19, 39]  # Lightning logs at step index
+    assert abs(ev.Scalars("val/acc")[-1].value - metrics["val/acc"]) < 1e-6
+    assert {"bn/conv1/running_mean", "bn/fc2/running_var", "preact/fc1"} <= set(tags["histograms"])
+    hp = [e.value for e in ev.Scalars("hp/test_acc")]
+    assert hp == [pytest.approx(metrics["test/acc"])]
+    assert "hp_metric" not in tags["scalars"]  # no Lightning placeholder -1
+    session = hparams_session(run_dir)
+    assert (
+        session["model"].string_value == "lenet_fc_bn2" and session["bn"].string_value == "window"
+    )
+    assert session["seed"].number_value == 0 and session["optimizer.lr"].number_value == 1e-3
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (
+        (run_dir / "csv" / "metrics.csv")
+        .read_text()
+        .startswith(("epoch", "step", "hp", "test", "train", "val"))
+    )
+    # checkpoints load with weights_only=True and hold our window buffers
+    for name in ("last.ckpt", "best.ckpt"):
+        ckpt = torch.load(run_dir / "ckpt" / name, weights_only=True, map_location="cpu")
+        assert "net.conv1.bn.window_mean" in ckpt["state_dict"]
+
+
+def test_seeded_runs_repeat_exactly(make_cfg, tmp_path):
+    a = run(make_cfg(*QUICK, "model=lenet_bn1", "logger=none", f"run_dir={tmp_path / 'a'}"))
+    b = run(make_cfg(*QUICK, "model=lenet_bn1", "logger=none", f"run_dir={tmp_path / 'b'}"))
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss", "train/loss"):
+        assert a[key] == b[key], key
+
+
+# Steps to halve the loss on one fixed batch (glorot init, Adam 1e-2). With BN on conv1 only the
+# sigmoid FC layers still start saturated-flat: lenet_bn1 gets there, but not within 50 steps.
+HALVING_STEPS = {"lenet_bn1": 150, "lenet_bn2": 50, "lenet_fc_bn1": 50, "lenet_fc_bn2": 50}
+
+
+@pytest.mark.parametrize("bn", ["momentum", "window", "cumulative"])
+@pytest.mark.parametrize("model", list(HALVING_STEPS))
+def test_loss_on_a_fixed_batch_halves(make_cfg, model, bn, mnist_dir):
+    cfg = make_cfg(f"model={model}", f"bn={bn}", "init=glorot", "optimizer.lr=0.01")
+    module, dm = build(cfg)
+    dm.setup()
+    x, y = dm.tensors["x_train"][:64], dm.tensors["y_train"][:64]
+    opt = module.configure_optimizers()
+    module.train()
+    first = F.cross_entropy(module(x), y).item()
+    for _ in range(HALVING_STEPS[model]):
+        loss = F.cross_entropy(module(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 2, (first, loss.item())
+
+
+@pytest.mark.slow
+def test_lenet_fc_bn2_reaches_97_percent_after_one_epoch(make_cfg, tmp_path):
+    metrics = run(make_cfg("model=lenet_fc_bn2", "trainer.max_epochs=1", "logger=none", "seed=0"))
+    assert metrics["epochs"] == 1 and metrics["steps"] == 860  # 55,000 / 64, real MNIST split
+    assert metrics["val/acc"] >= 0.97, metrics["val/acc"]
+    assert metrics["test/acc"] >= 0.97, metrics["test/acc"]
+
+
+BAD_INPUT = [
+    (["model=lenet9"], "Could not find 'model/lenet9'"),
+    (["bn=window", "bn.window=0"], "error: bn.window must be a positive integer, got 0"),
+    (["bn.momentum=1.5"], "error: bn.momentum must be a number in [0, 1], got 1.5"),
+    (["init.std=-1"], "error: init.std must be a number > 0, got -1"),
+    (
+        ["data.batch_size=0"],
+        "error: data.batch_size must be an integer >= 2 (BN needs 2 samples), got 0",
+    ),
+    (["optimizer.lr=-1"], "error: optimizer.lr must be a number > 0, got -1"),
+    (
+        ["data.root=/nonexistent", "data.download=false"],
+        "error: MNIST not found: put train-images-idx3-ubyte.gz",
+    ),
+    (["bn.windw=3"], "Key 'windw' is not in struct"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUT.append(
+        (["trainer.accelerator=gpu"], "error: trainer.accelerator=gpu but no CUDA GPU is available")
+    )
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_fails_before_training_with_one_line(cli, tmp_path, args, message):
+    proc = cli("train.py", *args, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    if message.startswith("error:"):  # ours: exactly one line, exit status 2, no run folder left
+        assert proc.returncode == 2
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+        run_dirs = (
+            list((tmp_path / "outputs" / "train").glob("*"))
+            if (tmp_path / "outputs").exists()
+            else []
+        )
+        assert run_dirs == []

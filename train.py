@@ -1,0 +1,15 @@
+"""python train.py [group=option ...] [key=value ...] — one training run (see README)."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from bnsweep.train import main as run_main  # heavy imports after --help / --cfg
+
+    return run_main(cfg)
+
+
+if __name__ == "__main__":
+    main()
