@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import CONF
 from hydra.utils import instantiate
 from torch import nn
 
@@ -12,8 +13,6 @@ from bnsweep.config import ConfigError, validate
 from bnsweep.data import MNISTDataModule
 from bnsweep.nn import BatchNorm, count_parameters, norm_layers
 from bnsweep.train import build, make_trainer
-
-from conftest import CONF
 
 
 def options(group: str) -> list[str]:

@@ -128,15 +128,13 @@ def test_batches_cover_the_data_and_never_leave_a_single_sample(n, batch, expect
 
 def test_batches_order_depends_on_seed_and_epoch_only():
     x, y = torch.zeros(100, 1), torch.arange(100)
-    order = lambda seed, epoch: torch.cat(
-        [yb for _, yb in _at(Batches(x, y, 10, True, seed), epoch)]
-    )  # noqa: E731
+
+    def order(seed: int, epoch: int) -> torch.Tensor:
+        b = Batches(x, y, 10, shuffle=True, seed=seed)
+        b.set_epoch(epoch)
+        return torch.cat([yb for _, yb in b])
+
     assert torch.equal(order(0, 3), order(0, 3))
     assert not torch.equal(order(0, 3), order(0, 4)) and not torch.equal(order(0, 3), order(1, 3))
     plain = Batches(x, y, 10, shuffle=False)
     assert torch.equal(torch.cat([yb for _, yb in plain]), y)
-
-
-def _at(b: Batches, epoch: int) -> Batches:
-    b.set_epoch(epoch)
-    return b
