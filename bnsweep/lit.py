@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import multiclass_accuracy
 
 from bnsweep.nn import capture_preactivations, norm_layers
 
@@ -27,7 +28,7 @@ class LitClassifier(pl.LightningModule):
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.num_classes = num_classes
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -47,9 +48,10 @@ class LitClassifier(pl.LightningModule):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
-        self.train_acc(logits, y)
+        # the functional form: a Metric object's forward copies its state every step
+        acc = multiclass_accuracy(logits, y, self.num_classes, average="micro", validate_args=False)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", acc, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:

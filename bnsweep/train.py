@@ -123,9 +123,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not module.history["val_step"] or module.history["val_step"][-1] != trainer.global_step:
         # stopped between validations (max_steps mid-epoch): validate the final weights too
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.save_checkpoint(run_dir / "ckpt" / "last.ckpt")
+        trainer.save_checkpoint(run_dir / "ckpt" / "last.ckpt", weights_only=False)
         if module.history["val/acc"][-1] >= max(module.history["val/acc"]):
-            trainer.save_checkpoint(run_dir / "ckpt" / "best.ckpt")
+            trainer.save_checkpoint(run_dir / "ckpt" / "best.ckpt", weights_only=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {**fit_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
     picked = choices(cfg)
