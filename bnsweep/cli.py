@@ -1,0 +1,90 @@
+"""Command-line preparation for sweep.py, kept free of heavy imports (``--help`` stays fast)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+NO_RUN_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``[0,1,2]`` or ``0,1,2`` -> [0, 1, 2]; a clear error naming ``seeds`` otherwise."""
+    items = [s.strip() for s in text.strip().strip("[]").split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in items]
+    except ValueError:
+        raise SystemExit(f"error: seeds must be a list of integers >= 0, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: seeds must be distinct integers >= 0, got {text!r}")
+    return seeds
+
+
+def default_seeds(argv: Sequence[str], conf: Path = CONF) -> list[int]:
+    """The study preset's ``seeds`` if it sets them, else sweep.yaml's."""
+    study = next((a.split("=", 1)[1] for a in argv if a.startswith("study=")), None)
+    for path in ([conf / "study" / f"{study}.yaml"] if study else []) + [conf / "sweep.yaml"]:
+        if path.is_file():
+            seeds = OmegaConf.load(path).get("seeds")
+            if seeds is not None:
+                return [int(s) for s in seeds]
+    return [0, 1, 2]
+
+
+# keys that never name a run folder (besides the fixed, unswept overrides)
+ALWAYS_EXCLUDED = ("seeds", "study", "threads", "run_dir", "data.root", "data.download")
+SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
+
+
+def is_sweep(value: str) -> bool:
+    """Whether an override value is Hydra sweep syntax: a top-level comma or a sweep function."""
+    if value.startswith(SWEEP_FUNCTIONS):
+        return True
+    depth, quote = 0, None
+    for ch in value:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
+def folder_name_excludes(args: Sequence[str]) -> list[str]:
+    """Overrides that are fixed for the whole sweep: run folders are named by the swept ones."""
+    keys = list(ALWAYS_EXCLUDED)
+    for a in args:
+        if "=" in a and not a.startswith(("-", "hydra.", "hydra/")):
+            key, value = a.split("=", 1)
+            key = key.lstrip("+~")
+            if not is_sweep(value) and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
+    """Add the seed fan-out: ``seeds=[0,1,2,3,4]`` (or the default) becomes ``seed=0,1,2,3,4``.
+
+    An explicit ``seed=…`` on the command line wins. ``seeds=0,1,2`` is read as the list it
+    means, not as a sweep over a ``seeds`` key. Run folders are named by the swept keys only.
+    """
+    args = list(argv)
+    if any(a in NO_RUN_FLAGS or a.startswith("--cfg") for a in args):
+        return args
+    given = [a for a in args if a.startswith("seeds=")]
+    seeds = parse_seeds(given[-1].split("=", 1)[1]) if given else default_seeds(args, conf)
+    args = [a for a in args if not a.startswith("seeds=")]
+    args.append("seeds=[" + ",".join(map(str, seeds)) + "]")
+    if not any(a.startswith(("seed=", "+seed=", "++seed=")) for a in args):
+        args.append("seed=" + ",".join(map(str, seeds)))
+    excluded = folder_name_excludes(args)
+    args.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(excluded) + "]")
+    return args

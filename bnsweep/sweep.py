@@ -1,0 +1,437 @@
+"""Studies: seeds fan-out, one job per (point, seed), and the aggregate report of a sweep folder.
+
+A *point* is one combination of the swept keys (everything a run's overrides set, except the
+seed, that differs between runs). The report groups the runs of a sweep folder by point and
+writes summary.csv / summary.md (mean ± sample std over seeds), PNG plots, and one TensorBoard
+aggregate run per point with the mean and ±std curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+import traceback
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from bnsweep.train import write_json
+
+# overrides that never define a point
+NOT_SWEPT = ("seed", "seeds", "run_dir", "study")
+THRESHOLDS = (0.97, 0.98)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading runs
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict[str, Any]
+    params: dict[str, str] = field(default_factory=dict)  # override key -> value, seed excluded
+
+    @property
+    def status(self) -> str:
+        return self.metrics.get("status", "finished")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished" and not self.metrics.get("diverged", False)
+
+
+def _parse_override(text: str) -> tuple[str, str] | None:
+    if "=" not in text:
+        return None
+    key, value = text.split("=", 1)
+    key = key.lstrip("+~")
+    if key in NOT_SWEPT or key.startswith("hydra"):
+        return None
+    return key, value
+
+
+def load_runs(sweep_dir: Path) -> list[Run]:
+    runs = []
+    for f in sorted(sweep_dir.glob("*/metrics.json")):
+        metrics = json.loads(f.read_text())
+        params = dict(p for o in metrics.get("overrides", []) if (p := _parse_override(o)))
+        runs.append(Run(f.parent, metrics, params))
+    return runs
+
+
+def swept_keys(runs: Sequence[Run]) -> list[str]:
+    """Keys whose value differs between runs, in the order the overrides name them."""
+    keys: dict[str, set[str]] = {}
+    for r in runs:
+        for k, v in r.params.items():
+            keys.setdefault(k, set()).add(v)
+    for r in runs:  # a key some runs lack is swept too
+        for k in keys:
+            if k not in r.params:
+                keys[k].add("")
+    return [k for k, values in keys.items() if len(values) > 1]
+
+
+def point_label(point: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f"{k}={v}" for k, v in point) or "all"
+
+
+def group_by_point(runs: Sequence[Run]) -> dict[tuple[tuple[str, str], ...], list[Run]]:
+    keys = swept_keys(runs)
+    groups: dict[tuple[tuple[str, str], ...], list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[tuple((k, r.params.get(k, "")) for k in keys)].append(r)
+    return dict(groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1); std 0 for a single value, NaN for none."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def first_reaching(history: dict[str, list[float]], threshold: float, axis: str) -> float | None:
+    """The first validation step (or epoch) at which val/acc ≥ threshold; None if never."""
+    for x, acc in zip(history.get(axis, []), history.get("val/acc", [])):
+        if acc >= threshold:
+            return x
+    return None
+
+
+COLUMNS = [  # (summary column, metric key in metrics.json or a derived name)
+    ("val_acc", "val/acc"),
+    ("val_acc_best", "val/acc_best"),
+    ("test_acc", "test/acc"),
+    ("train_loss", "train/loss"),
+    ("val_loss", "val/loss"),
+    ("steps_to_97", "steps_to_97"),
+    ("steps_to_98", "steps_to_98"),
+    ("epochs_to_97", "epochs_to_97"),
+    ("epochs_to_98", "epochs_to_98"),
+    ("wall_time_s", "wall_time_s"),
+]
+
+
+def run_values(run: Run) -> dict[str, float | None]:
+    m, h = run.metrics, run.metrics.get("history", {})
+    out = {key: m.get(key) for _, key in COLUMNS if "/" in key or key == "wall_time_s"}
+    for t in THRESHOLDS:
+        pct = round(t * 100)
+        out[f"steps_to_{pct}"] = first_reaching(h, t, "val_step")
+        out[f"epochs_to_{pct}"] = first_reaching(h, t, "val_epoch")
+    return out
+
+
+def summarize(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per point: swept keys, seeds finished / diverged / failed, mean ± std columns."""
+    keys = swept_keys(runs)
+    rows = []
+    for point, members in group_by_point(runs).items():
+        good = [r for r in members if r.ok]
+        row: dict[str, Any] = dict(point)
+        row["seeds"] = " ".join(str(r.metrics.get("seed")) for r in sorted(good, key=_seed))
+        row["n_finished"] = len(good)
+        row["n_diverged"] = sum(r.metrics.get("diverged", False) for r in members)
+        row["n_failed"] = sum(r.status == "failed" for r in members)
+        values = [run_values(r) for r in good]
+        for col, key in COLUMNS:
+            present = [v[key] for v in values if v[key] is not None]
+            row[f"{col}_mean"], row[f"{col}_std"] = mean_std(present)
+            if col.startswith(("steps_to", "epochs_to")):
+                row[f"{col}_n"] = len(present)  # seeds that reached it
+        rows.append(row)
+    rows.sort(key=lambda r: tuple(_sort_key(r[k]) for k in keys))
+    return keys, rows
+
+
+def _seed(r: Run) -> int:
+    return int(r.metrics.get("seed", 0))
+
+
+def _sort_key(value: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(value))
+    except ValueError:
+        return (1, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing the report
+
+
+def _fmt(mean: float, std: float, digits: int = 4) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
+    head = [*keys, "seeds ok / div / fail", "val acc (final)", "val acc (best)", "test acc",
+            "train loss", "steps to 97%", "steps to 98%", "wall s/run"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+
+        def reach(col: str, r: dict[str, Any] = r) -> str:
+            n, total = r[f"{col}_n"], r["n_finished"]
+            if n == 0:
+                return "never"
+            cell = f"{r[f'{col}_mean']:.0f} ± {r[f'{col}_std']:.0f}"
+            return cell if n == total else f"{cell} ({n}/{total})"
+
+        cells = [str(r[k]) for k in keys]
+        cells.append(f"{r['n_finished']} / {r['n_diverged']} / {r['n_failed']}")
+        cells += [
+            _fmt(r[f"{c}_mean"], r[f"{c}_std"])
+            for c in ("val_acc", "val_acc_best", "test_acc", "train_loss")
+        ]
+        cells += [reach("steps_to_97"), reach("steps_to_98")]
+        cells.append(_fmt(r["wall_time_s_mean"], r["wall_time_s_std"], 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def curves(
+    members: Sequence[Run], x_key: str, y_key: str
+) -> tuple[list[float], list[float], list[float]]:
+    """Mean and std over seeds of y at the x values all seeds share."""
+    series = [dict(zip(r.metrics["history"][x_key], r.metrics["history"][y_key])) for r in members]
+    common = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    means, stds = zip(*(mean_std([s[x] for s in series]) for x in common)) if common else ((), ())
+    return list(common), list(means), list(stds)
+
+
+def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, Any]]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    by_steps = any(len(r.metrics["history"]["val_step"]) > len(r.metrics["history"]["train_epoch"]) + 1
+                   for members in groups.values() for r in members if r.ok)  # fmt: skip
+    x_key, x_label = ("val_step", "training step") if by_steps else ("val_epoch", "epoch")
+    for name, (xk, yk, xl, yl) in {
+        "val_acc.png": (x_key, "val/acc", x_label, "validation accuracy"),
+        "train_acc.png": ("train_epoch", "train/acc", "epoch", "training accuracy (epoch mean)"),
+    }.items():
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for point, members in groups.items():
+            good = [r for r in members if r.ok]
+            if not good:
+                continue
+            x, mean, std = curves(good, xk, yk)
+            line = ax.plot(x, mean, label=f"{point_label(point)} (n={len(good)})")[0]
+            lo = [m - s for m, s in zip(mean, std)]
+            hi = [m + s for m, s in zip(mean, std)]
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl + " (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(sweep_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(sweep_dir / name)
+    numeric = [k for k in keys if all(_sort_key(r[k])[0] == 0 for r in rows)]
+    for key in numeric:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        others = [k for k in keys if k != key]
+        series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+        for r in rows:
+            if r["n_finished"]:
+                label = ",".join(f"{k}={r[k]}" for k in others) or "final"
+                series[label].append((float(r[key]), r["val_acc_mean"], r["val_acc_std"]))
+        for label, pts in series.items():
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                        marker="o", capsize=3, label=label)  # fmt: skip
+        if all(float(r[key]) > 0 for r in rows):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("final validation accuracy (mean ± std)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = sweep_dir / f"final_acc_vs_{key.replace('.', '_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_tensorboard(sweep_dir: Path, groups: dict) -> Path:
+    """One aggregate run per point (mean, mean ± std of val/acc, val/loss, train/acc) and a
+    custom-scalars layout that draws every point's mean in one chart."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = sweep_dir / "aggregate"
+    for point, members in groups.items():
+        good = [r for r in members if r.ok]
+        if not good:
+            continue
+        with SummaryWriter(str(root / point_label(point).replace("/", "_"))) as w:
+            for yk, xk in (
+                ("val/acc", "val_step"),
+                ("val/loss", "val_step"),
+                ("train/acc", "train_epoch"),
+            ):
+                x, mean, std = curves(good, xk, yk)
+                for step, m, s in zip(x, mean, std):
+                    step = int(step)
+                    w.add_scalar(f"{yk}_mean", m, step)
+                    w.add_scalar(f"{yk}_lower", m - s, step)
+                    w.add_scalar(f"{yk}_upper", m + s, step)
+    with SummaryWriter(str(root)) as w:
+        w.add_custom_scalars({
+            "bnsweep: points compared (mean over seeds)": {
+                "val/acc mean": ["Multiline", [r"val/acc_mean"]],
+                "val/loss mean": ["Multiline", [r"val/loss_mean"]],
+                "train/acc mean (per epoch)": ["Multiline", [r"train/acc_mean"]],
+                "val/acc mean ± std": ["Margin", ["val/acc_mean", "val/acc_lower", "val/acc_upper"]],
+            },
+            "bnsweep: every run": {"val/acc": ["Multiline", [r"^val/acc$"]]},
+        })  # fmt: skip
+    return root
+
+
+def report(sweep_dir: Path | str, quiet: bool = False) -> list[dict[str, Any]]:
+    """Aggregate a sweep folder: summary.csv/.md, plots, TensorBoard aggregate runs."""
+    sweep_dir = Path(sweep_dir)
+    runs = load_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"no runs (*/metrics.json) in {sweep_dir}")
+    keys, rows = summarize(runs)
+    groups = group_by_point(runs)
+    table = markdown_table(keys, rows)
+    excluded = sum(not r.ok for r in runs)
+    note = (
+        f"\n{len(runs)} runs in {len(rows)} points; mean ± sample std over the seeds that finished"
+        + (
+            f"; {excluded} diverged or failed runs are counted but left out of the means"
+            if excluded
+            else ""
+        )
+        + ".\n"
+    )
+    write_csv(sweep_dir / "summary.csv", rows)
+    write_text(sweep_dir / "summary.md", f"# Sweep summary: {sweep_dir.name}\n\n" + table + note)
+    plot(sweep_dir, keys, groups, rows)
+    write_tensorboard(sweep_dir, groups)
+    if not quiet:
+        print(table + note)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# running a sweep
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """One job of a sweep: a training run whose failure is recorded, not raised."""
+    from bnsweep.train import USER_ERRORS, run
+
+    run_dir = Path(cfg.run_dir)
+    threads = cfg.get("threads") or threads_per_job()
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    try:
+        return run(cfg)["val/acc_best"]
+    except USER_ERRORS as e:
+        _record_failure(run_dir, cfg, f"error: {e}", traceback.format_exc())
+        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - one job's crash must not end the sweep
+        _record_failure(run_dir, cfg, f"{type(e).__name__}: {e}", traceback.format_exc())
+        traceback.print_exc()
+    return None
+
+
+def threads_per_job() -> int | None:
+    """Cores / parallel jobs, when the launcher runs jobs side by side (joblib's n_jobs)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not n_jobs:
+        return None
+    cores = os.cpu_count() or 1
+    return max(1, cores // (cores if n_jobs < 0 else n_jobs))
+
+
+def _record_failure(run_dir: Path, cfg: DictConfig, message: str, tb: str) -> None:
+    from bnsweep.train import overrides
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "traceback.txt").write_text(tb)
+    write_json(run_dir / "metrics.json", {
+        "status": "failed", "error": message, "seed": cfg.get("seed"), "overrides": overrides(),
+    })  # fmt: skip
+
+
+class SweepCallback(Callback):
+    """Records the command line at the start of a sweep and writes the report at its end."""
+
+    failed: list[str] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_text(
+            sweep_dir / "command.txt", shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "\n"
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = load_runs(sweep_dir)
+        SweepCallback.failed = [r.path.name for r in runs if r.status == "failed"]
+        if runs:
+            report(sweep_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bnsweep.report <sweep dir>``: (re)write a sweep folder's report."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bnsweep.report", description=report.__doc__)
+    p.add_argument("sweep_dir", type=Path)
+    args = p.parse_args(argv)
+    try:
+        report(args.sweep_dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,222 @@
+"""sweep.py: seeds fan-out, aggregation against the runs' own metrics, plots, TensorBoard runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+from conftest import CONF, compose_cfg
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bnsweep.cli import parse_seeds, sweep_argv
+from bnsweep.sweep import report
+
+SHORT = [
+    "data.train_size=1000",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "trainer.check_val_every_n_epoch=null",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.log_every_n_steps=5",
+]
+
+
+def sweep_dir_of(tmp_path: Path) -> Path:
+    (d,) = (tmp_path / "outputs" / "sweep").iterdir()
+    return d
+
+
+def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def scalars(run_dir: Path) -> set[str]:
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def test_two_points_two_seeds(cli, tmp_path):
+    proc = cli("sweep.py", "-m", "model=lenet_bn1,lenet_fc_bn2", "seeds=[0,1]", *SHORT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = sweep_dir_of(tmp_path)
+    runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    assert [p.name for p in runs] == [
+        "0_model=lenet_bn1,seed=0",
+        "1_model=lenet_bn1,seed=1",
+        "2_model=lenet_fc_bn2,seed=0",
+        "3_model=lenet_fc_bn2,seed=1",
+    ]
+    assert (
+        (sweep / "command.txt").read_text().startswith("sweep.py -m model=lenet_bn1,lenet_fc_bn2")
+    )
+    rows = read_summary(sweep)
+    assert [r["model"] for r in rows] == ["lenet_bn1", "lenet_fc_bn2"]
+    for row in rows:
+        metrics = [json.loads((p / "metrics.json").read_text()) for p in runs]
+        mine = [m for m in metrics if m["choices"]["model"] == row["model"]]
+        assert sorted(m["seed"] for m in mine) == [0, 1] and row["n_finished"] == "2"
+        for col, key in (
+            ("val_acc", "val/acc"),
+            ("test_acc", "test/acc"),
+            ("val_acc_best", "val/acc_best"),
+        ):
+            values = [m[key] for m in mine]
+            assert float(row[f"{col}_mean"]) == pytest.approx(statistics.fmean(values), abs=1e-12)
+            assert float(row[f"{col}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
+    assert "| lenet_fc_bn2 |" in (sweep / "summary.md").read_text()
+    assert "lenet_fc_bn2" in proc.stdout  # the table printed to the terminal too
+    for png in ("val_acc.png", "train_acc.png"):
+        image = matplotlib.image.imread(sweep / png)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    for run in runs:
+        assert "val/acc" in scalars(run)
+    aggregates = [p for p in (sweep / "aggregate").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in aggregates) == ["model=lenet_bn1", "model=lenet_fc_bn2"]
+    for agg in aggregates:
+        assert {"val/acc_mean", "val/acc_lower", "val/acc_upper"} <= scalars(agg)
+    # mean curve of the aggregate run = mean over the two seeds at each validation step
+    acc = EventAccumulator(str(sweep / "aggregate" / "model=lenet_fc_bn2"))
+    acc.Reload()
+    mine = [json.loads((p / "metrics.json").read_text()) for p in runs]
+    mine = [m for m in mine if m["choices"]["model"] == "lenet_fc_bn2"]
+    for event in acc.Scalars("val/acc_mean"):
+        i = mine[0]["history"]["val_step"].index(event.step)
+        assert event.value == pytest.approx(
+            statistics.fmean(m["history"]["val/acc"][i] for m in mine), abs=1e-6
+        )
+    # on demand: the same report again
+    before = (sweep / "summary.csv").read_text()
+    again = subprocess.run(
+        [sys.executable, "-m", "bnsweep.report", str(sweep)], capture_output=True, text=True
+    )
+    assert again.returncode == 0 and (sweep / "summary.csv").read_text() == before
+
+
+def test_init_std_sweep_verbatim(cli, tmp_path):
+    proc = cli("sweep.py", "-m", "init.std=0.0001,0.1", *SHORT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = sweep_dir_of(tmp_path)
+    rows = read_summary(sweep)
+    assert [r["init.std"] for r in rows] == ["0.0001", "0.1"]
+    assert all(r["n_finished"] == "3" and r["seeds"] == "0 1 2" for r in rows)  # default seeds
+    assert matplotlib.image.imread(sweep / "final_acc_vs_init_std.png").shape[0] > 100
+
+
+def test_seeds_argument():
+    assert sweep_argv(["model=lenet"])[-3:-1] == ["seeds=[0,1,2]", "seed=0,1,2"]
+    assert sweep_argv(["seeds=[0,1,2,3,4]"])[-2] == "seed=0,1,2,3,4"
+    assert sweep_argv(["seeds=3,4"])[-2] == "seed=3,4"
+    excluded = sweep_argv(
+        ["model=a,b", "bn.window=3", "init.std=range(1,3)", "model.bn=[conv1,fc1]"]
+    )[-1]
+    assert excluded.startswith("hydra.job.config.override_dirname.exclude_keys=[seeds,study,")
+    assert (
+        ",bn.window,model.bn]" in excluded
+        and "model," not in excluded
+        and "init.std" not in excluded
+    )
+    assert "seed=0,1,2" not in sweep_argv(["seed=7"])
+    assert sweep_argv(["--help"]) == ["--help"]
+    assert parse_seeds("[0]") == [0]
+    with pytest.raises(SystemExit, match="seeds must be a list of integers >= 0, got 'a,b'"):
+        parse_seeds("a,b")
+
+
+def _fake_run(sweep: Path, name: str, seed: int, acc: list[float], overrides: list[str], **extra):
+    d = sweep / name
+    d.mkdir(parents=True)
+    metrics = {
+        "status": "finished", "seed": seed, "overrides": [*overrides, f"seed={seed}"],
+        "val/acc": acc[-1], "val/acc_best": max(acc), "test/acc": acc[-1] - 0.01, "train/loss": 0.1,
+        "val/loss": 0.2, "wall_time_s": 10.0 + seed,
+        "history": {"val_step": [100 * (i + 1) for i in range(len(acc))],
+                    "val_epoch": [i + 1.0 for i in range(len(acc))], "val/acc": acc, "val/loss": [0.2] * len(acc),
+                    "train_epoch": [i + 1.0 for i in range(len(acc))], "train/acc": acc, "train/loss": [0.1] * len(acc)},
+        **extra,
+    }  # fmt: skip
+    (d / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_aggregation_rules(tmp_path):
+    """Steps to 97 %/98 %, diverged and failed runs counted but left out of the means."""
+    _fake_run(tmp_path, "0", 0, [0.95, 0.975, 0.985], ["bn=window"])
+    _fake_run(tmp_path, "1", 1, [0.96, 0.971, 0.979], ["bn=window"])
+    _fake_run(tmp_path, "2", 2, [0.5, 0.1, 0.1], ["bn=window"], diverged=True)
+    _fake_run(tmp_path, "3", 0, [0.98, 0.99, 0.99], ["bn=momentum"])
+    (tmp_path / "4").mkdir()
+    (tmp_path / "4" / "metrics.json").write_text(
+        json.dumps({"status": "failed", "seed": 1, "overrides": ["bn=momentum", "seed=1"]})
+    )
+    rows = {r["bn"]: r for r in report(tmp_path, quiet=True)}
+    w, m = rows["window"], rows["momentum"]
+    assert (w["n_finished"], w["n_diverged"], w["n_failed"]) == (2, 1, 0)
+    assert (m["n_finished"], m["n_diverged"], m["n_failed"]) == (1, 0, 1)
+    assert w["val_acc_mean"] == pytest.approx((0.985 + 0.979) / 2)
+    assert w["val_acc_std"] == pytest.approx(statistics.stdev([0.985, 0.979]))
+    assert w["steps_to_97_mean"] == 200 and w["steps_to_97_n"] == 2
+    assert w["steps_to_98_mean"] == 300 and w["steps_to_98_n"] == 1  # seed 1 never reached 98 %
+    assert m["steps_to_98_mean"] == 100 and m["val_acc_std"] == 0.0
+    assert w["wall_time_s_mean"] == 10.5
+    md = (tmp_path / "summary.md").read_text()
+    assert "2 / 1 / 0" in md and "300 ± 0 (1/2)" in md and "left out of the means" in md
+
+
+def test_report_on_an_empty_folder_says_so(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnsweep.report", str(tmp_path)], capture_output=True, text=True
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == f"error: no runs (*/metrics.json) in {tmp_path}"
+    )
+
+
+STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_study_presets_compose(study, tmp_path):
+    cfg = compose_cfg("sweep", [f"study={study}", f"run_dir={tmp_path}"])
+    assert cfg.seeds == [0, 1, 2]
+    text = (CONF / "study" / f"{study}.yaml").read_text()
+    assert text.startswith("# @package _global_\n#")  # documented at the top
+    expected = {
+        "bn_placement": ("glorot", "window", 10),
+        "bn_estimators": ("glorot", "momentum", 10),
+        "init_scale": ("truncated_normal", "momentum", None),
+        "init_scale_quick": ("truncated_normal", "momentum", None),
+    }.get(study)
+    if expected:
+        assert (
+            cfg.init._target_.rsplit(".", 1)[1],
+            cfg.bn.get("estimator", "torch"),
+            cfg.trainer.max_epochs,
+        ) == ({"glorot": "glorot_uniform"}.get(expected[0], expected[0]), expected[1], expected[2])
+    if study.startswith("init_scale"):
+        assert cfg.model._target_ == "bnsweep.nn.InitCNN" and cfg.optimizer.lr == 1e-4
+        assert cfg.data.batch_size == 50 and cfg.trainer.val_check_interval == 100
+        assert cfg.trainer.max_steps == (10000 if study == "init_scale" else 600)
+    if study == "bn_placement":
+        assert cfg.bn.eps == 1e-8 and cfg.bn.window == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", [s for s in STUDIES if s != "custom"])
+def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
+    proc = cli(
+        "sweep.py", f"study={study}", "seeds=[0]", "++trainer.fast_dev_run=true", timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = sweep_dir_of(tmp_path)
+    rows = read_summary(sweep)
+    points = {"bn_placement": 5, "bn_estimators": 4, "init_scale": 9, "init_scale_quick": 9}[study]
+    assert len(rows) == points and all(r["n_finished"] == "1" for r in rows)
