@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+from hydra import compose, initialize_config_dir
 from conftest import CONF, compose_cfg
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -220,3 +221,35 @@ def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
     rows = read_summary(sweep)
     points = {"bn_placement": 5, "bn_estimators": 4, "init_scale": 9, "init_scale_quick": 9}[study]
     assert len(rows) == points and all(r["n_finished"] == "1" for r in rows)
+
+
+# one torch thread in every job: float sums then run in the same order whatever the launcher
+LAUNCHER_SWEEP = ["-m", "model=lenet_bn1,lenet_fc_bn2", "seeds=[0,1]", "threads=1", *SHORT]
+
+
+def _numbers(sweep: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if not k.startswith("wall_time")} for r in read_summary(sweep)]
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["hydra/launcher=submitit_local"]],
+    ids=["joblib", "submitit_local"],
+)
+def test_launchers_give_the_basic_launchers_numbers(cli, tmp_path, launcher):
+    basic = cli("sweep.py", *LAUNCHER_SWEEP)
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    (basic_dir,) = (tmp_path / "outputs" / "sweep").iterdir()
+    other = cli("sweep.py", *LAUNCHER_SWEEP, *launcher)
+    assert other.returncode == 0, other.stderr[-3000:]
+    (other_dir,) = set((tmp_path / "outputs" / "sweep").iterdir()) - {basic_dir}
+    assert len(list(other_dir.glob("*/metrics.json"))) == 4
+    assert _numbers(other_dir) == _numbers(basic_dir)  # same seeds, same numbers on CPU
+
+
+def test_slurm_launcher_preset_composes(tmp_path):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("sweep", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.partition == "gpu" and launcher.gpus_per_task == 1 and launcher.timeout_min == 60
