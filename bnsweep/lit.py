@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytorch_lightning as pl
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -29,6 +30,7 @@ class LitClassifier(pl.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.num_classes = num_classes
+        self.diverged_step: int | None = None  # the step whose loss was NaN or inf
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -48,6 +50,11 @@ class LitClassifier(pl.LightningModule):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            # divergence is a result: stop here, skip this update, let the run report it
+            self.diverged_step = self.global_step
+            self.trainer.should_stop = True
+            return None
         # the functional form: a Metric object's forward copies its state every step
         acc = multiclass_accuracy(logits, y, self.num_classes, average="micro", validate_args=False)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)

@@ -131,6 +131,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     picked = choices(cfg)
     result = {
         "status": "finished",
+        "diverged": module.diverged_step is not None,
+        "diverged_step": module.diverged_step,
         "seed": cfg.seed,
         "choices": picked,
         "overrides": overrides(),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-from hydra import compose, initialize_config_dir
 from conftest import CONF, compose_cfg
+from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bnsweep.cli import parse_seeds, sweep_argv
@@ -228,7 +228,9 @@ LAUNCHER_SWEEP = ["-m", "model=lenet_bn1,lenet_fc_bn2", "seeds=[0,1]", "threads=
 
 
 def _numbers(sweep: Path) -> list[dict[str, str]]:
-    return [{k: v for k, v in r.items() if not k.startswith("wall_time")} for r in read_summary(sweep)]
+    return [
+        {k: v for k, v in r.items() if not k.startswith("wall_time")} for r in read_summary(sweep)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -249,7 +251,15 @@ def test_launchers_give_the_basic_launchers_numbers(cli, tmp_path, launcher):
 
 def test_slurm_launcher_preset_composes(tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("sweep", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose(
+            "sweep",
+            ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert launcher.partition == "gpu" and launcher.gpus_per_task == 1 and launcher.timeout_min == 60
+    assert (
+        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    assert (
+        launcher.partition == "gpu" and launcher.gpus_per_task == 1 and launcher.timeout_min == 60
+    )
