@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+TYPED: list[str] = []  # the command line as typed, for the sweep folder's command.txt
 NO_RUN_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion")
 
 
@@ -35,7 +36,7 @@ def default_seeds(argv: Sequence[str], conf: Path = CONF) -> list[int]:
 
 
 # keys that never name a run folder (besides the fixed, unswept overrides)
-ALWAYS_EXCLUDED = ("seeds", "study", "threads", "run_dir", "data.root", "data.download")
+ALWAYS_EXCLUDED = ("seeds", "study", "threads", "run_dir", "data.root", "data.download", "resume")
 SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
 
 
@@ -70,6 +71,21 @@ def folder_name_excludes(args: Sequence[str]) -> list[str]:
     return keys
 
 
+def resume_args(args: list[str]) -> list[str]:
+    """``resume=<sweep dir>``: run the sweep again into that folder, skipping finished runs."""
+    given = [a for a in args if a.startswith("resume=")]
+    if not given:
+        return args
+    value = given[-1].split("=", 1)[1]
+    rest = [a for a in args if not a.startswith("resume=")]
+    if value.lower() in ("false", "no", "0"):
+        return rest
+    folder = Path(value)
+    if not (folder / "command.txt").is_file():
+        raise SystemExit(f"error: resume={value} is not a sweep folder (no command.txt in it)")
+    return [*rest, "resume=true", f"hydra.sweep.dir={folder}"]
+
+
 def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     """Add the seed fan-out: ``seeds=[0,1,2,3,4]`` (or the default) becomes ``seed=0,1,2,3,4``.
 
@@ -77,8 +93,10 @@ def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     means, not as a sweep over a ``seeds`` key. Run folders are named by the swept keys only.
     """
     args = list(argv)
+    TYPED[:] = args
     if any(a in NO_RUN_FLAGS or a.startswith("--cfg") for a in args):
         return args
+    args = resume_args(args)
     given = [a for a in args if a.startswith("seeds=")]
     seeds = parse_seeds(given[-1].split("=", 1)[1]) if given else default_seeds(args, conf)
     args = [a for a in args if not a.startswith("seeds=")]

@@ -248,6 +248,8 @@ class Batches:
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0
+        self.skip = 0  # batches of this epoch already trained on before a resume
+        self.served = 0  # batches of this epoch handed out so far
         n = len(y)
         # BN cannot train on a batch of one: a lone trailing sample is left out of the epoch
         self.n_used = n - 1 if shuffle and n % batch_size == 1 and n > 1 else n
@@ -264,6 +266,15 @@ class Batches:
     def __len__(self) -> int:
         return -(-self.n_used // self.batch_size)
 
+    # Lightning saves and restores these with a checkpoint: a run resumed mid-epoch continues
+    # the epoch's permutation where it stopped instead of starting it again
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "served": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = state["epoch"]
+        self.skip = state["served"]
+
     def __iter__(self):
         n = len(self.y)
         if self.shuffle:
@@ -271,7 +282,10 @@ class Batches:
             order = torch.randperm(n, generator=g)[: self.n_used].to(self.x.device)
         else:
             order = None
-        for start in range(0, self.n_used, self.batch_size):
+        first, self.skip = self.skip * self.batch_size, 0
+        self.served = first // self.batch_size
+        for start in range(first, self.n_used, self.batch_size):
+            self.served += 1
             if order is None:
                 yield (
                     self.x[start : start + self.batch_size],

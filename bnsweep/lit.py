@@ -31,6 +31,7 @@ class LitClassifier(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.num_classes = num_classes
         self.diverged_step: int | None = None  # the step whose loss was NaN or inf
+        self.resumed_from_step: int | None = None
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -91,6 +92,20 @@ class LitClassifier(pl.LightningModule):
         h["val_epoch"].append(self._epochs_done())
         h["val/acc"].append(float(acc))
         h["val/loss"].append(float(loss))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # what a resumed run needs to continue exactly: its curves so far and the CPU RNG
+        # (dropout masks); plain lists and tensors, loadable with weights_only=True
+        checkpoint["bnsweep"] = {"history": self.history, "rng": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.resumed_from_step = checkpoint["global_step"]
+        saved = checkpoint.get("bnsweep")
+        if saved:
+            self.history = saved["history"]
+            torch.set_rng_state(saved["rng"])
+            for acc in self.history["val/acc"]:
+                self.val_acc_best(torch.tensor(acc))
 
     def _epochs_done(self) -> float:
         """Epochs of training so far, fractional when stopped or validated mid-epoch."""

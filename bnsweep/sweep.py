@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from bnsweep.train import write_json
 
 # overrides that never define a point
-NOT_SWEPT = ("seed", "seeds", "run_dir", "study")
+NOT_SWEPT = ("seed", "seeds", "run_dir", "study", "resume", "threads")
 THRESHOLDS = (0.97, 0.98)
 
 
@@ -410,9 +410,11 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_text(
-            sweep_dir / "command.txt", shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "\n"
-        )
+        from bnsweep import cli
+
+        typed = cli.TYPED or sys.argv[1:]  # what the user typed, before the seeds fan-out
+        with (sweep_dir / "command.txt").open("a") as f:  # a resume adds its line
+            f.write(shlex.join([Path(sys.argv[0]).name, *typed]) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -103,21 +103,59 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     )
 
 
+# keys that do not change what a run computes: left out when a resumed run's config is compared
+NOT_COMPARED = ("run_dir", "resume", "threads")
+
+
+def config_snapshot(cfg: DictConfig) -> dict[str, Any]:
+    snapshot = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in snapshot.items() if k not in NOT_COMPARED and k != "hydra"}
+
+
+def _claim(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """Check run_dir before a run: returns its finished metrics when a resume can skip it.
+
+    A finished run is never overwritten; a run folder of another config is never reused.
+    """
+    resume = bool(cfg.get("resume", False))
+    snapshot = config_snapshot(cfg)
+    saved = run_dir / "run_config.json"
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(snapshot)):
+        raise FileExistsError(
+            f"{run_dir} holds a run of another config; resume with the same command and overrides"
+        )
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.exists():
+        metrics = json.loads(metrics_file.read_text())
+        if not resume:
+            raise FileExistsError(f"{run_dir} already holds a run; refusing to overwrite it")
+        if metrics.get("status") == "finished":
+            return metrics
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(saved, snapshot)
+    return None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, validate and test one configuration; returns the metrics written to metrics.json."""
+    """Train, validate and test one configuration; returns the metrics written to metrics.json.
+
+    With ``resume=true`` a finished run in ``run_dir`` is returned as it is, and an interrupted
+    one continues from ``ckpt/last.ckpt`` (saved at every validation).
+    """
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning
     validate(cfg)
     run_dir = Path(cfg.run_dir)
-    if (run_dir / "metrics.json").exists():
-        raise FileExistsError(f"{run_dir} already holds a finished run; refusing to overwrite it")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if (finished := _claim(run_dir, cfg)) is not None:
+        return finished
     start = time.time()
     try:
         module, datamodule = build(cfg)
     except ValueError as e:  # a constructor refused a config value (model.bn, data.normalize…)
         raise ConfigError(str(e)) from e
     trainer = make_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=datamodule)
+    last = run_dir / "ckpt" / "last.ckpt"
+    resume_from = last if cfg.get("resume", False) and last.exists() else None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     # each stage resets callback_metrics: keep the training ones before validate / test
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if not module.history["val_step"] or module.history["val_step"][-1] != trainer.global_step:
@@ -146,7 +184,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "test/loss": metrics.get("test/loss"),
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
-        "wall_time_s": round(time.time() - start, 3),
+        "wall_time_s": round(time.time() - start, 3),  # of this process (a resume: since it)
+        "resumed_from_step": module.resumed_from_step,
         "device": str(trainer.strategy.root_device),
         "history": module.history,
     }

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
 from conftest import ROOT
 from test_sweep import SHORT, read_summary, sweep_dir_of
 
@@ -46,3 +52,65 @@ def test_a_crashing_job_does_not_end_the_sweep(cli, tmp_path):
     assert "injected failure at training step 5" in (failed / "traceback.txt").read_text()
     rows = {r["model"]: r for r in read_summary(sweep)}  # the other point ran and is reported
     assert rows["lenet_bn1"]["n_finished"] == "2" and rows["raise_at_step"]["n_failed"] == "2"
+
+
+RESUMABLE = ["-m", "model=lenet_bn1,cnn_bn", "seeds=[0]", "threads=1", "data.train_size=1280",
+             "trainer.max_epochs=3", "trainer.val_check_interval=7", "trainer.limit_val_batches=1",
+             "trainer.limit_test_batches=1"]  # fmt: skip
+
+
+def _numbers(sweep) -> list[dict[str, str]]:
+    return [
+        {k: v for k, v in r.items() if not k.startswith("wall_time")} for r in read_summary(sweep)
+    ]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_sweep(cli, tmp_path, mnist_dir):
+    whole = cli("sweep.py", *RESUMABLE)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    (whole_dir,) = (tmp_path / "outputs" / "sweep").iterdir()
+
+    env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), *RESUMABLE], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    killed_in = None
+    while time.time() < deadline and killed_in is None:
+        for run in (tmp_path / "outputs" / "sweep").glob("*/1_*"):  # the second run (dropout, BN)
+            if run not in whole_dir.iterdir() and (run / "ckpt" / "last.ckpt").exists():
+                os.killpg(proc.pid, signal.SIGKILL)  # mid-run: checkpointed, not finished
+                killed_in = run
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_in is not None and not (killed_in / "metrics.json").exists()
+    sweep = killed_in.parent
+    assert not (sweep / "summary.csv").exists()
+
+    resumed = cli("sweep.py", *RESUMABLE, f"resume={sweep}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((killed_in / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] is not None and metrics["resumed_from_step"] > 0
+    first = json.loads((sweep / "0_model=lenet_bn1" / "metrics.json").read_text())
+    assert first["resumed_from_step"] is None  # finished before the kill: skipped, not rerun
+    assert _numbers(sweep) == _numbers(whole_dir)
+    assert len((sweep / "command.txt").read_text().splitlines()) == 2
+
+
+def test_a_finished_run_folder_is_never_overwritten(make_cfg, tmp_path):
+    from bnsweep.train import run
+
+    cfg = make_cfg("trainer.max_steps=3", "data.train_size=256", "logger=none", "trainer.limit_val_batches=1",
+                   "trainer.limit_test_batches=1")  # fmt: skip
+    first = run(cfg)
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    with pytest.raises(FileExistsError, match="already holds a run; refusing to overwrite it"):
+        run(cfg)
+    cfg.resume = True
+    assert run(cfg) == json.loads(before) == json.loads(json.dumps(first))  # skipped, unchanged
+    other = make_cfg(
+        "trainer.max_steps=3", "data.train_size=256", "logger=none", "seed=5", "resume=true"
+    )
+    with pytest.raises(FileExistsError, match="holds a run of another config"):
+        run(other)
+    assert (tmp_path / "run" / "metrics.json").read_text() == before

@@ -26,7 +26,7 @@ QUICK = [
 METRIC_KEYS = {
     "status", "seed", "choices", "overrides", "val/acc", "val/acc_best", "val/loss", "train/acc",
     "train/loss", "test/acc", "test/loss", "steps", "epochs", "wall_time_s", "device", "history",
-    "diverged", "diverged_step",
+    "diverged", "diverged_step", "resumed_from_step",
 }  # fmt: skip
 
 
