@@ -12,4 +12,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from bnsweep.cli import check_output_dir
+
+    check_output_dir(sys.argv[1:])
     main()

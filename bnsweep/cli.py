@@ -103,6 +103,27 @@ def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     args.append("seeds=[" + ",".join(map(str, seeds)) + "]")
     if not any(a.startswith(("seed=", "+seed=", "++seed=")) for a in args):
         args.append("seed=" + ",".join(map(str, seeds)))
+    if not any(a in ("-m", "--multirun") for a in args):
+        args.insert(0, "--multirun")  # sweep.py always sweeps (-m optional)
     excluded = folder_name_excludes(args)
     args.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(excluded) + "]")
     return args
+
+
+def check_output_dir(
+    argv: Sequence[str], key: str = "hydra.run.dir", default: str = "outputs"
+) -> None:
+    """Exit with one line if the run folder's nearest existing parent cannot be written
+    (Hydra would otherwise fail with a traceback while creating it)."""
+    import tempfile
+
+    given = [a.split("=", 1)[1] for a in argv if a.startswith(key + "=")]
+    folder = Path(given[-1] if given else default).absolute()
+    parent = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise SystemExit(
+            f"error: cannot write the output folder {folder} ({parent}: {e.strerror or e})"
+        ) from None

@@ -15,6 +15,7 @@ import os
 import shlex
 import statistics
 import sys
+import tempfile
 import traceback
 from collections import defaultdict
 from collections.abc import Sequence
@@ -402,6 +403,38 @@ def _record_failure(run_dir: Path, cfg: DictConfig, message: str, tb: str) -> No
     })  # fmt: skip
 
 
+def preflight(cfg: DictConfig, sweep_dir: Path) -> None:
+    """Before any job: the values every job shares, the data, the output folder. On a problem,
+    one line and exit status 2, and no sweep folder is left behind."""
+    from bnsweep.config import ConfigError, validate
+    from bnsweep.data import DATASETS, DataError, locate
+
+    existed = sweep_dir.exists()
+    try:
+        validate(cfg)
+        if not cfg.data.get("download", True) and cfg.data.get("name") in DATASETS:
+            root = cfg.data.get("root")
+            locate(DATASETS[cfg.data.name], Path(root) if root else None, download=False)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=sweep_dir):
+            pass
+    except (ConfigError, DataError) as e:
+        _abort(f"error: {e}", sweep_dir, existed)
+    except OSError as e:
+        _abort(
+            f"error: cannot write the sweep folder {sweep_dir}: {e.strerror or e}",
+            sweep_dir,
+            existed,
+        )
+
+
+def _abort(message: str, sweep_dir: Path, existed: bool) -> None:
+    if not existed and sweep_dir.is_dir() and not any(sweep_dir.iterdir()):
+        sweep_dir.rmdir()
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 class SweepCallback(Callback):
     """Records the command line at the start of a sweep and writes the report at its end."""
 
@@ -409,7 +442,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        preflight(config, sweep_dir)
         from bnsweep import cli
 
         typed = cli.TYPED or sys.argv[1:]  # what the user typed, before the seeds fan-out

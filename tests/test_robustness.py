@@ -114,3 +114,46 @@ def test_a_finished_run_folder_is_never_overwritten(make_cfg, tmp_path):
     with pytest.raises(FileExistsError, match="holds a run of another config"):
         run(other)
     assert (tmp_path / "run" / "metrics.json").read_text() == before
+
+
+SWEEP_BAD_INPUT = [
+    (["model=lenet9"], 1, "Could not find 'model/lenet9'"),
+    (["bn.windw=3"], 1, "Key 'windw' is not in struct"),
+    (["bn=window", "bn.window=abc"], 2, "error: bn.window must be a positive integer, got 'abc'"),
+    (["bn=window", "bn.window=0"], 2, "error: bn.window must be a positive integer, got 0"),
+    (["init.std=-1"], 2, "error: init.std must be a number > 0, got -1"),
+    (
+        ["data.root=/nonexistent", "data.download=false"],
+        2,
+        "error: MNIST not found: put train-images",
+    ),
+    (["hydra.sweep.dir=/proc/bnsweep"], 2, "error: cannot write the sweep folder /proc/bnsweep"),
+    (["seeds=a,b"], 1, "error: seeds must be a list of integers >= 0, got 'a,b'"),
+    (
+        ["resume=/nonexistent"],
+        1,
+        "error: resume=/nonexistent is not a sweep folder (no command.txt in it)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "args, code, message", SWEEP_BAD_INPUT, ids=[" ".join(a) for a, _, _ in SWEEP_BAD_INPUT]
+)
+def test_sweep_bad_input_one_line_and_no_run_folder(cli, tmp_path, args, code, message):
+    proc = cli("sweep.py", *args, "trainer.max_steps=2", timeout=120)
+    assert proc.returncode == code
+    assert message in proc.stderr, proc.stderr[-2000:]
+    if message.startswith("error:"):
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    sweeps = tmp_path / "outputs" / "sweep"
+    assert not sweeps.exists() or list(sweeps.iterdir()) == []
+
+
+def test_train_unwritable_output_folder(cli):
+    proc = cli("train.py", "hydra.run.dir=/proc/bnsweep-run", timeout=120)
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        == "error: cannot write the output folder /proc/bnsweep-run (/proc: No such file or directory)"
+    )
