@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sweep")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     from bnsweep.sweep import run_job
 
     return run_job(cfg)

@@ -248,7 +248,9 @@ def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, An
         "train_acc.png": ("train_epoch", "train/acc", "epoch", "training accuracy (epoch mean)"),
     }.items():
         fig, ax = plt.subplots(figsize=(8, 5))
-        for point, members in groups.items():
+        for point, members in sorted(
+            groups.items(), key=lambda g: tuple(_sort_key(v) for _, v in g[0])
+        ):
             good = [r for r in members if r.ok]
             if not good:
                 continue
@@ -359,8 +361,12 @@ def report(sweep_dir: Path | str, quiet: bool = False) -> list[dict[str, Any]]:
 # running a sweep
 
 
-def run_job(cfg: DictConfig) -> float | None:
-    """One job of a sweep: a training run whose failure is recorded, not raised."""
+def run_job(cfg: DictConfig) -> float:
+    """One job of a sweep: a training run whose failure is recorded, not raised.
+
+    Returns the best validation accuracy (the objective of search sweepers such as Optuna),
+    NaN for a failed run.
+    """
     from bnsweep.train import USER_ERRORS, run
 
     run_dir = Path(cfg.run_dir)
@@ -377,7 +383,7 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as e:  # noqa: BLE001 - one job's crash must not end the sweep
         _record_failure(run_dir, cfg, f"{type(e).__name__}: {e}", traceback.format_exc())
         traceback.print_exc()
-    return None
+    return math.nan
 
 
 def threads_per_job() -> int | None:

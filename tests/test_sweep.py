@@ -15,7 +15,7 @@ from conftest import CONF, compose_cfg
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnsweep.cli import parse_seeds, sweep_argv
+from bnsweep.cli import default_seeds, parse_seeds, sweep_argv
 from bnsweep.sweep import report
 
 SHORT = [
@@ -187,7 +187,7 @@ STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_presets_compose(study, tmp_path):
     cfg = compose_cfg("sweep", [f"study={study}", f"run_dir={tmp_path}"])
-    assert cfg.seeds == [0, 1, 2]
+    assert default_seeds([f"study={study}"]) == ([0] if study.startswith("optuna") else [0, 1, 2])
     text = (CONF / "study" / f"{study}.yaml").read_text()
     assert text.startswith("# @package _global_\n#")  # documented at the top
     expected = {
@@ -211,7 +211,7 @@ def test_study_presets_compose(study, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("study", [s for s in STUDIES if s != "custom"])
+@pytest.mark.parametrize("study", [s for s in STUDIES if s not in ("custom", "optuna_lr_momentum")])
 def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
     proc = cli(
         "sweep.py", f"study={study}", "seeds=[0]", "++trainer.fast_dev_run=true", timeout=900
@@ -263,3 +263,28 @@ def test_slurm_launcher_preset_composes(tmp_path):
     assert (
         launcher.partition == "gpu" and launcher.gpus_per_task == 1 and launcher.timeout_min == 60
     )
+
+
+def test_optuna_search_is_aggregated_like_any_sweep(cli, tmp_path):
+    proc = cli("sweep.py", "study=optuna_lr_momentum", "hydra.sweeper.n_trials=2", *SHORT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_summary(sweep_dir_of(tmp_path))
+    assert len(rows) == 2 and {"optimizer.lr", "bn.momentum"} <= set(rows[0])
+    assert all(1e-4 <= float(r["optimizer.lr"]) <= 1e-2 and r["n_finished"] == "1" for r in rows)
+
+
+def test_ray_local_launcher_gives_the_basic_launchers_numbers(cli, tmp_path):
+    # needs the [ray] extra, which CI does not install (ray's dependency tree); run it where it is
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason='needs pip install -e ".[ray]"')
+    basic = cli("sweep.py", *LAUNCHER_SWEEP)
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    (basic_dir,) = (tmp_path / "outputs" / "sweep").iterdir()
+    ray = cli(
+        "sweep.py",
+        *LAUNCHER_SWEEP,
+        "hydra/launcher=ray_local",
+        env={"RAY_DISABLE_USAGE_STATS": "1"},
+    )
+    assert ray.returncode == 0, ray.stderr[-3000:]
+    (ray_dir,) = set((tmp_path / "outputs" / "sweep").iterdir()) - {basic_dir}
+    assert _numbers(ray_dir) == _numbers(basic_dir)
