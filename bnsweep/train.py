@@ -152,6 +152,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         module, datamodule = build(cfg)
     except ValueError as e:  # a constructor refused a config value (model.bn, data.normalize…)
         raise ConfigError(str(e)) from e
+    datamodule.prepare_data()  # missing or corrupt data fails here, before any file is written
     trainer = make_trainer(cfg, run_dir)
     last = run_dir / "ckpt" / "last.ckpt"
     resume_from = last if cfg.get("resume", False) and last.exists() else None
