@@ -349,7 +349,9 @@ def report(sweep_dir: Path | str, quiet: bool = False) -> list[dict[str, Any]]:
         + ".\n"
     )
     write_csv(sweep_dir / "summary.csv", rows)
-    write_text(sweep_dir / "summary.md", f"# Sweep summary: {sweep_dir.resolve().name}\n\n" + table + note)
+    write_text(
+        sweep_dir / "summary.md", f"# Sweep summary: {sweep_dir.resolve().name}\n\n" + table + note
+    )
     plot(sweep_dir, keys, groups, rows)
     write_tensorboard(sweep_dir, groups)
     if not quiet:

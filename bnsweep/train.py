@@ -213,7 +213,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, FileExistsEr
 def _remove_unstarted(run_dir: Path) -> None:
     """Remove a run folder holding only what Hydra wrote before the run failed to start."""
     if run_dir.is_dir() and all(
-        p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
+        p.name in (".hydra", "run_config.json") or p.suffix == ".log" for p in run_dir.iterdir()
     ):
         shutil.rmtree(run_dir, ignore_errors=True)
 
