@@ -33,7 +33,10 @@ RULES: dict[str, Rule] = {
     "init.bias": (lambda v: v is None or _number(v), "a number"),
     "data.batch_size": (lambda v: _int(v) and v >= 2, "an integer >= 2 (BN needs 2 samples)"),
     "data.eval_batch_size": (lambda v: _int(v) and v >= 1, "a positive integer"),
-    "data.val_size": (lambda v: _int(v) and 1 <= v < 60000, "an integer in [1, 59999]"),
+    "data.val_size": (
+        lambda v: _int(v) and 0 <= v < 60000,
+        "an integer in [0, 59999] (0: validate on the test set)",
+    ),
     "data.train_size": (lambda v: v is None or (_int(v) and v >= 2), "null or an integer >= 2"),
     "optimizer.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
     "optimizer.momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -13,7 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from bnsweep.nn import capture_preactivations, norm_layers
+from bnsweep.nn import block_names, capture_preactivations, norm_layers
 
 
 class LitClassifier(pl.LightningModule):
@@ -21,10 +21,18 @@ class LitClassifier(pl.LightningModule):
 
     ``history`` keeps, per validation, the step, epoch and validation metrics, and per epoch the
     training metrics: the curves the sweep report draws.
+
+    ``percentiles`` (``{layer: fc3, unit: 0, q: [15, 50, 85]}``) also records, at every
+    validation, those percentiles of one unit's nonlinearity input (for a conv layer: one
+    channel, all positions) over the whole validation set: the paper's Figure 1 (b, c).
     """
 
     def __init__(
-        self, net: nn.Module, optimizer: Callable[..., Optimizer], num_classes: int = 10
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., Optimizer],
+        num_classes: int = 10,
+        percentiles: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -40,6 +48,11 @@ class LitClassifier(pl.LightningModule):
             "val_step": [], "val_epoch": [], "val/acc": [], "val/loss": [],
             "train_epoch": [], "train/acc": [], "train/loss": [],
         }  # fmt: skip
+        self.track = _percentile_spec(net, percentiles) if percentiles else None
+        self._tracked: list[Tensor] = []
+        if self.track:
+            for key in self.track["keys"]:
+                self.history[key] = []
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -69,14 +82,22 @@ class LitClassifier(pl.LightningModule):
             self.history["train/acc"].append(float(m["train/acc_epoch"]))
             self.history["train/loss"].append(float(m["train/loss_epoch"]))
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], acc: MulticlassAccuracy, loss: MeanMetric):
-        x, y = batch
-        logits = self.net(x)
+    def _eval_step(
+        self, x: Tensor, y: Tensor, logits: Tensor, acc: MulticlassAccuracy, loss: MeanMetric
+    ) -> None:
         loss(F.cross_entropy(logits, y), weight=len(y))
         acc(logits, y)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_acc, self.val_loss)
+        x, y = batch
+        if self.track is None:
+            logits = self.net(x)
+        else:
+            layer, unit = self.track["layer"], self.track["unit"]
+            with capture_preactivations(self.net, [layer]) as pre:
+                logits = self.net(x)
+            self._tracked.append(pre[layer][:, unit].flatten())
+        self._eval_step(x, y, logits, self.val_acc, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
         acc, loss = self.val_acc.compute(), self.val_loss.compute()
@@ -92,6 +113,13 @@ class LitClassifier(pl.LightningModule):
         h["val_epoch"].append(self._epochs_done())
         h["val/acc"].append(float(acc))
         h["val/loss"].append(float(loss))
+        if self.track is not None and self._tracked:
+            values = torch.cat(self._tracked).float()
+            self._tracked = []
+            q = torch.tensor(self.track["q"], device=values.device) / 100
+            for key, v in zip(self.track["keys"], torch.quantile(values, q).tolist()):
+                h[key].append(v)
+                self.log(key, v)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # what a resumed run needs to continue exactly: its curves so far and the CPU RNG
@@ -112,11 +140,32 @@ class LitClassifier(pl.LightningModule):
         return self.global_step / max(self.trainer.num_training_batches, 1)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_acc, self.test_loss)
+        x, y = batch
+        self._eval_step(x, y, self.net(x), self.test_acc, self.test_loss)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({"test/acc": self.test_acc.compute(), "test/loss": self.test_loss.compute()})
         self.test_acc.reset(), self.test_loss.reset()
+
+
+def _percentile_spec(net: nn.Module, spec: Mapping) -> dict:
+    """Check a ``percentiles`` config against the network; the history keys it will fill."""
+    layer, unit, q = spec.get("layer"), spec.get("unit", 0), list(spec.get("q", (15, 50, 85)))
+    names = block_names(net)
+    if layer not in names:
+        raise ValueError(f"percentiles.layer must be one of {names}, got {layer!r}")
+    affine = net.get_submodule(f"{layer}.affine")
+    width = getattr(affine, "out_features", None) or getattr(affine, "out_channels", None)
+    if not isinstance(unit, int) or isinstance(unit, bool) or not 0 <= unit < width:
+        raise ValueError(f"percentiles.unit must be an integer in [0, {width - 1}], got {unit!r}")
+    if not q or not all(isinstance(v, (int, float)) and 0 <= v <= 100 for v in q):
+        raise ValueError(f"percentiles.q must be a list of numbers in [0, 100], got {q!r}")
+    return {
+        "layer": layer,
+        "unit": unit,
+        "q": [float(v) for v in q],
+        "keys": [f"preact/{layer}_u{unit}/p{v:g}" for v in q],
+    }
 
 
 class BNStatsLogger(pl.Callback):

@@ -129,6 +129,30 @@ COLUMNS = [  # (summary column, metric key in metrics.json or a derived name)
 ]
 
 
+# the first part of training that a percentile's drift leaves out (the paper's 1k of 50k steps)
+DRIFT_SKIP = 0.02
+
+
+def drift(history: dict[str, list[float]], key: str) -> float | None:
+    """Max − min of a recorded series (a percentile of a pre-activation) over the validations
+    after the first DRIFT_SKIP of training: how far the distribution moves while training."""
+    steps, values = history.get("val_step", []), history.get(key, [])
+    if not steps or not values:
+        return None
+    kept = [v for s, v in zip(steps, values) if s >= DRIFT_SKIP * steps[-1]]
+    return max(kept) - min(kept) if kept else None
+
+
+def percentile_keys(history: dict[str, list[float]]) -> list[str]:
+    """The pre-activation percentile series a run recorded (``percentiles`` in the config)."""
+    return [k for k in history if k.startswith("preact/")]
+
+
+def drift_column(key: str) -> str:
+    """preact/fc3_u0/p50 → fc3_u0_p50_drift"""
+    return key.removeprefix("preact/").replace("/", "_") + "_drift"
+
+
 def run_values(run: Run) -> dict[str, float | None]:
     m, h = run.metrics, run.metrics.get("history", {})
     out = {key: m.get(key) for _, key in COLUMNS if "/" in key or key == "wall_time_s"}
@@ -136,6 +160,8 @@ def run_values(run: Run) -> dict[str, float | None]:
         pct = round(t * 100)
         out[f"steps_to_{pct}"] = first_reaching(h, t, "val_step")
         out[f"epochs_to_{pct}"] = first_reaching(h, t, "val_epoch")
+    for key in percentile_keys(h):
+        out[drift_column(key)] = drift(h, key)
     return out
 
 
@@ -151,8 +177,9 @@ def summarize(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
         row["n_diverged"] = sum(r.metrics.get("diverged", False) for r in members)
         row["n_failed"] = sum(r.status == "failed" for r in members)
         values = [run_values(r) for r in good]
-        for col, key in COLUMNS:
-            present = [v[key] for v in values if v[key] is not None]
+        extra = [k for k in dict.fromkeys(k for v in values for k in v) if k.endswith("_drift")]
+        for col, key in [*COLUMNS, *((k, k) for k in extra)]:
+            present = [v[key] for v in values if v.get(key) is not None]
             row[f"{col}_mean"], row[f"{col}_std"] = mean_std(present)
             if col.startswith(("steps_to", "epochs_to")):
                 row[f"{col}_n"] = len(present)  # seeds that reached it
@@ -185,6 +212,10 @@ def _fmt(mean: float, std: float, digits: int = 4) -> str:
 def markdown_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
     head = [*keys, "seeds ok / div / fail", "val acc (final)", "val acc (best)", "test acc",
             "train loss", "steps to 97%", "steps to 98%", "wall s/run"]  # fmt: skip
+    # medians' drift only (the CSV has every percentile's)
+    drifts = [c.removesuffix("_mean") for c in dict.fromkeys(k for r in rows for k in r)
+              if c.endswith("_p50_drift_mean")]  # fmt: skip
+    head += [f"{c.removesuffix('_drift')} drift" for c in drifts]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
 
@@ -203,6 +234,7 @@ def markdown_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
         ]
         cells += [reach("steps_to_97"), reach("steps_to_98")]
         cells.append(_fmt(r["wall_time_s_mean"], r["wall_time_s_std"], 1))
+        cells += [_fmt(r.get(f"{c}_mean", math.nan), r.get(f"{c}_std", math.nan), 3) for c in drifts]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -267,6 +299,9 @@ def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, An
         fig.savefig(sweep_dir / name, dpi=110)
         plt.close(fig)
         written.append(sweep_dir / name)
+    tracked = any(percentile_keys(r.metrics["history"]) for m in groups.values() for r in m if r.ok)
+    if tracked:
+        written.append(plot_percentiles(sweep_dir, groups))
     numeric = [k for k in keys if all(_sort_key(r[k])[0] == 0 for r in rows)]
     for key in numeric:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -292,6 +327,53 @@ def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, An
         plt.close(fig)
         written.append(path)
     return written
+
+
+def plot_percentiles(sweep_dir: Path, groups: dict) -> Path:
+    """The paper's Figure 1 layout: (a) accuracy vs step for every point (mean ± std over seeds),
+    then one panel per point with the recorded percentiles of the tracked pre-activation
+    (each percentile's mean over seeds, ± std band)."""
+    import matplotlib.pyplot as plt
+
+    points = sorted(
+        ((p, [r for r in m if r.ok]) for p, m in groups.items()),
+        key=lambda g: tuple(_sort_key(v) for _, v in g[0]),
+    )
+    points = [(p, good) for p, good in points if good]
+    fig, axes = plt.subplots(1, 1 + len(points), figsize=(4.2 * (1 + len(points)), 3.8))
+    ax = axes[0]
+    for point, good in points:
+        x, mean, std = curves(good, "val_step", "val/acc")
+        line = ax.plot(x, mean, label=point_label(point))[0]
+        ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                        color=line.get_color(), alpha=0.2)  # fmt: skip
+    ax.set_title("(a) accuracy (mean ± std over seeds)", fontsize=9)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    lows, highs = [], []
+    for i, (ax, (point, good)) in enumerate(zip(axes[1:], points)):
+        for key in percentile_keys(good[0].metrics["history"]):
+            x, mean, std = curves(good, "val_step", key)
+            line = ax.plot(x, mean, label=key.rsplit("/", 1)[-1])[0]
+            lo = [m - d for m, d in zip(mean, std)]
+            hi = [m + d for m, d in zip(mean, std)]
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+            lows.append(min(lo, default=0)), highs.append(max(hi, default=0))
+        unit = key.split("/")[1]
+        ax.set_title(f"({chr(ord('b') + i)}) {unit} input percentiles: {point_label(point)}",
+                     fontsize=9)  # fmt: skip
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[1:]:  # one scale, so that the panels compare
+        ax.set_ylim(min(lows) - 0.2, max(highs) + 0.2)
+    fig.tight_layout()
+    path = sweep_dir / "accuracy_and_percentiles.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_tensorboard(sweep_dir: Path, groups: dict) -> Path:

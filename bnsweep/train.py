@@ -67,7 +67,9 @@ def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     net = instantiate(cfg.model, norm=instantiate(cfg.bn))
     instantiate(cfg.init)(net, generator=torch.Generator().manual_seed(cfg.seed))
-    module = LitClassifier(net, optimizer=instantiate(cfg.optimizer))
+    track = cfg.get("percentiles")
+    track = OmegaConf.to_container(track, resolve=True) if track is not None else None
+    module = LitClassifier(net, optimizer=instantiate(cfg.optimizer), percentiles=track)
     return module, instantiate(cfg.data)
 
 

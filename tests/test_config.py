@@ -103,7 +103,7 @@ def test_seed_zero_is_a_seed(make_cfg):
         ),
         (["optimizer.lr=-1"], "optimizer.lr must be a number > 0, got -1"),
         (["seed=-3"], "seed must be an integer >= 0, got -3"),
-        (["data.val_size=60000"], "data.val_size must be an integer in [1, 59999], got 60000"),
+        (["data.val_size=60000"], "data.val_size must be an integer in [0, 59999] (0: validate on the test set), got 60000"),
     ],
 )
 def test_validate_names_key_and_value(make_cfg, overrides, message):

@@ -13,6 +13,7 @@ from bnsweep.nn import (
     LeNet,
     glorot_uniform,
     make_batchnorm,
+    normal,
     torch_default,
     truncated_normal,
 )
@@ -43,6 +44,22 @@ def test_truncated_normal_explicit_bias_and_bn_untouched():
         torch.all(m.bias == 0) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
     )
     assert torch.all(net.conv1.bn.weight == 1) and torch.all(net.conv1.bn.bias == 0)
+
+
+def test_normal_is_untruncated_gaussian():
+    net = InitCNN()
+    normal(net, std=0.05, generator=torch.Generator().manual_seed(0))
+    w = net.fc1.affine.weight.flatten()  # 3.2M values
+    assert abs(w.std().item() - 0.05) < 0.01 * 0.05
+    assert abs(w.mean().item()) < 0.01 * 0.05
+    # untruncated: about 0.27 % of N(0, σ²) lies beyond 3σ, none would after a 2σ cut
+    beyond = (w.abs() > 3 * 0.05).float().mean().item()
+    assert 0.002 < beyond < 0.0034
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert torch.all(m.bias == 0)
+    again = normal(InitCNN(), std=0.05, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.fc1.affine.weight, net.fc1.affine.weight)
 
 
 def test_glorot_uniform():

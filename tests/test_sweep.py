@@ -219,7 +219,8 @@ def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = sweep_dir_of(tmp_path)
     rows = read_summary(sweep)
-    points = {"bn_placement": 5, "bn_estimators": 4, "init_scale": 9, "init_scale_quick": 9}[study]
+    points = {"bn_placement": 5, "bn_estimators": 4, "init_scale": 9, "init_scale_quick": 9,
+              "paper_fig1": 2}[study]  # fmt: skip
     assert len(rows) == points and all(r["n_finished"] == "1" for r in rows)
 
 

@@ -148,6 +148,14 @@ BAD_INPUT = [
         "error: MNIST not found: put train-images-idx3-ubyte.gz",
     ),
     (["bn.windw=3"], "Key 'windw' is not in struct"),
+    (
+        ["model=mlp", "percentiles={layer:fc9,unit:0}"],
+        "error: percentiles.layer must be one of ['fc1', 'fc2', 'fc3'], got 'fc9'",
+    ),
+    (
+        ["model=mlp", "percentiles={layer:fc3,unit:100}"],
+        "error: percentiles.unit must be an integer in [0, 99], got 100",
+    ),
 ]
 if not torch.cuda.is_available():
     BAD_INPUT.append(

@@ -10,7 +10,7 @@ from bnsweep.nn.batchnorm import (
     recompute_population_stats,
 )
 from bnsweep.nn.cnn import InitCNN
-from bnsweep.nn.init import glorot_uniform, torch_default, truncated_normal
+from bnsweep.nn.init import glorot_uniform, normal, torch_default, truncated_normal
 from bnsweep.nn.layers import (
     Block,
     NormFactory,
@@ -37,6 +37,7 @@ __all__ = [
     "capture_preactivations",
     "count_parameters",
     "glorot_uniform",
+    "normal",
     "norm_layers",
     "recompute_population_stats",
     "make_torch_batchnorm",

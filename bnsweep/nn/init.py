@@ -36,6 +36,22 @@ def truncated_normal(
     return model
 
 
+def normal(
+    model: nn.Module, std: float, bias: float = 0.0, generator: Generator | None = None
+) -> nn.Module:
+    """Weights ~ N(0, std²), not truncated (the paper's "small random Gaussian values");
+    biases the constant ``bias``."""
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
+        raise ValueError(f"init.std must be a number > 0, got {std!r}")
+    if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+        raise ValueError(f"init.bias must be a number, got {bias!r}")
+    for m in _affine_layers(model):
+        nn.init.normal_(m.weight, 0.0, std, generator=generator)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, bias)
+    return model
+
+
 def glorot_uniform(model: nn.Module, generator: Generator | None = None) -> nn.Module:
     """Keras' default: weights U(±√(6 / (fan_in + fan_out))), biases zero."""
     for m in _affine_layers(model):
