@@ -10,6 +10,10 @@ Where the files come from, in order:
    package index.
 Every file is checked against its known MD5 (of the ``.gz`` or of the uncompressed bytes); a file
 that matches neither is an error naming it. Source folders are only read, never written.
+
+The verified arrays are then cached, decoded, in one memory-mappable file (``cache_dir()``,
+``$BNSWEEP_CACHE`` or ``~/.cache/bnsweep``), keyed by the source files' paths, sizes and
+modification times: later runs map it instead of decompressing and hashing the sources again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import contextlib
 import gzip
 import hashlib
 import io
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -228,12 +234,91 @@ def locate(spec: DatasetSpec, root: Path | None = None, download: bool = True) -
     )
 
 
-def load_raw(
-    spec: DatasetSpec, root: Path | None = None, download: bool = True
-) -> dict[str, Tensor]:
-    """The four verified arrays as uint8 tensors: train/test images (N, 28, 28), labels (N,)."""
-    paths = locate(spec, root, download)
+def decode(spec: DatasetSpec, paths: dict[str, Path]) -> dict[str, Tensor]:
+    """The four files, MD5-checked and parsed: uint8 tensors, images (N, 28, 28), labels (N,)."""
     return {k: parse_idx(read_verified(p, spec.files[k])) for k, p in paths.items()}
+
+
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: ``$BNSWEEP_CACHE``, else ``~/.cache/bnsweep``."""
+    env = os.environ.get("BNSWEEP_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bnsweep"
+
+
+def _stamp(paths: dict[str, Path]) -> dict[str, list]:
+    """What identifies the sources: a changed or replaced file gives another stamp."""
+    out = {}
+    for k, p in sorted(paths.items()):
+        st = p.stat()
+        out[k] = [str(p.resolve()), st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _cache_file(spec: DatasetSpec, stamp: dict[str, list]) -> Path:
+    key = hashlib.sha1(json.dumps([CACHE_VERSION, stamp]).encode()).hexdigest()[:16]
+    return cache_dir() / f"{spec.key}-{key}.u8"
+
+
+def _read_cache(path: Path, stamp: dict[str, list]) -> dict[str, Tensor] | None:
+    try:
+        info = json.loads(path.with_suffix(".json").read_text())
+        if info.get("version") != CACHE_VERSION or info.get("sources") != stamp:
+            return None
+        if path.stat().st_size != info["size"]:
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    # a private mapping: pages are read on first touch, writes would not reach the file
+    flat = torch.from_file(str(path), shared=False, size=info["size"], dtype=torch.uint8)
+    return {k: flat[o : o + math.prod(shape)].view(shape) for k, (o, shape) in info["arrays"].items()}
+
+
+def _write_cache(path: Path, stamp: dict[str, list], arrays: dict[str, Tensor]) -> None:
+    """Best effort (the cache only saves time): data file first, then its index, each renamed
+    into place, so a reader never sees a half-written cache."""
+    layout, offset = {}, 0
+    for k, t in arrays.items():
+        layout[k] = (offset, list(t.shape))
+        offset += t.numel()
+    info = {"version": CACHE_VERSION, "sources": stamp, "size": offset, "arrays": layout}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with tmp.open("wb") as f:
+            for t in arrays.values():
+                f.write(t.contiguous().numpy().tobytes())
+        os.replace(tmp, path)
+        meta = path.with_suffix(".json")
+        tmp_meta = meta.with_name(f".{meta.name}.tmp{os.getpid()}")
+        tmp_meta.write_text(json.dumps(info))
+        os.replace(tmp_meta, meta)
+    except OSError:
+        pass
+
+
+def load_raw(
+    spec: DatasetSpec, root: Path | None = None, download: bool = True, cache: bool = True
+) -> dict[str, Tensor]:
+    """The four verified arrays as uint8 tensors: train/test images (N, 28, 28), labels (N,).
+
+    With ``cache``, from the decoded cache when it matches the sources; else decoded (and
+    MD5-checked) from the sources, then cached.
+    """
+    paths = locate(spec, root, download)
+    if not cache:
+        return decode(spec, paths)
+    stamp = _stamp(paths)
+    path = _cache_file(spec, stamp)
+    if (cached := _read_cache(path, stamp)) is not None:
+        return cached
+    arrays = decode(spec, paths)
+    _write_cache(path, stamp, arrays)
+    return arrays
 
 
 class Batches:

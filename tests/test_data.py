@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnsweep.data import DATASETS, Batches, DataError, MNISTDataModule, load_raw, locate
+from bnsweep.data import (
+    DATASETS,
+    Batches,
+    DataError,
+    MNISTDataModule,
+    cache_dir,
+    load_raw,
+    locate,
+)
 
 MNIST = DATASETS["mnist"]
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -25,6 +33,50 @@ def test_real_mnist_loads_with_known_label_counts(mnist_dir):
     assert raw["train_images"].shape == (60000, 28, 28) and raw["train_images"].dtype == torch.uint8
     assert raw["test_images"].shape == (10000, 28, 28)
     assert raw["train_labels"].bincount().tolist() == TRAIN_COUNTS
+    assert raw["test_labels"].bincount().tolist() == TEST_COUNTS
+
+
+def test_cached_dataset_equals_the_decoded_raw_files(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("BNSWEEP_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache"
+    decoded = load_raw(MNIST, mnist_dir, download=False, cache=False)
+    first = load_raw(MNIST, mnist_dir, download=False)  # decodes and writes the cache
+    (data_file,) = (tmp_path / "cache").glob("mnist-*.u8")
+    assert data_file.stat().st_size == sum(t.numel() for t in decoded.values())
+    cached = load_raw(MNIST, mnist_dir, download=False)  # maps the cache
+    for k, t in decoded.items():
+        assert torch.equal(first[k], t) and torch.equal(cached[k], t) and cached[k].dtype == t.dtype
+    cached["test_labels"][0] = 99  # a private mapping: the file is not changed
+    assert torch.equal(
+        load_raw(MNIST, mnist_dir, download=False)["test_labels"], decoded["test_labels"]
+    )
+
+
+def test_cache_follows_the_sources_and_survives_damage(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("BNSWEEP_CACHE", str(tmp_path / "cache"))
+    raw_dir = tmp_path / "MNIST" / "raw"
+    shutil.copytree(mnist_dir / "MNIST" / "raw", raw_dir)
+    load_raw(MNIST, tmp_path, download=False)
+    (data_file,) = (tmp_path / "cache").glob("mnist-*.u8")
+    data_file.write_bytes(data_file.read_bytes()[:1000])  # a truncated cache is not used
+    assert (
+        load_raw(MNIST, tmp_path, download=False)["train_labels"].bincount().tolist()
+        == TRAIN_COUNTS
+    )
+    # a source replaced after caching is decoded and checked again, not served from the cache
+    victim = raw_dir / "t10k-labels-idx1-ubyte.gz"
+    data = bytearray(gzip.decompress(victim.read_bytes()))
+    data[100] ^= 0xFF
+    victim.write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
+        load_raw(MNIST, tmp_path, download=False)
+
+
+def test_unwritable_cache_folder_still_loads(mnist_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("BNSWEEP_CACHE", str(blocker / "cache"))  # cannot be created
+    raw = load_raw(MNIST, mnist_dir, download=False)
     assert raw["test_labels"].bincount().tolist() == TEST_COUNTS
 
 

@@ -114,7 +114,9 @@ def test_paper_fig1_shortened_writes_the_series_and_the_three_panel_figure(cli, 
         # the drift column: max - min of the median after the first DRIFT_SKIP of training
         drifts = []
         for h in hs:
-            kept = [v for s, v in zip(h["val_step"], h["preact/fc3_u0/p50"]) if s >= DRIFT_SKIP * 300]
+            kept = [
+                v for s, v in zip(h["val_step"], h["preact/fc3_u0/p50"]) if s >= DRIFT_SKIP * 300
+            ]
             drifts.append(max(kept) - min(kept))
         assert float(rows[model]["fc3_u0_p50_drift_mean"]) == pytest.approx(
             sum(drifts) / len(drifts), abs=1e-9
