@@ -1,8 +1,18 @@
-"""python -m bnsweep.bench [--repeats 30]: side-by-side timings, printed as one table of ratios.
+"""python -m bnsweep.bench [--only SECTION ...]: side-by-side timings, one table of ratios.
 
-Rows: our BN layer vs torch.nn.BatchNorm (forward + backward in training mode, forward in eval
-mode) at the LeNet shapes and a large one. Each pair is timed alternately in one process, in
-several rounds; the table shows the medians and their ratio.
+Sections (rows), each measured against the best alternative in the same run:
+- bn: our BN layer vs torch.nn.BatchNorm, forward + backward in training mode and forward in eval
+  mode, at the LeNet shapes and a large one (alternating, several rounds, medians);
+- step: one epoch of lenet_fc_bn2 through bnsweep's full path (Hydra config, LightningModule,
+  DataModule, loggers, checkpoints) vs a plain PyTorch loop with the same model, optimizer, data
+  and batch order (alternating rounds, medians);
+- data: one epoch of training batches from bnsweep's DataModule vs torchvision's MNIST with
+  ToTensor + Normalize through a default DataLoader;
+- startup: process start to the first training step of ``python train.py``, with the decoded
+  dataset cache vs without it;
+- memory: peak resident memory of one training process, bnsweep vs the plain loop;
+- sweep: N short runs one after another (basic launcher) vs hydra/launcher=joblib with 2 workers.
+Needs the MNIST files (README: Getting the data).
 """
 
 from __future__ import annotations
@@ -111,7 +121,179 @@ def sweep_rows(ns: list[int]) -> list[str]:
     return rows
 
 
-SECTIONS = ("bn", "sweep")
+def _data_root() -> Path:
+    from bnsweep.data import default_root
+
+    return default_root()
+
+
+def compose_train(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return compose("train", overrides=overrides)
+
+
+STEP_RUN = ["model=lenet_fc_bn2", "init=glorot", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+@torch.no_grad()
+def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    net.eval()
+    correct = sum(
+        (net(a).argmax(1) == b).sum().item() for a, b in zip(x.split(1000), y.split(1000))
+    )
+    net.train()
+    return correct / len(y)
+
+
+def plain_epoch(cfg) -> tuple[float, float]:
+    """The same network, init, optimizer, data and batch order without Lightning: seconds for
+    one epoch of training plus a validation, and the validation accuracy."""
+    import torch.nn.functional as F
+
+    from bnsweep.train import build
+
+    module, dm = build(cfg)
+    dm.setup()
+    net, opt = module.net, module.configure_optimizers()
+    batches = dm.train_dataloader()
+    start = time.perf_counter()
+    for x, y in batches:
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    acc = _accuracy(net, dm.tensors["x_val"], dm.tensors["y_val"])
+    return time.perf_counter() - start, acc
+
+
+def bnsweep_epoch(cfg) -> tuple[float, float]:
+    """The full path: seconds of trainer.fit for one epoch (training + validation, loggers,
+    checkpoint), and the validation accuracy."""
+    from bnsweep.train import run
+
+    m = run(cfg)
+    return m["fit_time_s"], m["val/acc"]
+
+
+def step_rows(rounds: int) -> list[str]:
+    times: dict[str, list[float]] = {"bnsweep": [], "plain": []}
+    accs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds):
+            cfg = compose_train([*STEP_RUN, f"run_dir={tmp}/run{i}"])
+            t, accs["plain"] = plain_epoch(cfg)
+            times["plain"].append(t)
+            t, accs["bnsweep"] = bnsweep_epoch(cfg)
+            times["bnsweep"].append(t)
+    ours, plain = statistics.median(times["bnsweep"]), statistics.median(times["plain"])
+    return [
+        f"| training epoch, lenet_fc_bn2, batch 64 (860 steps + validation) | bnsweep full "
+        f"path vs plain PyTorch loop (val acc {accs['bnsweep']:.4f} vs {accs['plain']:.4f}) "
+        f"| {ours:.2f} s | {plain:.2f} s | bnsweep/plain {ours / plain:.2f}× | ≤ 1.15× |"
+    ]
+
+
+def data_rows(rounds: int) -> list[str]:
+    import gzip
+
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from bnsweep.data import MNISTDataModule
+
+    dm = MNISTDataModule(root=str(_data_root()), download=False, batch_size=64)
+    dm.setup()
+    ours_loader = dm.train_dataloader()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        from bnsweep.data import DATASETS, locate
+
+        for key, path in locate(DATASETS["mnist"], _data_root(), download=False).items():
+            data = path.read_bytes()
+            name = DATASETS["mnist"].files[key].name
+            (raw / name).write_bytes(gzip.decompress(data) if path.suffix == ".gz" else data)
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        tv = datasets.MNIST(tmp, train=True, download=False, transform=tf)
+        tv_loader = DataLoader(tv, batch_size=64, shuffle=True)
+
+        def epoch(loader) -> float:
+            start = time.perf_counter()
+            n = sum(len(y) for _, y in loader)
+            assert n >= 55_000
+            return time.perf_counter() - start
+
+        ours, theirs = [], []
+        for _ in range(rounds):
+            ours.append(epoch(ours_loader))
+            theirs.append(epoch(tv_loader))
+    a, b = statistics.median(ours), statistics.median(theirs)
+    return [
+        f"| data, one epoch of training batches (64) | bnsweep DataModule vs torchvision MNIST "
+        f"+ ToTensor/Normalize + DataLoader | {a * 1e3:.1f} ms | {b * 1e3:.0f} ms "
+        f"| torchvision/bnsweep {b / a:.0f}× faster | ≥ 10× |"
+    ]
+
+
+def _child_rss(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Run a command; its wall seconds and peak resident memory in MiB (Linux: ru_maxrss KiB)."""
+    with tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"failed ({' '.join(cmd)}):\n{err.read()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def startup_rows(rounds: int) -> list[str]:
+    """process start → first training step of train.py, with the dataset cache and without."""
+    import json
+
+    def once(tmp: Path, tag: str, cache: bool) -> float:
+        run_dir = tmp / tag
+        cmd = [sys.executable, str(ROOT / "train.py"), *STEP_RUN, "trainer.max_epochs=null",
+               "trainer.max_steps=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+               f"data.cache={str(cache).lower()}", f"run_dir={run_dir}"]  # fmt: skip
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
+        return json.loads((run_dir / "metrics.json").read_text())["startup_s"]
+
+    warm, cold = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        once(Path(tmp), "prime", True)  # the cache exists from here on
+        for i in range(rounds):
+            warm.append(once(Path(tmp), f"warm{i}", True))
+            cold.append(once(Path(tmp), f"cold{i}", False))
+    a, b = statistics.median(warm), statistics.median(cold)
+    return [
+        f"| job start-up: process start → first training step (train.py) | with the decoded "
+        f"dataset cache vs decoding the .gz files | {a:.2f} s | {b:.2f} s "
+        f"| cached/uncached {a / b:.2f}× | ≤ 3 s |"
+    ]
+
+
+def memory_rows() -> list[str]:
+    """Peak RSS of one process training lenet_fc_bn2 for 300 steps: bnsweep vs the plain loop."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(ROOT / "train.py"), *STEP_RUN, "trainer.limit_train_batches=300",
+               f"run_dir={tmp}/run"]  # fmt: skip
+        _, ours = _child_rss(cmd, Path(tmp))
+        code = ("import sys; from bnsweep.bench import compose_train, plain_epoch, STEP_RUN; "
+                f"plain_epoch(compose_train([*STEP_RUN, 'run_dir={tmp}/plain']))")  # fmt: skip
+        _, plain = _child_rss([sys.executable, "-c", code], Path(tmp))
+    return [
+        f"| peak memory of one job (lenet_fc_bn2, MNIST in memory) | bnsweep train.py vs plain "
+        f"loop process | {ours:.0f} MiB | {plain:.0f} MiB | bnsweep/plain {ours / plain:.2f}× | — |"
+    ]
+
+
+SECTIONS = ("bn", "step", "data", "startup", "memory", "sweep")
 
 
 def bn_rows(repeats: int) -> list[str]:
@@ -130,8 +312,9 @@ def bn_rows(repeats: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bnsweep.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=30, help="rounds per side-by-side pair")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--repeats", type=int, default=30, help="rounds per BN layer pair")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the step, data, startup rows")
     p.add_argument("--sweep-n", nargs="+", type=int, default=[1, 2, 4, 8])
     args = p.parse_args(argv)
     cpu = platform.processor() or platform.machine()
@@ -139,13 +322,22 @@ def main(argv: list[str] | None = None) -> None:
         f"machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, python {platform.python_version()}"
     )
-    print(f"command: python -m bnsweep.bench {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(
+        f"command: python -m bnsweep.bench {' '.join(argv if argv is not None else sys.argv[1:])}"
+    )
     print()
     print("| row | compared | bnsweep | alternative | ratio | target |")
     print("|---|---|---|---|---|---|")
+    sections: dict[str, Callable[[], list[str]]] = {
+        "bn": lambda: bn_rows(args.repeats),
+        "step": lambda: step_rows(args.rounds),
+        "data": lambda: data_rows(args.rounds),
+        "startup": lambda: startup_rows(args.rounds),
+        "memory": memory_rows,
+        "sweep": lambda: sweep_rows(args.sweep_n),
+    }
     for section in args.only:
-        rows = bn_rows(args.repeats) if section == "bn" else sweep_rows(args.sweep_n)
-        for row in rows:
+        for row in sections[section]():
             print(row, flush=True)
 
 

@@ -36,7 +36,9 @@ def default_seeds(argv: Sequence[str], conf: Path = CONF) -> list[int]:
 
 
 # keys that never name a run folder (besides the fixed, unswept overrides)
-ALWAYS_EXCLUDED = ("seeds", "study", "threads", "run_dir", "data.root", "data.download", "resume")
+ALWAYS_EXCLUDED = (
+    "seeds", "study", "threads", "run_dir", "data.root", "data.download", "data.cache", "resume",
+)  # fmt: skip
 SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
 
 

@@ -392,7 +392,8 @@ class MNISTDataModule(pl.LightningDataModule):
     (pixels / 255, the BN-placement reference) or ``standardize`` (zero mean, unit std over the
     training split). ``train_size`` keeps only the first that many training images (quick runs).
     ``val_size=0`` trains on all 60k and validates on the test set (test accuracy over training,
-    the protocol of the paper's Figure 1 and of the init-scale reference).
+    the protocol of the paper's Figure 1 and of the init-scale reference). ``cache``: keep the
+    decoded files in the memory-mappable cache (``cache_dir()``) and load from it.
     """
 
     def __init__(
@@ -406,6 +407,7 @@ class MNISTDataModule(pl.LightningDataModule):
         seed: int = 0,
         download: bool = True,
         train_size: int | None = None,
+        cache: bool = True,
     ) -> None:
         super().__init__()
         if name not in DATASETS:
@@ -418,7 +420,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.root = Path(root).expanduser() if root else None
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.normalize, self.seed = val_size, normalize, seed
-        self.download, self.train_size = download, train_size
+        self.download, self.train_size, self.cache = download, train_size, cache
         self.tensors: dict[str, Tensor] = {}
 
     def prepare_data(self) -> None:
@@ -427,7 +429,7 @@ class MNISTDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tensors:
             return
-        raw = load_raw(self.spec, self.root, download=False)
+        raw = load_raw(self.spec, self.root, download=False, cache=self.cache)
         n = len(raw["train_labels"])
         if not 0 <= self.val_size < n:
             raise ValueError(f"data.val_size must be in [0, {n - 1}], got {self.val_size}")

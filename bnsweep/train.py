@@ -35,6 +35,16 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), None where that cannot be read."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def choices(cfg: DictConfig) -> dict[str, str]:
     """The option picked in each config group (model=lenet_fc_bn2 …), from Hydra or cfg.meta."""
     from hydra.core.hydra_config import HydraConfig
@@ -150,6 +160,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if (finished := _claim(run_dir, cfg)) is not None:
         return finished
     start = time.time()
+    started_after = process_age() if _first_run_of_process() else None
     try:
         module, datamodule = build(cfg)
     except ValueError as e:  # a constructor refused a config value (model.bn, data.normalize…)
@@ -158,7 +169,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer = make_trainer(cfg, run_dir)
     last = run_dir / "ckpt" / "last.ckpt"
     resume_from = last if cfg.get("resume", False) and last.exists() else None
+    fit_start = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    fit_time = time.time() - fit_start
     # each stage resets callback_metrics: keep the training ones before validate / test
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if not module.history["val_step"] or module.history["val_step"][-1] != trainer.global_step:
@@ -188,6 +201,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
         "wall_time_s": round(time.time() - start, 3),  # of this process (a resume: since it)
+        "fit_time_s": round(fit_time, 3),  # trainer.fit: training and its validations
+        # process start (imports, config, data) to the first training step: one run per process
+        "startup_s": round(module.first_step_at - start + started_after, 3)
+        if module.first_step_at is not None and started_after is not None
+        else None,
         "resumed_from_step": module.resumed_from_step,
         "device": str(trainer.strategy.root_device),
         "history": module.history,
@@ -206,6 +224,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger.save()
     write_json(run_dir / "metrics.json", result)
     return result
+
+
+_RUNS_IN_PROCESS = []
+
+
+def _first_run_of_process() -> bool:
+    """True once per process: later runs (a sweep's basic launcher) reuse its imports."""
+    first = not _RUNS_IN_PROCESS
+    _RUNS_IN_PROCESS.append(1)
+    return first
 
 
 # errors that are the user's input, not a bug: reported in one line, exit status 2

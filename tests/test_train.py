@@ -26,7 +26,7 @@ QUICK = [
 METRIC_KEYS = {
     "status", "seed", "choices", "overrides", "val/acc", "val/acc_best", "val/loss", "train/acc",
     "train/loss", "test/acc", "test/loss", "steps", "epochs", "wall_time_s", "device", "history",
-    "diverged", "diverged_step", "resumed_from_step",
+    "diverged", "diverged_step", "resumed_from_step", "fit_time_s", "startup_s",
 }  # fmt: skip
 
 
@@ -59,6 +59,9 @@ def test_train_cli_short_run(cli, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == METRIC_KEYS
     assert metrics["steps"] == 40 and metrics["seed"] == 0 and metrics["status"] == "finished"
+    # the only run of its process: process start to the first training step is recorded
+    assert 0 < metrics["startup_s"] < metrics["wall_time_s"] + metrics["startup_s"]
+    assert 0 < metrics["fit_time_s"] < metrics["wall_time_s"]
     assert metrics["choices"]["model"] == "lenet_fc_bn2" and metrics["choices"]["bn"] == "window"
     assert "bn=window" in metrics["overrides"]
     assert metrics["history"]["val_step"] == [20, 40]
@@ -73,6 +76,8 @@ def test_train_cli_short_run(cli, tmp_path):
         tags["scalars"]
     )
     assert [e.step for e in ev.Scalars("val/acc")] == [19, 39]  # Lightning logs at step index
+    # step metrics only every log_every_n_steps (10), the steps Lightning writes
+    assert [e.step for e in ev.Scalars("train/loss_step")] == [9, 19, 29, 39]
     assert abs(ev.Scalars("val/acc")[-1].value - metrics["val/acc"]) < 1e-6
     assert {"bn/conv1/running_mean", "bn/fc2/running_var", "preact/fc1"} <= set(tags["histograms"])
     hp = [e.value for e in ev.Scalars("hp/test_acc")]
@@ -93,6 +98,39 @@ def test_train_cli_short_run(cli, tmp_path):
     for name in ("last.ckpt", "best.ckpt"):
         ckpt = torch.load(run_dir / "ckpt" / name, weights_only=True, map_location="cpu")
         assert "net.conv1.bn.window_mean" in ckpt["state_dict"]
+
+
+def test_training_epoch_means_equal_a_replay_of_the_same_steps(make_cfg, tmp_path):
+    """train/loss and train/acc per epoch: batch-size-weighted means over the epoch's steps,
+    recomputed by replaying the same model, optimizer and batches in a plain loop."""
+    cfg = make_cfg("model=lenet_fc_bn2", "logger=none", "data.train_size=700",
+                   "trainer.max_epochs=2", "trainer.limit_val_batches=1")  # fmt: skip
+    metrics = run(cfg)
+    module, dm = build(cfg)
+    dm.setup()
+    net, opt = module.net, module.configure_optimizers()
+    batches = dm.train_dataloader()
+    expected = []
+    for epoch in range(2):
+        batches.set_epoch(epoch)
+        loss_sum = correct = n = 0
+        for x, y in batches:
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+        assert n == 700
+        expected.append((loss_sum / n, correct / n))
+        net.eval()  # validation between epochs runs in eval mode (BN running stats untouched)
+        net.train()
+    h = metrics["history"]
+    assert h["train/loss"] == pytest.approx([e[0] for e in expected], rel=1e-5)
+    assert h["train/acc"] == pytest.approx([e[1] for e in expected], abs=1e-6)
+    assert metrics["train/loss"] == pytest.approx(expected[-1][0], rel=1e-5)
 
 
 def test_seeded_runs_repeat_exactly(make_cfg, tmp_path):
