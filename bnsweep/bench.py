@@ -5,7 +5,7 @@ Sections (rows), each measured against the best alternative in the same run:
   mode, at the LeNet shapes and a large one (alternating, several rounds, medians);
 - step: one epoch of lenet_fc_bn2 through bnsweep's full path (Hydra config, LightningModule,
   DataModule, loggers, checkpoints) vs a plain PyTorch loop with the same model, optimizer, data
-  and batch order (alternating rounds, medians);
+  and batch order, and bnsweep with trainer.compile=true (alternating rounds, medians);
 - data: one epoch of training batches from bnsweep's DataModule vs torchvision's MNIST with
   ToTensor + Normalize through a default DataLoader;
 - startup: process start to the first training step of ``python train.py``, with the decoded
@@ -179,7 +179,8 @@ def bnsweep_epoch(cfg) -> tuple[float, float]:
 
 
 def step_rows(rounds: int) -> list[str]:
-    times: dict[str, list[float]] = {"bnsweep": [], "plain": []}
+    """One epoch, alternating: plain loop, bnsweep, bnsweep with trainer.compile=true."""
+    times: dict[str, list[float]] = {"plain": [], "bnsweep": [], "compiled": []}
     accs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(rounds):
@@ -188,11 +189,18 @@ def step_rows(rounds: int) -> list[str]:
             times["plain"].append(t)
             t, accs["bnsweep"] = bnsweep_epoch(cfg)
             times["bnsweep"].append(t)
-    ours, plain = statistics.median(times["bnsweep"]), statistics.median(times["plain"])
+            cfg = compose_train([*STEP_RUN, "trainer.compile=true", f"run_dir={tmp}/comp{i}"])
+            t, accs["compiled"] = bnsweep_epoch(cfg)
+            times["compiled"].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ours, plain, comp = med["bnsweep"], med["plain"], med["compiled"]
     return [
         f"| training epoch, lenet_fc_bn2, batch 64 (860 steps + validation) | bnsweep full "
         f"path vs plain PyTorch loop (val acc {accs['bnsweep']:.4f} vs {accs['plain']:.4f}) "
-        f"| {ours:.2f} s | {plain:.2f} s | bnsweep/plain {ours / plain:.2f}× | ≤ 1.15× |"
+        f"| {ours:.2f} s | {plain:.2f} s | bnsweep/plain {ours / plain:.2f}× | ≤ 1.15× |",
+        f"| training epoch with trainer.compile=true (first round {times['compiled'][0]:.1f} s "
+        f"incl. compiling; val acc {accs['compiled']:.4f}) | compiled vs eager bnsweep "
+        f"| {comp:.2f} s | {ours:.2f} s | compiled/eager {comp / ours:.2f}× | < 1× to turn it on |",
     ]
 
 

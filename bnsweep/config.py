@@ -42,6 +42,7 @@ RULES: dict[str, Rule] = {
     "optimizer.momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "trainer.max_epochs": (lambda v: v is None or (_int(v) and v >= -1), "an integer >= -1"),
+    "trainer.compile": (lambda v: isinstance(v, bool), "true or false"),
     "trainer.max_steps": (lambda v: _int(v) and v >= -1, "an integer >= -1"),
     "trainer.val_check_interval": (
         lambda v: v is None or (_int(v) and v >= 1) or (_number(v) and 0 < v <= 1),

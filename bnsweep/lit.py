@@ -22,6 +22,8 @@ class LitClassifier(pl.LightningModule):
     ``history`` keeps, per validation, the step, epoch and validation metrics, and per epoch the
     training metrics: the curves the sweep report draws.
 
+    ``compile`` runs the training forward (and so its backward) through ``torch.compile``.
+
     ``percentiles`` (``{layer: fc3, unit: 0, q: [15, 50, 85]}``) also records, at every
     validation, those percentiles of one unit's nonlinearity input (for a conv layer: one
     channel, all positions) over the whole validation set: the paper's Figure 1 (b, c).
@@ -33,6 +35,7 @@ class LitClassifier(pl.LightningModule):
         optimizer: Callable[..., Optimizer],
         num_classes: int = 10,
         percentiles: Mapping | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.net = net
@@ -53,6 +56,9 @@ class LitClassifier(pl.LightningModule):
         self._tracked: list[Tensor] = []
         self._epoch_sums: Tensor | None = None  # (Σ loss·n, Σ correct) of this epoch so far
         self._epoch_n = 0
+        # trainer.compile: the training forward through torch.compile, the same parameters; kept
+        # out of the module tree, so state dicts, hooks and evaluation use the plain network
+        self._compiled: dict[str, Callable] = {"net": torch.compile(net)} if compile else {}
         if self.track:
             for key in self.track["keys"]:
                 self.history[key] = []
@@ -67,7 +73,7 @@ class LitClassifier(pl.LightningModule):
         if self.first_step_at is None:
             self.first_step_at = time.time()
         x, y = batch
-        logits = self.net(x)
+        logits = self._compiled.get("net", self.net)(x)
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             # divergence is a result: stop here, skip this update, let the run report it

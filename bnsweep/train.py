@@ -79,7 +79,12 @@ def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
     instantiate(cfg.init)(net, generator=torch.Generator().manual_seed(cfg.seed))
     track = cfg.get("percentiles")
     track = OmegaConf.to_container(track, resolve=True) if track is not None else None
-    module = LitClassifier(net, optimizer=instantiate(cfg.optimizer), percentiles=track)
+    module = LitClassifier(
+        net,
+        optimizer=instantiate(cfg.optimizer),
+        percentiles=track,
+        compile=bool(OmegaConf.select(cfg, "trainer.compile", default=False)),
+    )
     return module, instantiate(cfg.data)
 
 
@@ -110,6 +115,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     if t.get("deterministic") is None:
         # deterministic kernels on CPU; on a GPU some (avg-pool backward) have none
         extra["deterministic"] = on_cpu
+    t = {k: v for k, v in t.items() if k != "compile"}  # ours (LitClassifier), not Lightning's
     return instantiate(
         t, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir), **extra
     )
