@@ -49,18 +49,24 @@ def _is_number(value: Any) -> bool:
 
 
 class _BatchNormTrain(torch.autograd.Function):
-    """Training-mode normalisation with the paper's closed-form backward."""
+    """Training-mode normalisation with the paper's closed-form backward.
+
+    Written for the CPU's memory traffic: a two-pass mean / variance from plain sums (torch's
+    ``var_mean`` over (N, H, W) is ~10× slower than a sum there), x̂ computed in the one buffer
+    that is saved for the backward, and the input gradient built in place in the buffer of g·x̂.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
         dims = (0,) if x.dim() == 2 else (0, 2, 3)
         shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
-        var, mean = torch.var_mean(x, dim=dims, correction=0)  # (C,), (C,): biased
+        m = x.numel() // x.shape[1]
+        mean = x.sum(dims) / m  # (C,)
+        xhat = x - mean.view(shape)
+        var = torch.mul(xhat, xhat).sum(dims) / m  # (C,): biased, from the centred values
         invstd = torch.rsqrt(var + eps)
-        # x̂ = x·σ⁻¹ − μ·σ⁻¹ and y = x̂·γ + β as a multiply and an in-place add each: on the CPU
-        # that beats one broadcasting addcmul or sub-then-mul by about 2×
-        xhat = (x * invstd.view(shape)).sub_((mean * invstd).view(shape))
-        y = xhat if weight is None else (xhat * weight.view(shape)).add_(bias.view(shape))
+        xhat.mul_(invstd.view(shape))
+        y = xhat if weight is None else torch.mul(xhat, weight.view(shape)).add_(bias.view(shape))
         ctx.save_for_backward(xhat, invstd, weight)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -72,13 +78,15 @@ class _BatchNormTrain(torch.autograd.Function):
         shape = (1, -1) if xhat.dim() == 2 else (1, -1, 1, 1)
         m = xhat.numel() // xhat.shape[1]
         sum_g = grad_y.sum(dims)  # (C,) = ∂ℓ/∂β
-        sum_g_xhat = (grad_y * xhat).sum(dims)  # (C,) = ∂ℓ/∂γ
+        buf = torch.mul(grad_y, xhat)
+        sum_g_xhat = buf.sum(dims)  # (C,) = ∂ℓ/∂γ
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            scale = invstd if weight is None else weight * invstd
-            # g − mean(g) − x̂·mean(g·x̂), scaled per channel by γ/σ
-            inner = grad_y - (sum_g / m).view(shape) - xhat * (sum_g_xhat / m).view(shape)
-            grad_x = inner * scale.view(shape)
+            scale = invstd if weight is None else weight * invstd  # γ/σ per channel
+            # ∂ℓ/∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂)), built in buf
+            torch.mul(xhat, (-scale * sum_g_xhat / m).view(shape), out=buf)
+            buf.addcmul_(grad_y, scale.view(shape)).sub_((scale * sum_g / m).view(shape))
+            grad_x = buf
         if weight is not None:
             grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
             grad_b = sum_g if ctx.needs_input_grad[2] else None
