@@ -36,6 +36,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from bnsweep.files import atomic_write
+
 
 class DataError(RuntimeError):
     """The dataset files are missing or corrupt; the message says which and what to do."""
@@ -288,15 +290,8 @@ def _write_cache(path: Path, stamp: dict[str, list], arrays: dict[str, Tensor]) 
     info = {"version": CACHE_VERSION, "sources": stamp, "size": offset, "arrays": layout}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with tmp.open("wb") as f:
-            for t in arrays.values():
-                f.write(t.contiguous().numpy().tobytes())
-        os.replace(tmp, path)
-        meta = path.with_suffix(".json")
-        tmp_meta = meta.with_name(f".{meta.name}.tmp{os.getpid()}")
-        tmp_meta.write_text(json.dumps(info))
-        os.replace(tmp_meta, meta)
+        atomic_write(path, b"".join(t.contiguous().numpy().tobytes() for t in arrays.values()))
+        atomic_write(path.with_suffix(".json"), json.dumps(info))
     except OSError:
         pass
 

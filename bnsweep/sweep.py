@@ -9,6 +9,7 @@ aggregate run per point with the mean and ±std curves.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bnsweep.train import write_json
+from bnsweep.files import atomic_write, write_json
 
 # overrides that never define a point
 NOT_SWEPT = ("seed", "seeds", "run_dir", "study", "resume", "threads")
@@ -241,18 +242,11 @@ def markdown_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, out.getvalue())
 
 
 def curves(
@@ -431,7 +425,7 @@ def report(sweep_dir: Path | str, quiet: bool = False) -> list[dict[str, Any]]:
         + ".\n"
     )
     write_csv(sweep_dir / "summary.csv", rows)
-    write_text(
+    atomic_write(
         sweep_dir / "summary.md", f"# Sweep summary: {sweep_dir.resolve().name}\n\n" + table + note
     )
     plot(sweep_dir, keys, groups, rows)
@@ -487,7 +481,7 @@ def _record_failure(run_dir: Path, cfg: DictConfig, message: str, tb: str) -> No
     from bnsweep.train import overrides
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "traceback.txt").write_text(tb)
+    (run_dir / "traceback.txt").atomic_write(tb)
     write_json(run_dir / "metrics.json", {
         "status": "failed", "error": message, "seed": cfg.get("seed"), "overrides": overrides(),
     })  # fmt: skip

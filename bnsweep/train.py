@@ -20,19 +20,13 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from bnsweep.config import ConfigError, validate
 from bnsweep.data import DataError
+from bnsweep.files import write_json
 from bnsweep.lit import BNStatsLogger, LitClassifier
 
 HPARAM_KEYS = (
     "model", "bn", "bn.momentum", "bn.window", "bn.eps", "init", "init.std", "optimizer",
     "optimizer.lr", "data", "data.batch_size", "seed",
 )  # fmt: skip
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def process_age() -> float | None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import ROOT
-from test_sweep import SHORT, read_summary, sweep_dir_of
+from test_sweep import SHORT, numbers_of, read_summary, sweep_dir_of
 
 TEST_CONF = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
 
@@ -59,12 +59,6 @@ RESUMABLE = ["-m", "model=lenet_bn1,cnn_bn", "seeds=[0]", "threads=1", "data.tra
              "trainer.limit_test_batches=1"]  # fmt: skip
 
 
-def _numbers(sweep) -> list[dict[str, str]]:
-    return [
-        {k: v for k, v in r.items() if not k.startswith("wall_time")} for r in read_summary(sweep)
-    ]
-
-
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_sweep(cli, tmp_path, mnist_dir):
     whole = cli("sweep.py", *RESUMABLE)
@@ -93,7 +87,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_sweep(cli, tmp_path, mnist_d
     assert metrics["resumed_from_step"] is not None and metrics["resumed_from_step"] > 0
     first = json.loads((sweep / "0_model=lenet_bn1" / "metrics.json").read_text())
     assert first["resumed_from_step"] is None  # finished before the kill: skipped, not rerun
-    assert _numbers(sweep) == _numbers(whole_dir)
+    assert numbers_of(sweep) == numbers_of(whole_dir)
     assert len((sweep / "command.txt").read_text().splitlines()) == 2
 
 

@@ -228,7 +228,7 @@ def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
 LAUNCHER_SWEEP = ["-m", "model=lenet_bn1,lenet_fc_bn2", "seeds=[0,1]", "threads=1", *SHORT]
 
 
-def _numbers(sweep: Path) -> list[dict[str, str]]:
+def numbers_of(sweep: Path) -> list[dict[str, str]]:
     return [
         {k: v for k, v in r.items() if not k.startswith("wall_time")} for r in read_summary(sweep)
     ]
@@ -247,7 +247,7 @@ def test_launchers_give_the_basic_launchers_numbers(cli, tmp_path, launcher):
     assert other.returncode == 0, other.stderr[-3000:]
     (other_dir,) = set((tmp_path / "outputs" / "sweep").iterdir()) - {basic_dir}
     assert len(list(other_dir.glob("*/metrics.json"))) == 4
-    assert _numbers(other_dir) == _numbers(basic_dir)  # same seeds, same numbers on CPU
+    assert numbers_of(other_dir) == numbers_of(basic_dir)  # same seeds, same numbers on CPU
 
 
 def test_slurm_launcher_preset_composes(tmp_path):
@@ -288,4 +288,4 @@ def test_ray_local_launcher_gives_the_basic_launchers_numbers(cli, tmp_path):
     )
     assert ray.returncode == 0, ray.stderr[-3000:]
     (ray_dir,) = set((tmp_path / "outputs" / "sweep").iterdir()) - {basic_dir}
-    assert _numbers(ray_dir) == _numbers(basic_dir)
+    assert numbers_of(ray_dir) == numbers_of(basic_dir)
