@@ -246,18 +246,34 @@ def data_rows(rounds: int) -> list[str]:
     ]
 
 
-def _child_rss(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Run a command; its wall seconds and peak resident memory in MiB (Linux: ru_maxrss KiB)."""
-    with tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"failed ({' '.join(cmd)}):\n{err.read()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+# runs a script or code in this interpreter and, at exit, writes the process's own peak resident
+# memory (VmHWM: this process image only; a child's ru_maxrss would count its parent's pages
+# from before exec) to the file named by BNSWEEP_BENCH_HWM
+_HWM_WRAPPER = """
+import atexit, os, runpy, sys
+def _hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open(os.environ["BNSWEEP_BENCH_HWM"], "w").write(line.split()[1])
+atexit.register(_hwm)
+target, sys.argv = sys.argv[1], sys.argv[1:]
+if target == "-c":
+    sys.argv = ["-c"]
+    exec(compile(os.environ["BNSWEEP_BENCH_CODE"], "<bench>", "exec"))
+else:
+    runpy.run_path(target, run_name="__main__")
+"""
+
+
+def _peak_mib(args: list[str], cwd: Path, code: str = "") -> float:
+    """Peak resident memory (MiB) of ``python <args>`` (or of ``code``), from its own VmHWM."""
+    hwm = cwd / f"hwm{time.monotonic_ns()}"
+    env = dict(os.environ, BNSWEEP_BENCH_HWM=str(hwm), BNSWEEP_BENCH_CODE=code)
+    cmd = [sys.executable, "-c", _HWM_WRAPPER, *(["-c"] if code else args)]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({' '.join(args) or code}):\n{proc.stderr[-2000:]}")
+    return int(hwm.read_text()) / 1024
 
 
 def startup_rows(rounds: int) -> list[str]:
@@ -289,15 +305,16 @@ def startup_rows(rounds: int) -> list[str]:
 def memory_rows() -> list[str]:
     """Peak RSS of one process training lenet_fc_bn2 for 300 steps: bnsweep vs the plain loop."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "train.py"), *STEP_RUN, "trainer.limit_train_batches=300",
-               f"run_dir={tmp}/run"]  # fmt: skip
-        _, ours = _child_rss(cmd, Path(tmp))
-        code = ("import sys; from bnsweep.bench import compose_train, plain_epoch, STEP_RUN; "
+        args = [str(ROOT / "train.py"), *STEP_RUN, "trainer.limit_train_batches=300",
+                f"run_dir={tmp}/run"]  # fmt: skip
+        ours = _peak_mib(args, Path(tmp))
+        code = ("from bnsweep.bench import compose_train, plain_epoch, STEP_RUN\n"
                 f"plain_epoch(compose_train([*STEP_RUN, 'run_dir={tmp}/plain']))")  # fmt: skip
-        _, plain = _child_rss([sys.executable, "-c", code], Path(tmp))
+        plain = _peak_mib([], Path(tmp), code=code)
     return [
-        f"| peak memory of one job (lenet_fc_bn2, MNIST in memory) | bnsweep train.py vs plain "
-        f"loop process | {ours:.0f} MiB | {plain:.0f} MiB | bnsweep/plain {ours / plain:.2f}× | — |"
+        f"| peak memory of one job (lenet_fc_bn2, MNIST in memory; VmHWM) | bnsweep train.py vs "
+        f"plain loop process | {ours:.0f} MiB | {plain:.0f} MiB | bnsweep/plain {ours / plain:.2f}× "
+        "| — |"
     ]
 
 

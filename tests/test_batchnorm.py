@@ -297,3 +297,38 @@ def test_population_stats_for_torch_layers_and_deep_nets():
         torch.testing.assert_close(a.running_mean, b.running_mean, **TOL)
         torch.testing.assert_close(a.running_var, b.running_var, **TOL)
         assert b.momentum == 0.5
+
+
+def test_eval_transform_cache_follows_every_change():
+    """Evaluation without autograd reuses the folded (scale, shift); any change to the running
+    statistics, γ, β or the dtype must show in the next output, as in torch's layer."""
+    ours, ref = BatchNorm2d(4), nn.BatchNorm2d(4)
+    x = torch.randn(8, 4, 3, 3) * 2 + 1
+
+    def agree() -> None:
+        ours.eval(), ref.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), **TOL)
+        with torch.inference_mode():  # how Lightning validates
+            torch.testing.assert_close(ours(x), ref(x), **TOL)
+        xg = x.clone().requires_grad_()  # eval with autograd: γ gets its gradient
+        ours(xg).sum().backward()
+        assert ours.weight.grad is not None
+        ours.weight.grad = None
+
+    agree()
+    for _ in range(2):  # running statistics change in training
+        ours.train(), ref.train()
+        ours(x * 1.5 + 0.3), ref(x * 1.5 + 0.3)
+        agree()
+    with torch.no_grad():  # γ and β changed in place
+        for layer in (ours, ref):
+            layer.weight.mul_(2.0)
+            layer.bias.add_(0.5)
+    agree()
+    ref.running_mean.fill_(0.7)
+    ours.load_state_dict(ref.state_dict())
+    agree()
+    ours, ref = ours.double(), ref.double()
+    x = x.double()
+    agree()

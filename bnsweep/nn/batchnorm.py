@@ -136,6 +136,7 @@ class BatchNorm(nn.Module):
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}")
         self.num_features = num_features
+        self._fold_cache: tuple | None = None  # eval (scale, shift) and what they were made from
         self.eps = float(eps)
         self.momentum = momentum
         self.affine = affine
@@ -219,12 +220,29 @@ class BatchNorm(nn.Module):
     def _normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         # Alg. 2 folded into one affine op: y = x·scale + shift, per channel
         shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
+        scale, shift = self._folded(mean, var)
+        return (x * scale.view(shape)).add_(shift.view(shape))
+
+    def _folded(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-channel (scale, shift) of the inference transform.
+
+        Without autograd (validation, test) they are cached until a running statistic, γ or β
+        changes (tensor version counters), so evaluation costs two elementwise ops.
+        """
+        tensors = (mean, var, self.weight, self.bias) if self.affine else (mean, var)
+        cacheable = not torch.is_grad_enabled()
+        key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        key += (self.eps, torch.is_inference_mode_enabled())
+        if cacheable and self._fold_cache is not None and self._fold_cache[0] == key:
+            return self._fold_cache[1]
         scale = torch.rsqrt(var + self.eps)
         shift = -mean * scale
         if self.affine:
             scale = scale * self.weight
             shift = shift * self.weight + self.bias
-        return (x * scale.view(shape)).add_(shift.view(shape))
+        if cacheable:
+            self._fold_cache = (key, (scale.detach(), shift.detach()))
+        return scale, shift
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor) -> None:
