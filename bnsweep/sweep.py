@@ -481,7 +481,7 @@ def _record_failure(run_dir: Path, cfg: DictConfig, message: str, tb: str) -> No
     from bnsweep.train import overrides
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "traceback.txt").atomic_write(tb)
+    (run_dir / "traceback.txt").write_text(tb)
     write_json(run_dir / "metrics.json", {
         "status": "failed", "error": message, "seed": cfg.get("seed"), "overrides": overrides(),
     })  # fmt: skip
