@@ -28,7 +28,7 @@ def test_every_group_has_the_documented_options():
         "lenet", "lenet_bn1", "lenet_bn2", "lenet_fc_bn1", "lenet_fc_bn2", "cnn", "cnn_bn", "mlp", "mlp_bn"
     }  # fmt: skip
     assert set(options("bn")) == {"momentum", "window", "cumulative", "torch"}
-    assert set(options("init")) == {"truncated_normal", "glorot", "torch"}
+    assert set(options("init")) == {"truncated_normal", "normal", "glorot", "torch"}
     assert set(options("optimizer")) == {"adam", "sgd", "adagrad"}
     assert set(options("data")) == {"mnist", "fashion_mnist"}
     assert {"default", "tensorboard", "csv"} <= set(options("logger"))
