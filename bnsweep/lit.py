@@ -124,6 +124,7 @@ class LitClassifier(pl.LightningModule):
         acc, loss = self.val_acc.compute(), self.val_loss.compute()
         self.val_acc.reset(), self.val_loss.reset()
         if self.trainer.sanity_checking:
+            self._tracked = []  # Lightning's sanity check is no validation of the run
             return
         self.val_acc_best(acc)
         self.log("val/acc", acc, prog_bar=True)

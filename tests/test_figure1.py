@@ -125,3 +125,13 @@ def test_paper_fig1_shortened_writes_the_series_and_the_three_panel_figure(cli, 
     image = matplotlib.image.imread(sweep / "accuracy_and_percentiles.png")
     height, width = image.shape[:2]
     assert width > 2.5 * height  # three panels side by side
+
+
+def test_sanity_check_batches_do_not_enter_the_percentiles(make_cfg, tmp_path):
+    quick = ["model=mlp_bn", "logger=none", "data.val_size=0", "trainer.max_epochs=null",
+             "trainer.max_steps=60", "trainer.val_check_interval=30",
+             "trainer.check_val_every_n_epoch=null", "percentiles={layer:fc3,unit:7}"]  # fmt: skip
+    plain = run(make_cfg(*quick, f"run_dir={tmp_path / 'a'}"))["history"]
+    checked = run(make_cfg(*quick, "trainer.num_sanity_val_steps=2", f"run_dir={tmp_path / 'b'}"))
+    assert checked["history"]["val_step"] == [30, 60]
+    assert all(checked["history"][k] == plain[k] for k in KEYS)
