@@ -293,7 +293,23 @@ def _write_cache(path: Path, stamp: dict[str, list], arrays: dict[str, Tensor]) 
         atomic_write(path, b"".join(t.contiguous().numpy().tobytes() for t in arrays.values()))
         atomic_write(path.with_suffix(".json"), json.dumps(info))
     except OSError:
-        pass
+        return
+    _remove_stale(path, stamp)
+
+
+def _remove_stale(current: Path, stamp: dict[str, list]) -> None:
+    """Delete older caches of the same source files (replaced or touched since): one per source."""
+    sources = [v[0] for v in stamp.values()]
+    for meta in current.parent.glob(current.name.split("-")[0] + "-*.json"):
+        if meta == current.with_suffix(".json"):
+            continue
+        try:
+            old = json.loads(meta.read_text())
+            if [v[0] for v in old["sources"].values()] == sources:
+                meta.with_suffix(".u8").unlink(missing_ok=True)
+                meta.unlink(missing_ok=True)
+        except (OSError, ValueError, KeyError, AttributeError):
+            continue
 
 
 def load_raw(

@@ -31,6 +31,19 @@ def mnist_root() -> Path:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The decoded-dataset cache of the whole test session (CLI runs inherit it): tests copy the
+    raw files into temporary folders, whose caches must not pile up in the user's cache folder."""
+    old = os.environ.get("BNSWEEP_CACHE")
+    os.environ["BNSWEEP_CACHE"] = str(tmp_path_factory.mktemp("dataset-cache"))
+    yield
+    if old is None:
+        os.environ.pop("BNSWEEP_CACHE", None)
+    else:
+        os.environ["BNSWEEP_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     return mnist_root()

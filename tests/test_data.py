@@ -65,11 +65,17 @@ def test_cache_follows_the_sources_and_survives_damage(mnist_dir, tmp_path, monk
     )
     # a source replaced after caching is decoded and checked again, not served from the cache
     victim = raw_dir / "t10k-labels-idx1-ubyte.gz"
-    data = bytearray(gzip.decompress(victim.read_bytes()))
+    data_ok = gzip.decompress(victim.read_bytes())
+    data = bytearray(data_ok)
     data[100] ^= 0xFF
     victim.write_bytes(gzip.compress(bytes(data)))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
         load_raw(MNIST, tmp_path, download=False)
+    # a valid replacement gets its own cache, and the stale one of the same sources goes
+    victim.write_bytes(gzip.compress(bytes(data_ok)))
+    load_raw(MNIST, tmp_path, download=False)
+    (newer,) = (tmp_path / "cache").glob("mnist-*.u8")
+    assert newer != data_file
 
 
 def test_unwritable_cache_folder_still_loads(mnist_dir, tmp_path, monkeypatch):
