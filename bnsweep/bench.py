@@ -121,12 +121,6 @@ def sweep_rows(ns: list[int]) -> list[str]:
     return rows
 
 
-def _data_root() -> Path:
-    from bnsweep.data import default_root
-
-    return default_root()
-
-
 def compose_train(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
@@ -212,7 +206,7 @@ def data_rows(rounds: int) -> list[str]:
 
     from bnsweep.data import MNISTDataModule
 
-    dm = MNISTDataModule(root=str(_data_root()), download=False, batch_size=64)
+    dm = MNISTDataModule(download=False, batch_size=64)  # the default data root
     dm.setup()
     ours_loader = dm.train_dataloader()
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,7 +214,7 @@ def data_rows(rounds: int) -> list[str]:
         raw.mkdir(parents=True)
         from bnsweep.data import DATASETS, locate
 
-        for key, path in locate(DATASETS["mnist"], _data_root(), download=False).items():
+        for key, path in locate(DATASETS["mnist"], download=False).items():
             data = path.read_bytes()
             name = DATASETS["mnist"].files[key].name
             (raw / name).write_bytes(gzip.decompress(data) if path.suffix == ".gz" else data)

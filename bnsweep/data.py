@@ -280,7 +280,9 @@ def _read_cache(path: Path, stamp: dict[str, list]) -> dict[str, Tensor] | None:
     return {k: flat[o : o + math.prod(shape)].view(shape) for k, (o, shape) in info["arrays"].items()}
 
 
-def _write_cache(path: Path, stamp: dict[str, list], arrays: dict[str, Tensor]) -> None:
+def _write_cache(
+    spec: DatasetSpec, path: Path, stamp: dict[str, list], arrays: dict[str, Tensor]
+) -> None:
     """Best effort (the cache only saves time): data file first, then its index, each renamed
     into place, so a reader never sees a half-written cache."""
     layout, offset = {}, 0
@@ -294,13 +296,13 @@ def _write_cache(path: Path, stamp: dict[str, list], arrays: dict[str, Tensor]) 
         atomic_write(path.with_suffix(".json"), json.dumps(info))
     except OSError:
         return
-    _remove_stale(path, stamp)
+    _remove_stale(spec, path, stamp)
 
 
-def _remove_stale(current: Path, stamp: dict[str, list]) -> None:
+def _remove_stale(spec: DatasetSpec, current: Path, stamp: dict[str, list]) -> None:
     """Delete older caches of the same source files (replaced or touched since): one per source."""
     sources = [v[0] for v in stamp.values()]
-    for meta in current.parent.glob(current.name.split("-")[0] + "-*.json"):
+    for meta in current.parent.glob(f"{spec.key}-*.json"):
         if meta == current.with_suffix(".json"):
             continue
         try:
@@ -328,7 +330,7 @@ def load_raw(
     if (cached := _read_cache(path, stamp)) is not None:
         return cached
     arrays = decode(spec, paths)
-    _write_cache(path, stamp, arrays)
+    _write_cache(spec, path, stamp, arrays)
     return arrays
 
 

@@ -104,7 +104,7 @@ class LitClassifier(pl.LightningModule):
             self.history["train/loss"].append(loss)
 
     def _eval_step(
-        self, x: Tensor, y: Tensor, logits: Tensor, acc: MulticlassAccuracy, loss: MeanMetric
+        self, y: Tensor, logits: Tensor, acc: MulticlassAccuracy, loss: MeanMetric
     ) -> None:
         loss(F.cross_entropy(logits, y), weight=len(y))
         acc(logits, y)
@@ -118,7 +118,7 @@ class LitClassifier(pl.LightningModule):
             with capture_preactivations(self.net, [layer]) as pre:
                 logits = self.net(x)
             self._tracked.append(pre[layer][:, unit].flatten())
-        self._eval_step(x, y, logits, self.val_acc, self.val_loss)
+        self._eval_step(y, logits, self.val_acc, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
         acc, loss = self.val_acc.compute(), self.val_loss.compute()
@@ -169,7 +169,7 @@ class LitClassifier(pl.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        self._eval_step(x, y, self.net(x), self.test_acc, self.test_loss)
+        self._eval_step(y, self.net(x), self.test_acc, self.test_loss)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({"test/acc": self.test_acc.compute(), "test/loss": self.test_loss.compute()})

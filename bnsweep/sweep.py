@@ -259,6 +259,21 @@ def curves(
     return list(common), list(means), list(stds)
 
 
+def finished_points(groups: dict) -> list[tuple[tuple, list[Run]]]:
+    """(point, its finished runs) for every point with any, in the order of the summary rows."""
+    ordered = sorted(groups.items(), key=lambda g: tuple(_sort_key(v) for _, v in g[0]))
+    return [(point, good) for point, m in ordered if (good := [r for r in m if r.ok])]
+
+
+def band(ax, members: Sequence[Run], x_key: str, y_key: str, label: str) -> tuple[float, float]:
+    """Draw the mean over seeds with a ±std band; returns the band's lowest and highest value."""
+    x, mean, std = curves(members, x_key, y_key)
+    line = ax.plot(x, mean, label=label)[0]
+    lo, hi = [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)]
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+    return min(lo, default=0.0), max(hi, default=0.0)
+
+
 def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, Any]]) -> list[Path]:
     import matplotlib
 
@@ -274,17 +289,8 @@ def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, An
         "train_acc.png": ("train_epoch", "train/acc", "epoch", "training accuracy (epoch mean)"),
     }.items():
         fig, ax = plt.subplots(figsize=(8, 5))
-        for point, members in sorted(
-            groups.items(), key=lambda g: tuple(_sort_key(v) for _, v in g[0])
-        ):
-            good = [r for r in members if r.ok]
-            if not good:
-                continue
-            x, mean, std = curves(good, xk, yk)
-            line = ax.plot(x, mean, label=f"{point_label(point)} (n={len(good)})")[0]
-            lo = [m - s for m, s in zip(mean, std)]
-            hi = [m + s for m, s in zip(mean, std)]
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+        for point, good in finished_points(groups):
+            band(ax, good, xk, yk, f"{point_label(point)} (n={len(good)})")
         ax.set_xlabel(xl)
         ax.set_ylabel(yl + " (mean ± std over seeds)")
         ax.grid(alpha=0.3)
@@ -329,18 +335,11 @@ def plot_percentiles(sweep_dir: Path, groups: dict) -> Path:
     (each percentile's mean over seeds, ± std band)."""
     import matplotlib.pyplot as plt
 
-    points = sorted(
-        ((p, [r for r in m if r.ok]) for p, m in groups.items()),
-        key=lambda g: tuple(_sort_key(v) for _, v in g[0]),
-    )
-    points = [(p, good) for p, good in points if good]
+    points = finished_points(groups)
     fig, axes = plt.subplots(1, 1 + len(points), figsize=(4.2 * (1 + len(points)), 3.8))
     ax = axes[0]
     for point, good in points:
-        x, mean, std = curves(good, "val_step", "val/acc")
-        line = ax.plot(x, mean, label=point_label(point))[0]
-        ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                        color=line.get_color(), alpha=0.2)  # fmt: skip
+        band(ax, good, "val_step", "val/acc", point_label(point))
     ax.set_title("(a) accuracy (mean ± std over seeds)", fontsize=9)
     ax.set_xlabel("training step")
     ax.set_ylabel("validation accuracy")
@@ -348,14 +347,11 @@ def plot_percentiles(sweep_dir: Path, groups: dict) -> Path:
     ax.legend(fontsize=7)
     lows, highs = [], []
     for i, (ax, (point, good)) in enumerate(zip(axes[1:], points)):
-        for key in percentile_keys(good[0].metrics["history"]):
-            x, mean, std = curves(good, "val_step", key)
-            line = ax.plot(x, mean, label=key.rsplit("/", 1)[-1])[0]
-            lo = [m - d for m, d in zip(mean, std)]
-            hi = [m + d for m, d in zip(mean, std)]
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
-            lows.append(min(lo, default=0)), highs.append(max(hi, default=0))
-        unit = key.split("/")[1]
+        tracked = percentile_keys(good[0].metrics["history"])  # preact/<layer>_u<unit>/p<q>
+        for key in tracked:
+            lo, hi = band(ax, good, "val_step", key, key.rsplit("/", 1)[-1])
+            lows.append(lo), highs.append(hi)
+        unit = tracked[0].split("/")[1] if tracked else "no"
         ax.set_title(f"({chr(ord('b') + i)}) {unit} input percentiles: {point_label(point)}",
                      fontsize=9)  # fmt: skip
         ax.set_xlabel("training step")

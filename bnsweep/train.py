@@ -226,13 +226,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-_RUNS_IN_PROCESS = []
+_started_a_run = False
 
 
 def _first_run_of_process() -> bool:
     """True once per process: later runs (a sweep's basic launcher) reuse its imports."""
-    first = not _RUNS_IN_PROCESS
-    _RUNS_IN_PROCESS.append(1)
+    global _started_a_run
+    first, _started_a_run = not _started_a_run, True
     return first
 
 
