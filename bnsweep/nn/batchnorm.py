@@ -74,6 +74,7 @@ class _BatchNormTrain(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
         xhat, invstd, weight = ctx.saved_tensors
+        grad_y = grad_y.contiguous()  # a slice of a larger gradient: sum in the usual order
         dims = (0,) if xhat.dim() == 2 else (0, 2, 3)
         shape = (1, -1) if xhat.dim() == 2 else (1, -1, 1, 1)
         m = xhat.numel() // xhat.shape[1]
@@ -212,10 +213,14 @@ class BatchNorm(nn.Module):
                 f"{type(self).__name__} needs more than 1 value per channel when training, "
                 f"got input of shape {tuple(x.shape)}"
             )
-        y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps)
+        y, mean, var = self._batch_stats(x)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var * (m / (m - 1)))
         return y
+
+    def _batch_stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(y, batch mean, biased batch variance) of a training-mode batch."""
+        return batch_norm_train(x, self.weight, self.bias, self.eps)
 
     def _normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         # Alg. 2 folded into one affine op: y = x·scale + shift, per channel
