@@ -24,21 +24,38 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def default_seeds(argv: Sequence[str], conf: Path = CONF) -> list[int]:
-    """The study preset's ``seeds`` if it sets them, else sweep.yaml's."""
+def _preset_value(argv: Sequence[str], key: str, conf: Path):
+    """``key`` as the study preset sets it, else as sweep.yaml does; None if neither does."""
     study = next((a.split("=", 1)[1] for a in argv if a.startswith("study=")), None)
     for path in ([conf / "study" / f"{study}.yaml"] if study else []) + [conf / "sweep.yaml"]:
         if path.is_file():
-            seeds = OmegaConf.load(path).get("seeds")
-            if seeds is not None:
-                return [int(s) for s in seeds]
-    return [0, 1, 2]
+            value = OmegaConf.select(OmegaConf.load(path), key, default=None)
+            if value is not None:
+                return value
+    return None
 
 
-# keys that never name a run folder (besides the fixed, unswept overrides)
-ALWAYS_EXCLUDED = (
-    "seeds", "study", "threads", "run_dir", "data.root", "data.download", "data.cache", "resume",
-)  # fmt: skip
+def default_seeds(argv: Sequence[str], conf: Path = CONF) -> list[int]:
+    """The study preset's ``seeds`` if it sets them, else sweep.yaml's."""
+    seeds = _preset_value(argv, "seeds", conf)
+    return [int(s) for s in seeds] if seeds is not None else [0, 1, 2]
+
+
+def vectorized(argv: Sequence[str], conf: Path = CONF) -> bool:
+    """``sweep.vectorize`` from the command line, else the study preset, else sweep.yaml."""
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("sweep.vectorize=")]
+    if given:
+        value = given[-1]
+        if value.lower() not in ("true", "false"):
+            raise SystemExit(f"error: sweep.vectorize must be true or false, got {value!r}")
+        return value.lower() == "true"
+    return bool(_preset_value(argv, "sweep.vectorize", conf))
+
+
+def always_excluded(conf: Path = CONF) -> list[str]:
+    """Keys that never name a run folder (besides the fixed, unswept overrides): sweep.yaml's."""
+    keys = OmegaConf.load(conf / "sweep.yaml").hydra.job.config.override_dirname.exclude_keys
+    return list(keys)
 SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
 
 
@@ -63,7 +80,7 @@ def is_sweep(value: str) -> bool:
 
 def folder_name_excludes(args: Sequence[str]) -> list[str]:
     """Overrides that are fixed for the whole sweep: run folders are named by the swept ones."""
-    keys = list(ALWAYS_EXCLUDED)
+    keys = always_excluded()
     for a in args:
         if "=" in a and not a.startswith(("-", "hydra.", "hydra/")):
             key, value = a.split("=", 1)
@@ -91,7 +108,8 @@ def resume_args(args: list[str]) -> list[str]:
 def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     """Add the seed fan-out: ``seeds=[0,1,2,3,4]`` (or the default) becomes ``seed=0,1,2,3,4``.
 
-    An explicit ``seed=…`` on the command line wins. ``seeds=0,1,2`` is read as the list it
+    An explicit ``seed=…`` on the command line wins. With ``sweep.vectorize=true`` there is no
+    fan-out: each point's job trains every seed of ``seeds``. ``seeds=0,1,2`` is read as the list it
     means, not as a sweep over a ``seeds`` key. Run folders are named by the swept keys only.
     """
     args = list(argv)
@@ -103,7 +121,15 @@ def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     seeds = parse_seeds(given[-1].split("=", 1)[1]) if given else default_seeds(args, conf)
     args = [a for a in args if not a.startswith("seeds=")]
     args.append("seeds=[" + ",".join(map(str, seeds)) + "]")
-    if not any(a.startswith(("seed=", "+seed=", "++seed=")) for a in args):
+    explicit_seed = [a for a in args if a.startswith(("seed=", "+seed=", "++seed="))]
+    if vectorized(args, conf):
+        # one job per point trains every seed of `seeds`; no seed fan-out
+        if explicit_seed:
+            raise SystemExit(
+                f"error: with sweep.vectorize=true the seeds are set by seeds=[...], "
+                f"got {explicit_seed[-1]}"
+            )
+    elif not explicit_seed:
         args.append("seed=" + ",".join(map(str, seeds)))
     if not any(a in ("-m", "--multirun") for a in args):
         args.insert(0, "--multirun")  # sweep.py always sweeps (-m optional)

@@ -229,3 +229,284 @@ class BNStatsLogger(pl.Callback):
                 tb.add_histogram(f"bn/{block}/running_var", layer.running_var, step)
             if block in pre:
                 tb.add_histogram(f"preact/{block}", pre[block].float().flatten(), step)
+
+
+def _new_history(track: dict | None) -> dict[str, list[float]]:
+    h: dict[str, list[float]] = {
+        "val_step": [], "val_epoch": [], "val/acc": [], "val/loss": [],
+        "train_epoch": [], "train/acc": [], "train/loss": [],
+    }  # fmt: skip
+    for key in track["keys"] if track else ():
+        h[key] = []
+    return h
+
+
+class LitMembers(pl.LightningModule):
+    """The seeds of one sweep point as one LightningModule over a ``StackedNet``.
+
+    Per member it computes what ``LitClassifier`` computes for an independent run: the loss is
+    the sum of the members' mean losses (gradients do not mix), and the training, validation
+    and test metrics, the history, the divergence step and the percentiles are kept per member.
+    Batches are member-blocked: x (N, S·C, …) with each member's own images, y (N, S).
+
+    ``loggers[m]`` are member m's own loggers (its run folder's TensorBoard and CSV), written
+    here with the metric names and steps an independent run logs. A member whose loss turns
+    NaN or inf is frozen: left out of the loss from then on, its weights and BN statistics put
+    back after every step, so the others train on undisturbed.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,  # a bnsweep.nn.StackedNet
+        optimizer: Callable[..., Optimizer],
+        seeds: list[int],
+        loggers: list[list] | None = None,
+        percentiles: Mapping | None = None,
+        template: nn.Module | None = None,  # one member's plain network (percentile checks)
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.seeds = list(seeds)
+        s = len(self.seeds)
+        self.member_loggers = loggers or [[] for _ in range(s)]
+        self.track = _percentile_spec(template, percentiles) if percentiles else None
+        self.history = [_new_history(self.track) for _ in range(s)]
+        self.diverged_step: list[int | None] = [None] * s
+        self.frozen: dict[int, dict[str, Tensor]] = {}  # member -> its weights and statistics
+        self.resumed_from_step: int | None = None
+        self.first_step_at: float | None = None
+        self.final_validation = False  # the run's last validation: diverged members report too
+        self._epoch_sums: Tensor | None = None  # (S, 2): Σ loss·n, Σ correct per member
+        self._epoch_n = 0
+        self._eval: list[Tensor] = []  # per batch (S, 2): Σ loss·n, Σ correct
+        self._eval_n = 0
+        self._tracked: list[Tensor] = []  # per batch (S, values) of the tracked unit
+        self.validated_now: list[int] = []  # members that recorded the latest validation
+        self.test_metrics: list[tuple[float, float]] = []  # per member (acc, loss)
+
+    def setup(self, stage: str) -> None:
+        # dropout masks are drawn where the activations are: on a GPU from per-member CUDA
+        # generators seeded as seed_everything seeds an independent run's CUDA RNG (torch's fused
+        # CUDA dropout draws differently, so there the masks are the member's own, not the bits
+        # of an independent run's)
+        gens = self.net.generators
+        if gens and self.device.type != "cpu" and gens[0].device != self.device:
+            gens[:] = [torch.Generator(self.device).manual_seed(s) for s in self.seeds]
+
+    @property
+    def members(self) -> int:
+        return len(self.seeds)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    def active(self) -> list[int]:
+        return [m for m in range(self.members) if m not in self.frozen]
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+        x, y = batch
+        logits = self.net(x)  # (N, S, K)
+        # one cross-entropy per member: each is the independent run's loss, bit for bit
+        losses = torch.stack([F.cross_entropy(logits[:, m], y[:, m]) for m in range(self.members)])
+        finite = torch.isfinite(losses).tolist()
+        for m in self.active():
+            if not finite[m]:
+                self._freeze(m)
+        active = self.active()
+        if not active:
+            self.trainer.should_stop = True
+            return None
+        n = len(y)
+        with torch.no_grad():
+            correct = (logits.argmax(2) == y).sum(0)  # (S,)
+            sums = torch.stack([losses.detach() * n, correct.to(losses.dtype)], 1)  # (S, 2)
+            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
+            self._epoch_n += n
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0 or self.trainer.fast_dev_run:
+            values = torch.stack([losses.detach(), correct / n], 1).tolist()
+            for m in active:
+                loss, acc = values[m]
+                self._log(m, {"train/loss_step": loss, "train/acc_step": acc})
+        return losses[active].sum()
+
+    def _freeze(self, m: int) -> None:
+        """Member m diverged at this step: as an independent run it stops here (this step's
+        update skipped, its BN statistics of this batch kept), reporting its epoch so far.
+        Lightning counts the skipped step, so the run ends at step ``diverged_step + 1``."""
+        self.diverged_step[m] = self.global_step
+        self.frozen[m] = {k: v.detach().clone() for k, v in self._member_views(m).items()}
+        self._record_epoch([m])
+
+    def _member_views(self, m: int) -> dict[str, Tensor]:
+        from bnsweep.nn.stacked import member_view
+
+        return {
+            k: member_view(t, k, m, self.members)
+            for k, t in self.net.net.state_dict(keep_vars=True).items()
+            if t.dim() > 0
+        }
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        with torch.no_grad():  # the frozen members' weights and statistics, put back
+            for m, saved in self.frozen.items():
+                for k, view in self._member_views(m).items():
+                    view.detach().copy_(saved[k])
+
+    def on_train_epoch_end(self) -> None:
+        self._record_epoch(self.active())
+        self._epoch_sums, self._epoch_n = None, 0
+
+    def _record_epoch(self, members: list[int]) -> None:
+        if not self._epoch_n:
+            return
+        means = (self._epoch_sums / self._epoch_n).tolist()
+        for m in members:
+            loss, acc = means[m]
+            h = self.history[m]
+            h["train_epoch"].append(self._epochs_done(self.end_step(m)))
+            h["train/acc"].append(acc)
+            h["train/loss"].append(loss)
+            self._log(m, {"train/loss_epoch": loss, "train/acc_epoch": acc})
+
+    # ---- evaluation -------------------------------------------------------------------------
+
+    def _eval_batch(self, x: Tensor, y: Tensor, layer: str | None = None) -> Tensor:
+        if layer is None:
+            logits = self.net(x)
+        else:
+            with capture_preactivations(self.net.net, [layer]) as pre:
+                logits = self.net(x)
+            self._keep_unit(pre[layer])
+        n = len(y)
+        losses = torch.stack(
+            [F.cross_entropy(logits[:, m], y[:, m]) * n for m in range(self.members)]
+        )
+        correct = (logits.argmax(2) == y).sum(0).to(losses.dtype)
+        self._eval.append(torch.stack([losses, correct], 1))
+        self._eval_n += n
+        return logits
+
+    def _keep_unit(self, pre: Tensor) -> None:
+        """The tracked unit of every member from member-blocked pre-activations."""
+        s, unit = self.members, self.track["unit"]
+        blocks = pre.unflatten(1, (s, -1))  # (N, S, C, …)
+        self._tracked.append(blocks[:, :, unit].transpose(0, 1).reshape(s, -1))
+
+    def _eval_means(self) -> list[tuple[float, float]]:
+        sums = torch.stack(self._eval).sum(0) / self._eval_n  # (S, 2)
+        self._eval, self._eval_n = [], 0
+        return [(acc, loss) for loss, acc in sums.tolist()]
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        layer = self.track["layer"] if self.track else None
+        if batch_idx == 0 and not self.trainer.sanity_checking:
+            self._bn_dashboards(x)
+        self._eval_batch(x, y, layer)
+
+    def on_validation_epoch_end(self) -> None:
+        means = self._eval_means()
+        tracked, self._tracked = self._tracked, []
+        self.validated_now = []
+        if self.trainer.sanity_checking:
+            return
+        quantiles = None
+        if self.track is not None and tracked:
+            values = torch.cat(tracked, 1).float()  # (S, values)
+            q = torch.tensor(self.track["q"], device=values.device) / 100
+            quantiles = torch.quantile(values, q, dim=1).T.tolist()  # (S, len(q))
+        for m, (acc, loss) in enumerate(means):
+            diverged = self.diverged_step[m]
+            if diverged is not None and not self.final_validation:
+                continue  # an independent run stopped at its divergence validates once, at the end
+            h = self.history[m]
+            step = self.end_step(m)
+            if h["val_step"] and h["val_step"][-1] == step:
+                continue
+            h["val_step"].append(step)
+            h["val_epoch"].append(self._epochs_done(step))
+            h["val/acc"].append(acc)
+            h["val/loss"].append(loss)
+            logged = {"val/acc": acc, "val/loss": loss, "val/acc_best": max(h["val/acc"])}
+            if quantiles is not None:
+                for key, v in zip(self.track["keys"], quantiles[m]):
+                    h[key].append(v)
+                    logged[key] = v
+            self._log(m, logged, step)
+            self.validated_now.append(m)
+
+    def _bn_dashboards(self, x: Tensor) -> None:
+        """Per member, what BNStatsLogger writes for an independent run: running statistics
+        and pre-activation histograms on the first validation batch."""
+        writers = [next((lg.experiment for lg in lgs if hasattr(lg.experiment, "add_histogram")),
+                        None) for lgs in self.member_loggers]  # fmt: skip
+        norms = norm_layers(self.net.net)
+        if not norms or not any(writers):
+            return
+        blocks = [name.rsplit(".", 1)[0] for name in norms]
+        with torch.no_grad(), capture_preactivations(self.net.net, blocks) as pre:
+            self.net(x)
+        s, step = self.members, self.global_step
+        for m, tb in enumerate(writers):
+            if tb is None or self.diverged_step[m] is not None:
+                continue
+            for name, layer in norms.items():
+                block = name.rsplit(".", 1)[0]
+                if getattr(layer, "running_mean", None) is not None:
+                    tb.add_histogram(f"bn/{block}/running_mean", layer.running_mean.view(s, -1)[m], step)
+                    tb.add_histogram(f"bn/{block}/running_var", layer.running_var.view(s, -1)[m], step)
+                values = pre[block].unflatten(1, (s, -1))[:, m]
+                tb.add_histogram(f"preact/{block}", values.float().flatten(), step)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_batch(*batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics = self._eval_means()  # per member (acc, loss)
+        for m, (acc, loss) in enumerate(self.test_metrics):
+            self._log(m, {"test/acc": acc, "test/loss": loss})
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+
+    def _epochs_done(self, step: int) -> float:
+        return step / max(self.trainer.num_training_batches, 1)
+
+    def end_step(self, m: int) -> int:
+        """The step member m is at: the global step, or where it stopped when it diverged."""
+        d = self.diverged_step[m]
+        return self.global_step if d is None else d + 1
+
+    def _log(self, m: int, metrics: dict[str, float], step: int | None = None) -> None:
+        step = self.global_step if step is None else step
+        for logger in self.member_loggers[m]:
+            logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["bnsweep"] = {
+            "seeds": self.seeds,
+            "history": self.history,
+            "rng": [g.get_state() for g in self.net.generators],
+            "epoch_sums": self._epoch_sums,
+            "epoch_n": self._epoch_n,
+            "diverged_step": self.diverged_step,
+            "frozen": self.frozen,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.resumed_from_step = checkpoint["global_step"]
+        saved = checkpoint["bnsweep"]
+        self.history = saved["history"]
+        for g, state in zip(self.net.generators, saved["rng"]):
+            g.set_state(state)
+        self._epoch_sums, self._epoch_n = saved["epoch_sums"], saved["epoch_n"]
+        self.diverged_step = saved["diverged_step"]
+        self.frozen = saved["frozen"]

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnsweep.files import atomic_write, write_json
 
 # overrides that never define a point
-NOT_SWEPT = ("seed", "seeds", "run_dir", "study", "resume", "threads")
+NOT_SWEPT = ("seed", "seeds", "run_dir", "study", "resume", "threads", "sweep.vectorize")
 THRESHOLDS = (0.97, 0.98)
 
 
@@ -436,12 +436,20 @@ def report(sweep_dir: Path | str, quiet: bool = False) -> list[dict[str, Any]]:
 
 
 def run_job(cfg: DictConfig) -> float:
-    """One job of a sweep: a training run whose failure is recorded, not raised.
+    """One job of a sweep: a training run (with sweep.vectorize, all seeds of a point) whose
+    failure is recorded, not raised.
 
-    Returns the best validation accuracy (the objective of search sweepers such as Optuna),
-    NaN for a failed run.
+    Returns the best validation accuracy (the objective of search sweepers such as Optuna;
+    vectorized: the mean over the seeds), NaN for a failed run.
     """
     from bnsweep.train import USER_ERRORS, run
+
+    if OmegaConf.select(cfg, "sweep.vectorize", default=False):
+        from bnsweep.vectorize import run_members
+
+        def run(cfg: DictConfig) -> dict[str, Any]:
+            best = [r["val/acc_best"] for r in run_members(cfg)]
+            return {"val/acc_best": math.fsum(best) / len(best) if None not in best else None}
 
     run_dir = Path(cfg.run_dir)
     threads = cfg.get("threads") or threads_per_job()

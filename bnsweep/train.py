@@ -66,17 +66,29 @@ def hparams(cfg: DictConfig, picked: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
-    """Network (norm layer from cfg.bn, weights from cfg.init), LightningModule, DataModule."""
+def build_net(cfg: DictConfig) -> torch.nn.Module:
+    """The network of cfg seeded by cfg.seed: norm layer from cfg.bn, weights from cfg.init.
+
+    Seeds every RNG first (pl.seed_everything): what the global RNG holds afterwards is what
+    the run's dropout draws from.
+    """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     net = instantiate(cfg.model, norm=instantiate(cfg.bn))
     instantiate(cfg.init)(net, generator=torch.Generator().manual_seed(cfg.seed))
+    return net
+
+
+def percentile_config(cfg: DictConfig) -> dict | None:
     track = cfg.get("percentiles")
-    track = OmegaConf.to_container(track, resolve=True) if track is not None else None
+    return OmegaConf.to_container(track, resolve=True) if track is not None else None
+
+
+def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
+    """Network, LightningModule, DataModule."""
     module = LitClassifier(
-        net,
+        build_net(cfg),
         optimizer=instantiate(cfg.optimizer),
-        percentiles=track,
+        percentiles=percentile_config(cfg),
         compile=bool(OmegaConf.select(cfg, "trainer.compile", default=False)),
     )
     return module, instantiate(cfg.data)
@@ -86,24 +98,37 @@ def _interactive() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
-    callbacks = [
-        # best.ckpt and last.ckpt, written after each validation
-        ModelCheckpoint(
-            dirpath=run_dir / "ckpt",
-            filename="best",
-            monitor="val/acc",
-            mode="max",
-            save_last=True,
-            save_on_train_epoch_end=False,
-        ),
-        BNStatsLogger(),
-    ]
+def make_loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+
+
+def make_trainer(
+    cfg: DictConfig, run_dir: Path, loggers: list | None = None, callbacks: list | None = None
+) -> pl.Trainer:
+    """The Trainer of cfg.trainer; by default with cfg's loggers, best/last checkpoints after
+    each validation and the BN dashboards. Given ``callbacks`` replace those (and Lightning's
+    own checkpointing)."""
+    extra = {}
+    if loggers is None:
+        loggers = make_loggers(cfg)
+    if callbacks is not None:
+        extra["enable_checkpointing"] = False
+    else:
+        callbacks = [
+            # best.ckpt and last.ckpt, written after each validation
+            ModelCheckpoint(
+                dirpath=run_dir / "ckpt",
+                filename="best",
+                monitor="val/acc",
+                mode="max",
+                save_last=True,
+                save_on_train_epoch_end=False,
+            ),
+            BNStatsLogger(),
+        ]
     t = cfg.trainer
     accelerator = t.get("accelerator", "auto")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    extra = {}
     if t.get("enable_progress_bar") is None:
         extra["enable_progress_bar"] = _interactive()
     if t.get("deterministic") is None:
@@ -116,7 +141,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
 
 
 # keys that do not change what a run computes: left out when a resumed run's config is compared
-NOT_COMPARED = ("run_dir", "resume", "threads")
+# (a run trained alone or as a member of a vectorized job computes the same, sweep.vectorize)
+NOT_COMPARED = ("run_dir", "resume", "threads", "sweep")
 
 
 def config_snapshot(cfg: DictConfig) -> dict[str, Any]:
@@ -210,20 +236,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "device": str(trainer.strategy.root_device),
         "history": module.history,
     }
+    log_final(trainer.loggers, hparams(cfg, picked), result)
+    write_json(run_dir / "metrics.json", result)
+    return result
+
+
+def log_final(loggers: list, hp: dict[str, Any], result: dict[str, Any]) -> None:
+    """The hyper-parameters, and to TensorBoard's HPARAMS tab the real final metrics against
+    them (never Lightning's placeholder -1); then flush every logger."""
     hp_metrics = {
         f"hp/{k.replace('/', '_')}": result[k]
         for k in ("val/acc", "val/acc_best", "test/acc", "test/loss")
         if result[k] is not None
     }
-    for logger in trainer.loggers:
+    for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            # the real final metrics against the hyper-parameters (never Lightning's -1)
-            logger.log_hyperparams(hparams(cfg, picked), metrics=hp_metrics)
+            logger.log_hyperparams(hp, metrics=hp_metrics)
         else:
-            logger.log_hyperparams(hparams(cfg, picked))
+            logger.log_hyperparams(hp)
         logger.save()
-    write_json(run_dir / "metrics.json", result)
-    return result
 
 
 _started_a_run = False
