@@ -1,0 +1,328 @@
+"""sweep.vectorize: the seeds of a point trained as one stacked network equal independent runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import compose_cfg
+from test_sweep import SHORT, read_summary, scalars, sweep_dir_of
+from torch import nn
+
+from bnsweep.nn import InitCNN, LeNet, make_batchnorm, make_torch_batchnorm
+from bnsweep.nn.stacked import (
+    StackedConv2d,
+    StackedDropout,
+    StackedLinear,
+    StackedNet,
+    stack_inputs,
+)
+
+# ---------------------------------------------------------------------------------------------
+# layers
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_stacked_conv_and_linear_equal_the_members_layers(fused):
+    torch.manual_seed(0)
+    s = 3
+    for plain, stack, shape in [
+        ([nn.Conv2d(6, 16, 3, padding=1) for _ in range(s)], StackedConv2d, (8, 6, 10, 10)),
+        ([nn.Linear(120, 84) for _ in range(s)], StackedLinear, (8, 120)),
+    ]:
+        xs = [torch.randn(shape, requires_grad=True) for _ in range(s)]
+        gs = [torch.randn_like(layer(x)) for layer, x in zip(plain, xs)]
+        for layer, x, g in zip(plain, xs, gs):
+            layer(x).backward(g)
+        stacked = stack(plain, fused=fused)
+        x = stack_inputs([x.detach() for x in xs]).requires_grad_()
+        y = stacked(x)
+        y.backward(stack_inputs(gs))
+        expected = stack_inputs([layer(x) for layer, x in zip(plain, xs)]).detach()
+        grad_w = torch.cat([layer.weight.grad for layer in plain]).view_as(stacked.weight)
+        grad_b = torch.cat([layer.bias.grad for layer in plain]).view_as(stacked.bias)
+        grad_x = stack_inputs([x.grad for x in xs])
+        if fused:  # another summation order: equal to float rounding (sums of up to 800 terms
+            # of size ~1, |sum| up to ~100: 1e-4 is a few ulps of the largest)
+            for a, b in [(y, expected), (stacked.weight.grad, grad_w), (x.grad, grad_x)]:
+                torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-4)
+        else:  # one plain call per member: the same bits
+            assert torch.equal(y.detach(), expected)
+            assert torch.equal(stacked.weight.grad, grad_w)
+            assert torch.equal(stacked.bias.grad, grad_b)
+            assert torch.equal(x.grad, grad_x)
+
+
+NORMS = {
+    "momentum": partial(make_batchnorm, estimator="momentum"),
+    "window": partial(make_batchnorm, estimator="window", window=3),
+    "cumulative": partial(make_batchnorm, estimator="cumulative"),
+    "torch": make_torch_batchnorm,
+}
+
+
+def _members(model: str, norm, seeds=(0, 1, 2)):
+    nets, gens = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        if model == "lenet":
+            nets.append(LeNet(bn=["conv1", "conv2", "fc1", "fc2"], norm=norm))
+        else:
+            nets.append(InitCNN(dropout=0.5))
+        gens.append(torch.Generator().set_state(torch.get_rng_state()))
+    return nets, gens
+
+
+@pytest.mark.parametrize("bn", list(NORMS))
+def test_stacked_lenet_trains_each_member_as_alone(bn):
+    """Five Adam steps and an eval pass: every member's loss, logits, weights and BN running
+    statistics equal those of its own network trained alone (per-member BN statistics)."""
+    nets, _ = _members("lenet", NORMS[bn])
+    stacked = StackedNet(nets)
+    opts = [torch.optim.Adam(n.parameters(), 1e-2) for n in nets]
+    opt = torch.optim.Adam(stacked.parameters(), 1e-2)
+    data = torch.Generator().manual_seed(9)
+    for _ in range(5):
+        xs = [torch.rand(16, 1, 28, 28, generator=data) for _ in nets]
+        ys = [torch.randint(0, 10, (16,), generator=data) for _ in nets]
+        alone = []
+        for net, o, x, y in zip(nets, opts, xs, ys):
+            o.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            o.step()
+            alone.append(loss.detach())
+        opt.zero_grad()
+        logits = stacked(stack_inputs(xs))
+        losses = torch.stack([F.cross_entropy(logits[:, m], y) for m, y in enumerate(ys)])
+        losses.sum().backward()
+        opt.step()
+        torch.testing.assert_close(losses.detach(), torch.stack(alone), rtol=0, atol=1e-5)
+    for net in [stacked, *nets]:
+        net.eval()
+    x = torch.rand(32, 1, 28, 28, generator=data)
+    with torch.no_grad():
+        out = stacked(stack_inputs([x] * len(nets)))
+        for m, net in enumerate(nets):
+            torch.testing.assert_close(out[:, m], net(x), rtol=1e-4, atol=1e-5)
+            member = stacked.member_state_dict(m)
+            for key, value in net.state_dict().items():
+                if key.endswith("affine.bias"):
+                    continue  # a bias under BN: its gradient is rounding noise that Adam scales up
+                torch.testing.assert_close(member[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_member_state_dicts_round_trip():
+    nets, _ = _members("lenet", NORMS["window"])
+    for i, net in enumerate(nets):  # distinct running statistics and window rings per member
+        for m in net.modules():
+            if hasattr(m, "window_mean"):
+                m.window_mean.normal_(generator=torch.Generator().manual_seed(i))
+                m.running_var.uniform_(1, 2)
+    stacked = StackedNet(nets)
+    for m, net in enumerate(nets):
+        for key, value in net.state_dict().items():
+            assert torch.equal(stacked.member_state_dict(m)[key], value), key
+    other = StackedNet(_members("lenet", NORMS["window"], seeds=(5, 6, 7))[0])
+    other.load_member_state_dicts([n.state_dict() for n in nets])
+    for key, value in stacked.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value), key
+
+
+def test_dropout_draws_each_members_mask_from_its_own_generator():
+    x = torch.randn(4, 3 * 10)
+    states = [torch.Generator().manual_seed(s).get_state() for s in (0, 1, 2)]
+    gens = [torch.Generator().set_state(st) for st in states]
+    y = StackedDropout(0.5, gens)(x)
+    for m, state in enumerate(states):  # what F.dropout draws from a global RNG in that state
+        torch.set_rng_state(state)
+        assert torch.equal(y[:, m * 10 : (m + 1) * 10], F.dropout(x[:, m * 10 : (m + 1) * 10], 0.5))
+
+
+def test_a_layer_that_cannot_stack_is_named():
+    net = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="cannot stack layer '1' of type LayerNorm"):
+        StackedNet([net, net])
+
+
+# ---------------------------------------------------------------------------------------------
+# whole runs: each member against the independent run of its seed
+
+STEPS = ["trainer.max_epochs=null", "trainer.max_steps=200", "trainer.val_check_interval=100",
+         "trainer.check_val_every_n_epoch=null", "logger=csv"]  # fmt: skip
+
+
+def _cfg(tmp_path: Path, mnist_dir: Path, name: str, *overrides: str):
+    base = [f"run_dir={tmp_path / name}", f"data.root={mnist_dir}", "data.download=false"]
+    return compose_cfg("sweep", base + list(overrides))
+
+
+def _independent(tmp_path, mnist_dir, seed, *overrides):
+    from bnsweep.train import run
+
+    return run(_cfg(tmp_path, mnist_dir, f"alone{seed}", f"seed={seed}", *overrides))
+
+
+def _assert_equal_runs(member: dict, alone: dict) -> None:
+    h, a = member["history"], alone["history"]
+    assert h["val_step"] == a["val_step"] and h["train_epoch"] == a["train_epoch"]
+    assert h["val/acc"] == a["val/acc"]  # identical accuracy
+    assert member["test/acc"] == alone["test/acc"]
+    for key in ("val/loss", "train/loss"):
+        assert len(h[key]) == len(a[key]) > 0
+        for x, y in zip(h[key], a[key]):
+            assert abs(x - y) <= 1e-4, (key, h[key], a[key])
+    assert abs(member["test/loss"] - alone["test/loss"]) <= 1e-4
+    for key in ("diverged", "diverged_step", "steps", "seed"):
+        assert member[key] == alone[key], key
+
+
+@pytest.mark.parametrize("bn", ["momentum", "window", "cumulative"])
+def test_vectorized_lenet_fc_bn2_equals_independent_runs(tmp_path, mnist_dir, bn):
+    from bnsweep.vectorize import run_members
+
+    overrides = ["model=lenet_fc_bn2", f"bn={bn}", *STEPS]
+    members = run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[0,1,2]", *overrides))
+    assert [m["seed"] for m in members] == [0, 1, 2]
+    for seed, member in zip((0, 1, 2), members):
+        _assert_equal_runs(member, _independent(tmp_path, mnist_dir, seed, *overrides))
+    # the members' accuracies differ: three seeds, not one run three times
+    assert len({m["test/acc"] for m in members}) > 1
+    run_dir = tmp_path / "job,seed=1"
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(members[1]))
+    assert (run_dir / "csv" / "metrics.csv").read_text().count("\n") > 2
+    assert {p.name for p in (run_dir / "ckpt").iterdir()} == {"last.ckpt", "best.ckpt"}
+
+
+def test_member_checkpoint_is_an_independent_runs_checkpoint(tmp_path, mnist_dir):
+    """A member's last.ckpt loads into the plain network and gives the member's test accuracy."""
+    from bnsweep.data import MNISTDataModule
+    from bnsweep.train import build
+    from bnsweep.vectorize import run_members
+
+    overrides = ["model=lenet_fc_bn2", "bn=window", *SHORT, "trainer.limit_test_batches=null"]
+    members = run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[3,4]", *overrides))
+    ckpt = torch.load(tmp_path / "job,seed=4" / "ckpt" / "last.ckpt", weights_only=True)
+    saved = ckpt["bnsweep"]["history"]  # saved at the last validation, before the epoch's end
+    assert ckpt["global_step"] == 20 and saved["val/acc"] == members[1]["history"]["val/acc"]
+    module, _ = build(_cfg(tmp_path, mnist_dir, "plain", "seed=4", *overrides))
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    dm = MNISTDataModule(root=str(mnist_dir), download=False)
+    dm.setup()
+    with torch.no_grad():
+        acc = (module(dm.tensors["x_test"]).argmax(1) == dm.tensors["y_test"]).float().mean()
+    assert float(acc) == pytest.approx(members[1]["test/acc"], abs=1e-6)
+    assert len(ckpt["optimizer_states"][0]["state"]) == len(list(module.parameters()))
+
+
+@pytest.mark.slow
+def test_vectorized_cnn_with_dropout_equals_independent_runs(tmp_path, mnist_dir):
+    from bnsweep.vectorize import run_members
+
+    overrides = ["model=cnn", "optimizer.lr=1e-4", "data.batch_size=50", *STEPS,
+                 "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]  # fmt: skip
+    members = run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[0,1]", *overrides))
+    for seed, member in zip((0, 1), members):
+        _assert_equal_runs(member, _independent(tmp_path, mnist_dir, seed, *overrides))
+
+
+def test_a_diverging_member_is_frozen_and_the_others_train_on(tmp_path, mnist_dir, monkeypatch):
+    """Seed 1's network gets a NaN bias: it diverges at step 0 as alone; seeds 0 and 2 train as
+    alone, and seed 1's report equals its independent run's."""
+    import bnsweep.train
+    import bnsweep.vectorize
+
+    plain = bnsweep.train.build_net
+
+    def poisoned(cfg):
+        net = plain(cfg)
+        if cfg.seed == 1:
+            with torch.no_grad():
+                net.fc3.bias[0] = math.nan
+        return net
+
+    monkeypatch.setattr(bnsweep.train, "build_net", poisoned)
+    monkeypatch.setattr(bnsweep.vectorize, "build_net", poisoned)
+    overrides = ["model=lenet_fc_bn2", *SHORT]
+    members = bnsweep.vectorize.run_members(
+        _cfg(tmp_path, mnist_dir, "job", "seeds=[0,1,2]", *overrides)
+    )
+    assert [m["diverged"] for m in members] == [False, True, False]
+    assert members[1]["diverged_step"] == 0 and members[1]["status"] == "finished"
+    for seed, member in zip((0, 2), (members[0], members[2])):
+        _assert_equal_runs(member, _independent(tmp_path, mnist_dir, seed, *overrides))
+    alone = _independent(tmp_path, mnist_dir, 1, *overrides)
+    assert alone["diverged_step"] == 0
+    assert members[1]["history"]["val_step"] == alone["history"]["val_step"] == [1]
+    assert members[1]["test/acc"] == alone["test/acc"]
+
+
+def test_an_interrupted_vectorized_job_resumes_from_its_members_checkpoints(
+    tmp_path, mnist_dir, monkeypatch
+):
+    from bnsweep.lit import LitMembers
+    from bnsweep.vectorize import run_members
+
+    overrides = ["model=lenet_fc_bn2", "bn=window", *SHORT, "trainer.max_steps=30"]
+    whole = run_members(_cfg(tmp_path, mnist_dir, "whole", "seeds=[0,1]", *overrides))
+
+    step = LitMembers.training_step
+
+    def crash(self, batch, batch_idx):
+        if self.global_step == 25:
+            raise RuntimeError("killed")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LitMembers, "training_step", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[0,1]", *overrides))
+    assert not (tmp_path / "job,seed=0" / "metrics.json").exists()
+    monkeypatch.setattr(LitMembers, "training_step", step)
+    resumed = run_members(
+        _cfg(tmp_path, mnist_dir, "job", "seeds=[0,1]", *overrides, "resume=true")
+    )
+    for r, w in zip(resumed, whole):
+        assert r["resumed_from_step"] == 20
+        assert r["history"] == w["history"]
+        assert r["test/acc"] == w["test/acc"] and r["test/loss"] == w["test/loss"]
+    again = run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[0,1]", *overrides, "resume=true"))
+    assert again == json.loads(json.dumps(resumed))  # finished: skipped, unchanged
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep.py
+
+
+def test_vectorized_sweep_writes_the_runs_of_an_independent_sweep(cli, tmp_path):
+    proc = cli("sweep.py", "-m", "model=lenet_bn1,lenet_fc_bn2", "sweep.vectorize=true",
+               "seeds=[0,1]", *SHORT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = sweep_dir_of(tmp_path)
+    runs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert runs == [
+        "0_model=lenet_bn1,seed=0",
+        "0_model=lenet_bn1,seed=1",
+        "1_model=lenet_fc_bn2,seed=0",
+        "1_model=lenet_fc_bn2,seed=1",
+    ]
+    rows = {r["model"]: r for r in read_summary(sweep)}
+    assert rows["lenet_fc_bn2"]["n_finished"] == "2" and rows["lenet_fc_bn2"]["seeds"] == "0 1"
+    assert {"val/acc", "train/loss_step", "test/acc"} <= scalars(
+        sweep / "1_model=lenet_fc_bn2,seed=1"
+    )
+    members = json.loads((sweep / "1_model=lenet_fc_bn2" / "members.json").read_text())
+    assert members["runs"] == ["1_model=lenet_fc_bn2,seed=0", "1_model=lenet_fc_bn2,seed=1"]
+
+
+def test_vectorize_refuses_an_explicit_seed(cli):
+    proc = cli("sweep.py", "sweep.vectorize=true", "seed=3", *SHORT)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: with sweep.vectorize=true the seeds are set by seeds=[...], got seed=3"
+    )
