@@ -11,7 +11,11 @@ Sections (rows), each measured against the best alternative in the same run:
 - startup: process start to the first training step of ``python train.py``, with the decoded
   dataset cache vs without it;
 - memory: peak resident memory of one training process, bnsweep vs the plain loop;
-- sweep: N short runs one after another (basic launcher) vs hydra/launcher=joblib with 2 workers.
+- sweep: N short runs one after another (basic launcher) vs hydra/launcher=joblib with 2 workers;
+- vectorize: S seeds of lenet_fc_bn2 trained as one stacked network (sweep.vectorize=true) vs
+  S runs one after another: one training step (the arithmetic alone, per-member and fused
+  kernels, on the CPU and, when there is one, the GPU) and one epoch through ``python sweep.py``
+  (everything a user waits for).
 Needs the MNIST files (README: Getting the data).
 """
 
@@ -312,7 +316,95 @@ def memory_rows() -> list[str]:
     ]
 
 
-SECTIONS = ("bn", "step", "data", "startup", "memory", "sweep")
+def _stacked_step_pair(members: int, fused: bool | None, device: str):
+    """(S plain lenet_fc_bn2 steps one after another, one stacked step of S members)."""
+    from functools import partial
+
+    import torch.nn.functional as F
+
+    from bnsweep.nn import LeNet
+    from bnsweep.nn.stacked import StackedNet, stack_inputs
+
+    def nets() -> list[nn.Module]:
+        norm = partial(make_batchnorm, estimator="momentum")
+        out = []
+        for seed in range(members):
+            torch.manual_seed(seed)
+            out.append(LeNet(bn=["conv1", "conv2", "fc1", "fc2"], norm=norm).to(device))
+        return out
+
+    plain = nets()
+    opts = [torch.optim.Adam(n.parameters(), 1e-3) for n in plain]
+    stacked = StackedNet(nets(), fused=fused).to(device)
+    opt = torch.optim.Adam(stacked.parameters(), 1e-3)
+    xs = [torch.rand(64, 1, 28, 28, device=device) for _ in range(members)]
+    ys = [torch.randint(0, 10, (64,), device=device) for _ in range(members)]
+    x, y = stack_inputs(xs), torch.stack(ys, 1)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def alone() -> None:
+        for net, o, xm, ym in zip(plain, opts, xs, ys):
+            o.zero_grad()
+            F.cross_entropy(net(xm), ym).backward()
+            o.step()
+        sync()
+
+    def together() -> None:
+        opt.zero_grad()
+        logits = stacked(x)
+        torch.stack(
+            [F.cross_entropy(logits[:, m], y[:, m]) for m in range(members)]
+        ).sum().backward()
+        opt.step()
+        sync()
+
+    return alone, together
+
+
+def vectorize_rows(rounds: int) -> list[str]:
+    rows = []
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for members in (3, 8):
+            for fused in (False, True):
+                alone, together = _stacked_step_pair(members, fused, device)
+                ta, tb = side_by_side(together, alone, repeats=7, inner=10)
+                kind = "fused kernels" if fused else "per-member kernels"
+                target = "≥ 2×" if device == "cpu" and members == 3 else ""
+                target = "≥ 5×" if device == "cuda" and members == 8 else target
+                rows.append(
+                    f"| training step, {members} seeds of lenet_fc_bn2, batch 64, {device}, {kind} "
+                    f"| stacked vs {members} plain steps one after another | {ta * 1e3:.1f} ms "
+                    f"| {tb * 1e3:.1f} ms | {tb / ta:.2f}× faster | {target} |"
+                )
+    if not torch.cuda.is_available():
+        rows.append(
+            "| training step on a GPU | not measured: no GPU on this machine | | | | ≥ 5× (8 seeds) |"
+        )
+    one_epoch = ["model=lenet_fc_bn2", "seeds=[0,1,2]", "trainer.max_epochs=1",
+                 "trainer.enable_progress_bar=false"]  # fmt: skip
+    times: dict[str, list[float]] = {"vectorized": [], "sequential": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds):
+            for kind, extra in (("vectorized", ["sweep.vectorize=true"]), ("sequential", [])):
+                out = Path(tmp) / f"{kind}{i}"
+                cmd = [sys.executable, str(ROOT / "sweep.py"), *one_epoch, *extra,
+                       f"hydra.sweep.dir={out}"]  # fmt: skip
+                start = time.perf_counter()
+                proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+                times[kind].append(time.perf_counter() - start)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"sweep failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+    vec, seq = statistics.median(times["vectorized"]), statistics.median(times["sequential"])
+    rows.append(
+        f"| sweep of 3 seeds × 1 epoch of lenet_fc_bn2 (python sweep.py, start-up, validation, "
+        f"test, report) | sweep.vectorize=true vs the 3 runs one after another | {vec:.1f} s "
+        f"| {seq:.1f} s | {seq / vec:.2f}× faster | ≥ 2× |"
+    )
+    return rows
+
+
+SECTIONS = ("bn", "step", "data", "startup", "memory", "sweep", "vectorize")
 
 
 def bn_rows(repeats: int) -> list[str]:
@@ -354,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
         "startup": lambda: startup_rows(args.rounds),
         "memory": memory_rows,
         "sweep": lambda: sweep_rows(args.sweep_n),
+        "vectorize": lambda: vectorize_rows(args.rounds),
     }
     for section in args.only:
         for row in sections[section]():

@@ -65,3 +65,19 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.accelerator={accelerator} but no CUDA GPU is available here "
             "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
         )
+
+
+def check_vectorize(cfg: DictConfig) -> list[int]:
+    """What a vectorized job (sweep.vectorize=true) cannot do, refused in one line; its seeds."""
+    seeds = OmegaConf.select(cfg, "seeds", default=None)
+    if not seeds:
+        raise ConfigError(f"sweep.vectorize=true needs a list of seeds, got seeds={seeds!r}")
+    if OmegaConf.select(cfg, "trainer.compile", default=False):
+        raise ConfigError("trainer.compile=true cannot be combined with sweep.vectorize=true")
+    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
+    if clip:
+        raise ConfigError(
+            f"trainer.gradient_clip_val={clip} clips by one norm over all members; it cannot be "
+            "combined with sweep.vectorize=true"
+        )
+    return [int(s) for s in seeds]

@@ -494,12 +494,14 @@ def _record_failure(run_dir: Path, cfg: DictConfig, message: str, tb: str) -> No
 def preflight(cfg: DictConfig, sweep_dir: Path) -> None:
     """Before any job: the values every job shares, the data, the output folder. On a problem,
     one line and exit status 2, and no sweep folder is left behind."""
-    from bnsweep.config import ConfigError, validate
+    from bnsweep.config import ConfigError, check_vectorize, validate
     from bnsweep.data import DATASETS, DataError, locate
 
     existed = sweep_dir.exists()
     try:
         validate(cfg)
+        if OmegaConf.select(cfg, "sweep.vectorize", default=False):
+            check_vectorize(cfg)
         if not cfg.data.get("download", True) and cfg.data.get("name") in DATASETS:
             root = cfg.data.get("root")
             locate(DATASETS[cfg.data.name], Path(root) if root else None, download=False)

@@ -20,9 +20,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from bnsweep.config import ConfigError, validate
+from bnsweep.config import ConfigError, check_vectorize, validate
 from bnsweep.files import write_json
 from bnsweep.lit import LitMembers
 from bnsweep.nn.stacked import StackedNet, member_state, member_view, stack_inputs, stack_states
@@ -54,22 +54,6 @@ def member_config(cfg: DictConfig, seed: int, run_dir: Path) -> DictConfig:
         c.seed = seed
         c.run_dir = str(run_dir)
     return c
-
-
-def check(cfg: DictConfig) -> list[int]:
-    """What a vectorized job cannot do, refused in one line; returns the seeds."""
-    seeds = OmegaConf.select(cfg, "seeds", default=None)
-    if not seeds:
-        raise ConfigError(f"sweep.vectorize=true needs a list of seeds, got seeds={seeds!r}")
-    if OmegaConf.select(cfg, "trainer.compile", default=False):
-        raise ConfigError("trainer.compile=true cannot be combined with sweep.vectorize=true")
-    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
-    if clip:
-        raise ConfigError(
-            f"trainer.gradient_clip_val={clip} clips by the norm over all members together; "
-            "it cannot be combined with sweep.vectorize=true"
-        )
-    return [int(s) for s in seeds]
 
 
 class MemberBatches:
@@ -244,7 +228,7 @@ def run_members(cfg: DictConfig) -> list[dict[str, Any]]:
     """Train every seed in ``cfg.seeds`` of this point together; returns each member's metrics
     (those a resume finds finished are returned as they are)."""
     validate(cfg)
-    seeds = check(cfg)
+    seeds = check_vectorize(cfg)
     job_dir = Path(cfg.run_dir)
     cfgs = {s: member_config(cfg, s, member_dir(job_dir, s)) for s in seeds}
     results = {}

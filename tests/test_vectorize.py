@@ -20,6 +20,7 @@ from bnsweep.nn.stacked import (
     StackedDropout,
     StackedLinear,
     StackedNet,
+    member_state,
     stack_inputs,
 )
 
@@ -76,6 +77,36 @@ def _members(model: str, norm, seeds=(0, 1, 2)):
             nets.append(InitCNN(dropout=0.5))
         gens.append(torch.Generator().set_state(torch.get_rng_state()))
     return nets, gens
+
+
+def test_fused_kernels_train_each_member_as_alone_to_rounding():
+    """The GPU's path (grouped conv, batched matmul, BN over all S·C channels at once), run on
+    the CPU: one step's losses and gradients equal the members' own to float rounding."""
+    for bn in ("momentum", "torch"):
+        nets, _ = _members("lenet", NORMS[bn])
+        stacked = StackedNet(nets, fused=True)
+        data = torch.Generator().manual_seed(3)
+        xs = [torch.rand(16, 1, 28, 28, generator=data) for _ in nets]
+        ys = [torch.randint(0, 10, (16,), generator=data) for _ in nets]
+        alone = []
+        for net, x, y in zip(nets, xs, ys):
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            alone.append(loss.detach())
+        logits = stacked(stack_inputs(xs))
+        losses = torch.stack([F.cross_entropy(logits[:, m], y) for m, y in enumerate(ys)])
+        losses.sum().backward()
+        torch.testing.assert_close(losses.detach(), torch.stack(alone), rtol=0, atol=1e-5)
+        grads = {**stacked.net.state_dict(),
+                 **{k: p.grad for k, p in stacked.net.named_parameters()}}  # fmt: skip
+        for m, net in enumerate(nets):
+            member = member_state(grads, stacked.member_shapes, m, len(nets))
+            for key, p in net.named_parameters():
+                if key.endswith("affine.bias"):
+                    continue  # zero up to rounding under BN: no relative scale to compare
+                scale = p.grad.abs().max()
+                torch.testing.assert_close(member[key] / scale, p.grad / scale, rtol=0, atol=1e-4,
+                                           msg=f"{bn} {key}")  # fmt: skip
 
 
 @pytest.mark.parametrize("bn", list(NORMS))
@@ -153,8 +184,10 @@ def test_a_layer_that_cannot_stack_is_named():
 # ---------------------------------------------------------------------------------------------
 # whole runs: each member against the independent run of its seed
 
+# 200 steps, validated at 100 and 200 on 3,000 images, tested on 3,000
 STEPS = ["trainer.max_epochs=null", "trainer.max_steps=200", "trainer.val_check_interval=100",
-         "trainer.check_val_every_n_epoch=null", "logger=csv"]  # fmt: skip
+         "trainer.check_val_every_n_epoch=null", "logger=csv", "trainer.limit_val_batches=3",
+         "trainer.limit_test_batches=3"]  # fmt: skip
 
 
 def _cfg(tmp_path: Path, mnist_dir: Path, name: str, *overrides: str):
@@ -219,6 +252,27 @@ def test_member_checkpoint_is_an_independent_runs_checkpoint(tmp_path, mnist_dir
         acc = (module(dm.tensors["x_test"]).argmax(1) == dm.tensors["y_test"]).float().mean()
     assert float(acc) == pytest.approx(members[1]["test/acc"], abs=1e-6)
     assert len(ckpt["optimizer_states"][0]["state"]) == len(list(module.parameters()))
+
+
+def test_vectorized_percentiles_and_bn_dashboards_are_each_members(tmp_path, mnist_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from bnsweep.vectorize import run_members
+
+    overrides = ["model=mlp_bn", "+percentiles={layer: fc3, unit: 7, q: [15, 50, 85]}", *SHORT,
+                 "logger=tensorboard"]  # fmt: skip
+    members = run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[0,1]", *overrides))
+    for seed, member in zip((0, 1), members):
+        alone = _independent(tmp_path, mnist_dir, seed, *overrides)
+        for q in (15, 50, 85):
+            key = f"preact/fc3_u7/p{q}"
+            assert len(member["history"][key]) == 2
+            assert member["history"][key] == pytest.approx(alone["history"][key], abs=1e-5)
+    assert members[0]["history"]["preact/fc3_u7/p50"] != members[1]["history"]["preact/fc3_u7/p50"]
+    events = EventAccumulator(str(tmp_path / "job,seed=1"))
+    events.Reload()
+    assert {"bn/fc1/running_mean", "preact/fc3"} <= set(events.Tags()["histograms"])
+    assert {"preact/fc3_u7/p50", "val/acc"} <= set(events.Tags()["scalars"])
 
 
 @pytest.mark.slow
@@ -325,4 +379,15 @@ def test_vectorize_refuses_an_explicit_seed(cli):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: with sweep.vectorize=true the seeds are set by seeds=[...], got seed=3"
+    )
+
+
+def test_vectorize_refuses_compile_before_any_job(cli, tmp_path):
+    proc = cli("sweep.py", "sweep.vectorize=true", "trainer.compile=true", *SHORT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: trainer.compile=true cannot be combined with sweep.vectorize=true"
+    )
+    assert not (tmp_path / "outputs" / "sweep").exists() or not any(
+        (tmp_path / "outputs" / "sweep").iterdir()
     )
