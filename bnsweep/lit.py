@@ -284,15 +284,20 @@ class LitMembers(pl.LightningModule):
         self._tracked: list[Tensor] = []  # per batch (S, values) of the tracked unit
         self.validated_now: list[int] = []  # members that recorded the latest validation
         self.test_metrics: list[tuple[float, float]] = []  # per member (acc, loss)
+        self._saved_rng: list[Tensor] | None = None  # generator states read from a checkpoint
 
-    def setup(self, stage: str) -> None:
+    def on_fit_start(self) -> None:
         # dropout masks are drawn where the activations are: on a GPU from per-member CUDA
         # generators seeded as seed_everything seeds an independent run's CUDA RNG (torch's fused
         # CUDA dropout draws differently, so there the masks are the member's own, not the bits
-        # of an independent run's)
+        # of an independent run's). Runs after the model moved and a checkpoint was read.
         gens = self.net.generators
-        if gens and self.device.type != "cpu" and gens[0].device != self.device:
+        if gens and gens[0].device != self.device:
             gens[:] = [torch.Generator(self.device).manual_seed(s) for s in self.seeds]
+        if self._saved_rng is not None:
+            for g, state in zip(gens, self._saved_rng):
+                g.set_state(state)
+            self._saved_rng = None
 
     @property
     def members(self) -> int:
@@ -379,13 +384,10 @@ class LitMembers(pl.LightningModule):
 
     # ---- evaluation -------------------------------------------------------------------------
 
-    def _eval_batch(self, x: Tensor, y: Tensor, layer: str | None = None) -> Tensor:
-        if layer is None:
+    def _eval_batch(self, x: Tensor, y: Tensor, layers: list[str] = ()) -> dict[str, Tensor]:
+        """Sum each member's loss and correct count; returns the pre-activations of ``layers``."""
+        with capture_preactivations(self.net.net, list(layers)) as pre:
             logits = self.net(x)
-        else:
-            with capture_preactivations(self.net.net, [layer]) as pre:
-                logits = self.net(x)
-            self._keep_unit(pre[layer])
         n = len(y)
         losses = torch.stack(
             [F.cross_entropy(logits[:, m], y[:, m]) * n for m in range(self.members)]
@@ -393,7 +395,7 @@ class LitMembers(pl.LightningModule):
         correct = (logits.argmax(2) == y).sum(0).to(losses.dtype)
         self._eval.append(torch.stack([losses, correct], 1))
         self._eval_n += n
-        return logits
+        return pre
 
     def _keep_unit(self, pre: Tensor) -> None:
         """The tracked unit of every member from member-blocked pre-activations."""
@@ -408,10 +410,15 @@ class LitMembers(pl.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        layer = self.track["layer"] if self.track else None
-        if batch_idx == 0 and not self.trainer.sanity_checking:
-            self._bn_dashboards(x)
-        self._eval_batch(x, y, layer)
+        layers = [self.track["layer"]] if self.track else []
+        dashboards = batch_idx == 0 and not self.trainer.sanity_checking
+        if dashboards:  # the BN layers' blocks, captured in the same forward pass
+            layers += [name.rsplit(".", 1)[0] for name in norm_layers(self.net.net)]
+        pre = self._eval_batch(x, y, list(dict.fromkeys(layers)))
+        if self.track:
+            self._keep_unit(pre[self.track["layer"]])
+        if dashboards:
+            self._bn_dashboards(pre)
 
     def on_validation_epoch_end(self) -> None:
         means = self._eval_means()
@@ -444,7 +451,7 @@ class LitMembers(pl.LightningModule):
             self._log(m, logged, step)
             self.validated_now.append(m)
 
-    def _bn_dashboards(self, x: Tensor) -> None:
+    def _bn_dashboards(self, pre: dict[str, Tensor]) -> None:
         """Per member, what BNStatsLogger writes for an independent run: running statistics
         and pre-activation histograms on the first validation batch."""
         writers = [next((lg.experiment for lg in lgs if hasattr(lg.experiment, "add_histogram")),
@@ -452,9 +459,6 @@ class LitMembers(pl.LightningModule):
         norms = norm_layers(self.net.net)
         if not norms or not any(writers):
             return
-        blocks = [name.rsplit(".", 1)[0] for name in norms]
-        with torch.no_grad(), capture_preactivations(self.net.net, blocks) as pre:
-            self.net(x)
         s, step = self.members, self.global_step
         for m, tb in enumerate(writers):
             if tb is None or self.diverged_step[m] is not None:
@@ -505,8 +509,7 @@ class LitMembers(pl.LightningModule):
         self.resumed_from_step = checkpoint["global_step"]
         saved = checkpoint["bnsweep"]
         self.history = saved["history"]
-        for g, state in zip(self.net.generators, saved["rng"]):
-            g.set_state(state)
+        self._saved_rng = saved["rng"]  # set in on_fit_start, on the training device
         self._epoch_sums, self._epoch_n = saved["epoch_sums"], saved["epoch_n"]
         self.diverged_step = saved["diverged_step"]
         self.frozen = saved["frozen"]

@@ -323,7 +323,9 @@ def test_an_interrupted_vectorized_job_resumes_from_its_members_checkpoints(
     from bnsweep.lit import LitMembers
     from bnsweep.vectorize import run_members
 
-    overrides = ["model=lenet_fc_bn2", "bn=window", *SHORT, "trainer.max_steps=30"]
+    # the CNN with BN and dropout: the resumed members draw the masks the whole run draws
+    overrides = ["model=cnn_bn", "bn=window", "data.batch_size=16", "data.eval_batch_size=250",
+                 *SHORT, "trainer.max_steps=30"]  # fmt: skip
     whole = run_members(_cfg(tmp_path, mnist_dir, "whole", "seeds=[0,1]", *overrides))
 
     step = LitMembers.training_step
