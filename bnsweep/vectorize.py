@@ -27,8 +27,10 @@ from bnsweep.files import write_json
 from bnsweep.lit import LitMembers
 from bnsweep.nn.stacked import StackedNet, member_state, member_view, stack_inputs, stack_states
 from bnsweep.train import (
+    USER_ERRORS,
     _claim,
     _first_run_of_process,
+    _remove_unstarted,
     build_net,
     choices,
     hparams,
@@ -237,7 +239,12 @@ def run_members(cfg: DictConfig) -> list[dict[str, Any]]:
             results[s] = done
     todo = [s for s in seeds if s not in results]
     if todo:
-        results.update(zip(todo, train_members([cfgs[s] for s in todo], job_dir)))
+        try:
+            results.update(zip(todo, train_members([cfgs[s] for s in todo], job_dir)))
+        except USER_ERRORS:  # refused before training: no member folder is left half-made
+            for s in todo:
+                _remove_unstarted(Path(cfgs[s].run_dir))
+            raise
     job_dir.mkdir(parents=True, exist_ok=True)
     write_json(job_dir / "members.json", {"seeds": seeds,
                "runs": [Path(cfgs[s].run_dir).name for s in seeds]})  # fmt: skip

@@ -7,7 +7,9 @@ owning channels [m·C, (m+1)·C) and member m's own images in its block of the i
   own ``forward`` runs as it is, only its layers are swapped;
 - a BN layer (ours or torch's) over S·C channels *is* S independent BN layers: per-member batch
   statistics, per-member running statistics, for every estimator;
-- a convolution is one grouped convolution (groups = S), a linear layer one batched matmul;
+- convolutions and linear layers hold the members' weights side by side; on a GPU they run as
+  one grouped convolution (groups = S) and one batched matmul, on the CPU as one plain call per
+  member on its block, so that each member computes bit for bit what its independent run does;
 - dropout draws each member's mask from that member's own generator, in the order an
   independent run draws them from the global RNG, so the masks are the same bits.
 
@@ -54,20 +56,12 @@ class StackedConv2d(nn.Module):
         if c.padding_mode != "zeros":
             raise ValueError(f"cannot stack a Conv2d with padding_mode={c.padding_mode!r}")
         self.members, self.fused = len(convs), fused
-        self.stride, self.padding, self.dilation, self.groups = (
-            c.stride,
-            c.padding,
-            c.dilation,
-            c.groups,
-        )
-        self.weight = nn.Parameter(
-            torch.cat([m.weight.detach() for m in convs])
-        )  # (S·O, I/g, k, k)
-        self.bias = (
-            nn.Parameter(torch.cat([m.bias.detach() for m in convs]))
-            if c.bias is not None
-            else None
-        )
+        self.stride, self.padding, self.dilation = c.stride, c.padding, c.dilation
+        self.groups = c.groups
+        # (S·O, I/groups, k, k): member m's filters are rows [m·O, (m+1)·O)
+        self.weight = nn.Parameter(torch.cat([m.weight.detach() for m in convs]))
+        bias = c.bias is not None
+        self.bias = nn.Parameter(torch.cat([m.bias.detach() for m in convs])) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.members
@@ -100,11 +94,8 @@ class StackedLinear(nn.Module):
         if self.fused or (self.fused is None and x.is_cuda):
             w = self.weight.transpose(1, 2)  # (S, I, O)
             xt = x.transpose(0, 1)  # (S, N, I)
-            y = (
-                torch.bmm(xt, w)
-                if self.bias is None
-                else torch.baddbmm(self.bias.unsqueeze(1), xt, w)
-            )
+            b = self.bias
+            y = torch.bmm(xt, w) if b is None else torch.baddbmm(b.unsqueeze(1), xt, w)
             return y.transpose(0, 1).reshape(n, s * o)  # (S, N, O) -> (N, S·O)
         bs = self.bias if self.bias is not None else [None] * s
         return torch.cat([F.linear(x[:, m], self.weight[m], bs[m]) for m in range(s)], 1)
@@ -247,6 +238,11 @@ def _stack_module(
     if isinstance(first, (BatchNorm, nn.modules.batchnorm._BatchNorm)):
         return _stack_norm(modules, fused)
     if isinstance(first, nn.Dropout):
+        if len(generators) != len(modules):
+            raise ValueError(
+                f"dropout layer {name!r} needs one generator per member: got {len(generators)} "
+                f"for {len(modules)} members"
+            )
         return StackedDropout(first.p, generators)
     if isinstance(first, PER_CHANNEL):
         return copy.deepcopy(first)
