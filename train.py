@@ -6,6 +6,9 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from bnsweep.config import exit_if_invalid
+
+    exit_if_invalid(cfg)  # a bad value: one line, before the heavy imports
     from bnsweep.train import main as run_main  # heavy imports after --help / --cfg
 
     return run_main(cfg)

@@ -1,11 +1,13 @@
-"""Checks of a composed config before any work: one line naming the key and the value."""
+"""Checks of a composed config before any work: one line naming the key and the value.
+
+Light on purpose (omegaconf only; torch only to ask for a GPU), so that train.py and sweep.py
+refuse a bad value in about a second, before importing Lightning."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -60,7 +62,7 @@ def validate(cfg: DictConfig) -> None:
         if value is not _MISSING and not ok(value):
             raise ConfigError(f"{key} must be {expected}, got {value!r}")
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    if accelerator in ("gpu", "cuda") and not _cuda_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} but no CUDA GPU is available here "
             "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
@@ -81,3 +83,25 @@ def check_vectorize(cfg: DictConfig) -> list[int]:
             "combined with sweep.vectorize=true"
         )
     return [int(s) for s in seeds]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def exit_if_invalid(cfg: DictConfig) -> None:
+    """train.py's first step: an invalid value exits with one line and status 2, and the run
+    folder Hydra made for it is removed."""
+    import sys
+    from pathlib import Path
+
+    from bnsweep.files import remove_unstarted
+
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        remove_unstarted(Path(cfg.run_dir))
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,3 +21,11 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """Remove a run folder holding only what Hydra wrote before the run failed to start."""
+    if run_dir.is_dir() and all(
+        p.name in (".hydra", "run_config.json") or p.suffix == ".log" for p in run_dir.iterdir()
+    ):
+        shutil.rmtree(run_dir, ignore_errors=True)

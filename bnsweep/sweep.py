@@ -495,20 +495,18 @@ def preflight(cfg: DictConfig, sweep_dir: Path) -> None:
     """Before any job: the values every job shares, the data, the output folder. On a problem,
     one line and exit status 2, and no sweep folder is left behind."""
     from bnsweep.config import ConfigError, check_vectorize, validate
-    from bnsweep.data import DATASETS, DataError, locate
 
     existed = sweep_dir.exists()
     try:
-        validate(cfg)
+        validate(cfg)  # light: a bad value is refused before Lightning is imported
         if OmegaConf.select(cfg, "sweep.vectorize", default=False):
             check_vectorize(cfg)
-        if not cfg.data.get("download", True) and cfg.data.get("name") in DATASETS:
-            root = cfg.data.get("root")
-            locate(DATASETS[cfg.data.name], Path(root) if root else None, download=False)
+        if not cfg.data.get("download", True):
+            _check_data(cfg)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=sweep_dir):
             pass
-    except (ConfigError, DataError) as e:
+    except ConfigError as e:
         _abort(f"error: {e}", sweep_dir, existed)
     except OSError as e:
         _abort(
@@ -516,6 +514,19 @@ def preflight(cfg: DictConfig, sweep_dir: Path) -> None:
             sweep_dir,
             existed,
         )
+
+
+def _check_data(cfg: DictConfig) -> None:
+    """The dataset files exist and verify (data.download=false): else ConfigError's one line."""
+    from bnsweep.config import ConfigError
+    from bnsweep.data import DATASETS, DataError, locate
+
+    if cfg.data.get("name") in DATASETS:
+        root = cfg.data.get("root")
+        try:
+            locate(DATASETS[cfg.data.name], Path(root) if root else None, download=False)
+        except DataError as e:
+            raise ConfigError(str(e)) from e
 
 
 def _abort(message: str, sweep_dir: Path, existed: bool) -> None:

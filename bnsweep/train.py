@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -20,7 +19,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from bnsweep.config import ConfigError, validate
 from bnsweep.data import DataError
-from bnsweep.files import write_json
+from bnsweep.files import remove_unstarted, write_json
 from bnsweep.lit import BNStatsLogger, LitClassifier
 
 HPARAM_KEYS = (
@@ -271,19 +270,11 @@ def _first_run_of_process() -> bool:
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, FileExistsError)
 
 
-def _remove_unstarted(run_dir: Path) -> None:
-    """Remove a run folder holding only what Hydra wrote before the run failed to start."""
-    if run_dir.is_dir() and all(
-        p.name in (".hydra", "run_config.json") or p.suffix == ".log" for p in run_dir.iterdir()
-    ):
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def main(cfg: DictConfig) -> float | None:
     """Entry point of train.py: run, and turn input errors into one line and exit status 2."""
     try:
         return run(cfg)["val/acc_best"]
     except USER_ERRORS as e:
-        _remove_unstarted(Path(cfg.run_dir))
+        remove_unstarted(Path(cfg.run_dir))
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

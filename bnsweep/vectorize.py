@@ -23,14 +23,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from bnsweep.config import ConfigError, check_vectorize, validate
-from bnsweep.files import write_json
+from bnsweep.files import remove_unstarted, write_json
 from bnsweep.lit import LitMembers
 from bnsweep.nn.stacked import StackedNet, member_state, member_view, stack_inputs, stack_states
 from bnsweep.train import (
     USER_ERRORS,
     _claim,
     _first_run_of_process,
-    _remove_unstarted,
     build_net,
     choices,
     hparams,
@@ -243,7 +242,7 @@ def run_members(cfg: DictConfig) -> list[dict[str, Any]]:
             results.update(zip(todo, train_members([cfgs[s] for s in todo], job_dir)))
         except USER_ERRORS:  # refused before training: no member folder is left half-made
             for s in todo:
-                _remove_unstarted(Path(cfgs[s].run_dir))
+                remove_unstarted(Path(cfgs[s].run_dir))
             raise
     job_dir.mkdir(parents=True, exist_ok=True)
     write_json(job_dir / "members.json", {"seeds": seeds,
