@@ -114,14 +114,24 @@ def make_trainer(
         extra["enable_checkpointing"] = False
     else:
         callbacks = [
-            # best.ckpt and last.ckpt, written after each validation
+            # best.ckpt, written after a validation that improves val/acc
             ModelCheckpoint(
                 dirpath=run_dir / "ckpt",
                 filename="best",
                 monitor="val/acc",
                 mode="max",
-                save_last=True,
                 save_on_train_epoch_end=False,
+                enable_version_counter=False,
+            ),
+            # last.ckpt after every validation (ModelCheckpoint's save_last writes it only when
+            # a top-k checkpoint was written at the same step, i.e. not when val/acc fell)
+            ModelCheckpoint(
+                dirpath=run_dir / "ckpt",
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                save_on_train_epoch_end=False,
+                enable_version_counter=False,
             ),
             BNStatsLogger(),
         ]

@@ -144,6 +144,26 @@ def test_seeded_runs_repeat_exactly(make_cfg, tmp_path):
         assert a[key] == b[key], key
 
 
+def test_last_checkpoint_is_the_last_validation_even_when_accuracy_does_not_improve(
+    make_cfg, tmp_path
+):
+    # lr 1e-12 and no BN: the weights do not move, so the second validation's accuracy equals
+    # the first's, is no improvement, and best.ckpt stays at step 10; last.ckpt must not
+    import torch
+
+    cfg = make_cfg("model=lenet", "optimizer.lr=1e-12", "data.train_size=640", "logger=none",
+                   "trainer.max_epochs=null", "trainer.max_steps=20", "trainer.val_check_interval=10",
+                   "trainer.check_val_every_n_epoch=null", "trainer.limit_val_batches=1",
+                   "trainer.limit_test_batches=1")  # fmt: skip
+    m = run(cfg)
+    assert m["history"]["val_step"] == [10, 20]
+    assert m["history"]["val/acc"][0] == m["history"]["val/acc"][1]
+    ckpt = tmp_path / "run" / "ckpt"
+    assert torch.load(ckpt / "best.ckpt", weights_only=True)["global_step"] == 10
+    assert torch.load(ckpt / "last.ckpt", weights_only=True)["global_step"] == 20
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 # Steps to halve the loss on one fixed batch (glorot init, Adam 1e-2). With BN on conv1 only the
 # sigmoid FC layers still start saturated-flat: lenet_bn1 gets there, but not within 50 steps.
 HALVING_STEPS = {"lenet_bn1": 150, "lenet_bn2": 50, "lenet_fc_bn1": 50, "lenet_fc_bn2": 50}

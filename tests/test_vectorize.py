@@ -224,6 +224,18 @@ def test_vectorized_lenet_fc_bn2_equals_independent_runs(tmp_path, mnist_dir, bn
     assert [m["seed"] for m in members] == [0, 1, 2]
     for seed, member in zip((0, 1, 2), members):
         _assert_equal_runs(member, _independent(tmp_path, mnist_dir, seed, *overrides))
+        # on the CPU a member trains bit for bit as its run: the same final weights. The BN
+        # running statistics are equal to the last bit or so: their elementwise updates over
+        # S·C channels take the SIMD path where 6 channels alone take the scalar one
+        ours = torch.load(tmp_path / f"job,seed={seed}" / "ckpt" / "last.ckpt", weights_only=True)
+        alone = torch.load(tmp_path / f"alone{seed}" / "ckpt" / "last.ckpt", weights_only=True)
+        assert ours["global_step"] == alone["global_step"] == 200
+        assert ours["state_dict"].keys() == alone["state_dict"].keys()
+        for key, value in alone["state_dict"].items():
+            if ".bn.running_" in key or ".bn.window_" in key:
+                torch.testing.assert_close(ours["state_dict"][key], value, rtol=1e-6, atol=1e-7)
+            else:
+                assert torch.equal(ours["state_dict"][key], value), key
     # the members' accuracies differ: three seeds, not one run three times
     assert len({m["test/acc"] for m in members}) > 1
     run_dir = tmp_path / "job,seed=1"
