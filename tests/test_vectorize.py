@@ -407,3 +407,24 @@ def test_vectorize_refuses_compile_before_any_job(cli, tmp_path):
     assert not (tmp_path / "outputs" / "sweep").exists() or not any(
         (tmp_path / "outputs" / "sweep").iterdir()
     )
+
+
+def test_vectorized_sweep_resumes_through_the_command_line(cli, tmp_path):
+    """resume=<sweep folder> finds a vectorized sweep's member folders again: a finished member
+    is skipped, an unfinished one continues from its last.ckpt, and the report is rewritten."""
+    args = ["-m", "model=lenet_fc_bn2", "sweep.vectorize=true", "seeds=[0,1]", *SHORT]
+    first = cli("sweep.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sweep = sweep_dir_of(tmp_path)
+    done = json.loads((sweep / "0_seed=0" / "metrics.json").read_text())
+    unfinished = sweep / "0_seed=1" / "metrics.json"
+    before = json.loads(unfinished.read_text())
+    unfinished.unlink()  # as if the job had been killed after its last checkpoint
+    resumed = cli("sweep.py", *args, f"resume={sweep}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((sweep / "0_seed=0" / "metrics.json").read_text()) == done
+    after = json.loads(unfinished.read_text())
+    assert after["resumed_from_step"] == 20
+    assert after["history"]["val/acc"] == before["history"]["val/acc"]
+    assert after["test/acc"] == before["test/acc"]
+    assert read_summary(sweep)[0]["n_finished"] == "2"
