@@ -13,6 +13,7 @@ vectorized point (stacking them again) or a run alone.
 from __future__ import annotations
 
 import copy
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from bnsweep.config import ConfigError, check_vectorize, validate
-from bnsweep.files import remove_unstarted, write_json
+from bnsweep.files import atomic_write, remove_unstarted, write_json
 from bnsweep.lit import LitMembers
 from bnsweep.nn.stacked import StackedNet, member_state, member_view, stack_inputs, stack_states
 from bnsweep.train import (
@@ -178,10 +179,11 @@ def stack_checkpoints(ckpts: list[dict], net: StackedNet) -> dict:
         optimizers.append({"state": per_param, "param_groups": parts[0]["param_groups"]})
     own = [c["bnsweep"] for c in ckpts]
     sums = [o["epoch_sums"] for o in own]
-    frozen = {}
     diverged = [o.get("diverged_step") for o in own]
+    # a member that had diverged stays frozen at the weights and statistics it stopped with
+    frozen = {m: {k: v for k, v in s.items() if v.dim() > 0} for m, (d, s) in
+              enumerate(zip(diverged, states)) if d is not None}  # fmt: skip
     saved = {
-        "seeds": None,
         "history": [o["history"] for o in own],
         "rng": [o["rng"] for o in own],
         "epoch_sums": torch.stack(sums) if all(x is not None for x in sums) else None,
@@ -216,13 +218,20 @@ class MemberCheckpoints(pl.Callback):
 
 
 def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
 # the job
+
+
+def run_point(cfg: DictConfig) -> dict[str, Any]:
+    """A sweep job with sweep.vectorize: every seed of the point; for search sweepers such as
+    Optuna, the point's val/acc_best is the mean over its seeds."""
+    best = [r["val/acc_best"] for r in run_members(cfg)]
+    return {"val/acc_best": sum(best) / len(best) if None not in best else None}
 
 
 def run_members(cfg: DictConfig) -> list[dict[str, Any]]:

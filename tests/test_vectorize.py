@@ -329,6 +329,17 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on(tmp_path, mnist_di
     assert alone["diverged_step"] == 0
     assert members[1]["history"]["val_step"] == alone["history"]["val_step"] == [1]
     assert members[1]["test/acc"] == alone["test/acc"]
+    # stacked again for a resume, the diverged member stays frozen at its own weights
+    from bnsweep.vectorize import stack_checkpoints
+
+    ckpts = [torch.load(tmp_path / f"job,seed={s}" / "ckpt" / "last.ckpt", weights_only=True)
+             for s in (0, 1, 2)]  # fmt: skip
+    net = StackedNet([plain(_cfg(tmp_path, mnist_dir, "x", f"seed={s}", *overrides)) for s in (0, 1, 2)])
+    job = stack_checkpoints(ckpts, net)["bnsweep"]
+    assert job["diverged_step"] == [None, 0, None] and list(job["frozen"]) == [1]
+    bias = job["frozen"][1]["fc3.bias"]
+    torch.testing.assert_close(bias, ckpts[1]["state_dict"]["net.fc3.bias"], rtol=0, atol=0,
+                               equal_nan=True)  # fmt: skip
 
 
 def test_an_interrupted_vectorized_job_resumes_from_its_members_checkpoints(
