@@ -48,20 +48,14 @@ class LitClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
-        self.history: dict[str, list[float]] = {
-            "val_step": [], "val_epoch": [], "val/acc": [], "val/loss": [],
-            "train_epoch": [], "train/acc": [], "train/loss": [],
-        }  # fmt: skip
         self.track = _percentile_spec(net, percentiles) if percentiles else None
+        self.history = _new_history(self.track)
         self._tracked: list[Tensor] = []
         self._epoch_sums: Tensor | None = None  # (Σ loss·n, Σ correct) of this epoch so far
         self._epoch_n = 0
         # trainer.compile: the training forward through torch.compile, the same parameters; kept
         # out of the module tree, so state dicts, hooks and evaluation use the plain network
         self._compiled: dict[str, Callable] = {"net": torch.compile(net)} if compile else {}
-        if self.track:
-            for key in self.track["keys"]:
-                self.history[key] = []
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -88,8 +82,7 @@ class LitClassifier(pl.LightningModule):
             sums = torch.stack([loss.detach() * len(y), correct.to(loss.dtype)])
             self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
             self._epoch_n += len(y)
-        every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0 or self.trainer.fast_dev_run:
+        if _logging_step(self):
             self.log("train/loss_step", loss.detach(), prog_bar=True)
             self.log("train/acc_step", correct / len(y), prog_bar=True)
         return loss
@@ -231,6 +224,12 @@ class BNStatsLogger(pl.Callback):
                 tb.add_histogram(f"preact/{block}", pre[block].float().flatten(), step)
 
 
+def _logging_step(module: pl.LightningModule) -> bool:
+    """Whether this training step is one the loggers write (trainer.log_every_n_steps)."""
+    every, trainer = module.trainer.log_every_n_steps, module.trainer
+    return bool(every and (module.global_step + 1) % every == 0 or trainer.fast_dev_run)
+
+
 def _new_history(track: dict | None) -> dict[str, list[float]]:
     h: dict[str, list[float]] = {
         "val_step": [], "val_epoch": [], "val/acc": [], "val/loss": [],
@@ -335,8 +334,7 @@ class LitMembers(pl.LightningModule):
             sums = torch.stack([losses.detach() * n, correct.to(losses.dtype)], 1)  # (S, 2)
             self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
             self._epoch_n += n
-        every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0 or self.trainer.fast_dev_run:
+        if _logging_step(self):
             values = torch.stack([losses.detach(), correct / n], 1).tolist()
             for m in active:
                 loss, acc = values[m]
@@ -496,7 +494,6 @@ class LitMembers(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["bnsweep"] = {
-            "seeds": self.seeds,
             "history": self.history,
             "rng": [g.get_state() for g in self.net.generators],
             "epoch_sums": self._epoch_sums,

@@ -445,11 +445,7 @@ def run_job(cfg: DictConfig) -> float:
     from bnsweep.train import USER_ERRORS, run
 
     if OmegaConf.select(cfg, "sweep.vectorize", default=False):
-        from bnsweep.vectorize import run_members
-
-        def run(cfg: DictConfig) -> dict[str, Any]:
-            best = [r["val/acc_best"] for r in run_members(cfg)]
-            return {"val/acc_best": math.fsum(best) / len(best) if None not in best else None}
+        from bnsweep.vectorize import run_point as run
 
     run_dir = Path(cfg.run_dir)
     threads = cfg.get("threads") or threads_per_job()
