@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from bnsweep.nn import make_batchnorm, make_torch_batchnorm
+from bnsweep.runtime import tune_allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -428,10 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds of the step, data, startup rows")
     p.add_argument("--sweep-n", nargs="+", type=int, default=[1, 2, 4, 8])
     args = p.parse_args(argv)
+    tuned = tune_allocator()  # as train.py runs; both sides of every in-process row share it
     cpu = platform.processor() or platform.machine()
     print(
         f"machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, python {platform.python_version()}"
+        f"torch {torch.__version__}, python {platform.python_version()}, "
+        f"malloc thresholds {'raised (bnsweep.runtime)' if tuned else 'default'}"
     )
     print(
         f"command: python -m bnsweep.bench {' '.join(argv if argv is not None else sys.argv[1:])}"

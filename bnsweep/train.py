@@ -21,6 +21,7 @@ from bnsweep.config import ConfigError, validate
 from bnsweep.data import DataError
 from bnsweep.files import remove_unstarted, write_json
 from bnsweep.lit import BNStatsLogger, LitClassifier
+from bnsweep.runtime import tune_allocator
 
 HPARAM_KEYS = (
     "model", "bn", "bn.momentum", "bn.window", "bn.eps", "init", "init.std", "optimizer",
@@ -191,6 +192,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning
     validate(cfg)
+    tune_allocator()
     run_dir = Path(cfg.run_dir)
     if (finished := _claim(run_dir, cfg)) is not None:
         return finished

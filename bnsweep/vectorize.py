@@ -27,6 +27,7 @@ from bnsweep.config import ConfigError, check_vectorize, validate
 from bnsweep.files import atomic_write, remove_unstarted, write_json
 from bnsweep.lit import LitMembers
 from bnsweep.nn.stacked import StackedNet, member_state, member_view, stack_inputs, stack_states
+from bnsweep.runtime import tune_allocator
 from bnsweep.train import (
     USER_ERRORS,
     _claim,
@@ -277,6 +278,7 @@ def _resume_checkpoint(cfgs: list[DictConfig], net: StackedNet, job_dir: Path) -
 
 
 def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]:
+    tune_allocator()
     start = time.time()
     started_after = process_age() if _first_run_of_process() else None
     seeds = [int(c.seed) for c in cfgs]
