@@ -135,3 +135,35 @@ def test_capture_preactivations_reads_sigmoid_input(bn):
     with pytest.raises(ValueError, match="no layer 'out'"):
         with capture_preactivations(net, ["out"]):
             pass
+
+
+@pytest.mark.parametrize(
+    "shape,kernel",
+    [((64, 6, 28, 28), 2), ((64, 16, 12, 12), 2), ((4, 3, 12, 9), 3), ((2, 5, 8, 8), (2, 2))],
+)
+def test_tiling_avg_pool_is_torchs_bit_for_bit(shape, kernel):
+    """LeNet's pooling takes the fast path; forward and input gradient are aten's exact bits."""
+    from bnsweep.nn.layers import AvgPool2d
+
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 3 + 1).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = AvgPool2d(kernel)(x), nn.functional.avg_pool2d(x_ref, kernel)
+    assert y.grad_fn is not None and "TilePool" in type(y.grad_fn).__name__  # the fast path ran
+    g = torch.randn_like(y_ref)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(x.grad, x_ref.grad)
+
+
+@pytest.mark.parametrize(
+    "shape,kwargs",
+    [((2, 3, 7, 7), {"kernel_size": 2}), ((2, 3, 8, 8), {"kernel_size": 3, "stride": 1}),
+     ((2, 3, 8, 8), {"kernel_size": 2, "padding": 1}), ((3, 8, 8), {"kernel_size": 2})],
+)  # fmt: skip
+def test_avg_pool_other_configurations_are_torchs(shape, kwargs):
+    from bnsweep.nn.layers import AvgPool2d
+
+    x = torch.randn(shape)
+    torch.testing.assert_close(AvgPool2d(**kwargs)(x), nn.AvgPool2d(**kwargs)(x), rtol=0, atol=0)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from bnsweep.nn.layers import Block, NormFactory, as_images, make_norms
+from bnsweep.nn.layers import AvgPool2d, Block, NormFactory, as_images, make_norms
 
 
 class LeNet(nn.Module):
@@ -30,9 +30,9 @@ class LeNet(nn.Module):
 
         # padding=2 on the 28×28 input is the reference's zero-padding to 32×32, then a valid conv
         self.conv1 = block("conv1", nn.Conv2d(1, 6, 5, padding=2), 6, True)  # -> (N, 6, 28, 28)
-        self.pool1 = nn.AvgPool2d(2)  # -> (N, 6, 14, 14)
+        self.pool1 = AvgPool2d(2)  # -> (N, 6, 14, 14)
         self.conv2 = block("conv2", nn.Conv2d(6, 16, 3), 16, True)  # -> (N, 16, 12, 12)
-        self.pool2 = nn.AvgPool2d(2)  # -> (N, 16, 6, 6)
+        self.pool2 = AvgPool2d(2)  # -> (N, 16, 6, 6)
         self.flatten = nn.Flatten()  # -> (N, 576)
         self.fc1 = block("fc1", nn.Linear(576, 120), 120, False)
         self.fc2 = block("fc2", nn.Linear(120, 84), 84, False)
