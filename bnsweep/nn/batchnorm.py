@@ -56,8 +56,9 @@ class _BatchNormTrain(torch.autograd.Function):
     buffers (torch's kernel makes one): the centred input d = x − μ_B, which is saved for the
     backward, and the output, whose buffer first holds d² for the variance (a two-pass mean and
     variance from plain sums; torch's ``var_mean`` over (N, H, W) is ~10× slower than a sum
-    there). y = d·(γ/σ) + β is one ``addcmul``. The backward makes one buffer, g·d, and builds
-    the input gradient in it.
+    there). The backward makes one buffer, g·d, and builds the input gradient in it. (An
+    ``addcmul`` whose first operand is a broadcast per-channel vector is avoided: on the CPU
+    it took 4.4 ms on (64, 6, 28, 28), where a ``mul`` and an ``add_`` take 0.06 ms.)
     """
 
     @staticmethod
@@ -71,10 +72,9 @@ class _BatchNormTrain(torch.autograd.Function):
         var = y.sum(dims).div_(m)  # (C,): biased, from the centred values
         invstd = torch.add(var, eps).rsqrt_()
         scale = invstd if weight is None else invstd * weight  # γ/σ per channel
-        if bias is None:
-            torch.mul(d, scale.view(shape), out=y)
-        else:
-            torch.addcmul(bias.view(shape), d, scale.view(shape), out=y)
+        torch.mul(d, scale.view(shape), out=y)
+        if bias is not None:
+            y.add_(bias.view(shape))  # (an addcmul with a broadcast β is ~70× slower here)
         ctx.save_for_backward(d, invstd, weight)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -95,7 +95,7 @@ class _BatchNormTrain(torch.autograd.Function):
             # ∂ℓ/∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂)) = scale·g + coef·d + shift per channel
             coef = scale * invstd * sum_g_xhat / -m
             shift = scale * sum_g / -m
-            torch.addcmul(shift.view(shape), grad_y, scale.view(shape), out=buf)
+            torch.mul(grad_y, scale.view(shape), out=buf).add_(shift.view(shape))
             grad_x = buf.addcmul_(d, coef.view(shape))
         if weight is not None:
             grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
