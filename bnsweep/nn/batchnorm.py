@@ -65,11 +65,10 @@ class _BatchNormTrain(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
         dims = (0,) if x.dim() == 2 else (0, 2, 3)
         shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
-        m = x.numel() // x.shape[1]
-        mean = x.sum(dims).div_(m)  # (C,)
+        mean = x.mean(dims)  # (C,)
         d = x - mean.view(shape)
         y = torch.mul(d, d)  # the output's buffer, holding d² until the variance is taken
-        var = y.sum(dims).div_(m)  # (C,): biased, from the centred values
+        var = y.mean(dims)  # (C,): biased, from the centred values
         invstd = torch.add(var, eps).rsqrt_()
         scale = invstd if weight is None else invstd * weight  # γ/σ per channel
         torch.mul(d, scale.view(shape), out=y)
@@ -77,10 +76,13 @@ class _BatchNormTrain(torch.autograd.Function):
             y.add_(bias.view(shape))  # (an addcmul with a broadcast β is ~70× slower here)
         ctx.save_for_backward(d, invstd, weight)
         ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) grads
         return y, mean, var
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
+        if grad_y is None:  # the output is not in the graph (grads are not materialised)
+            return None, None, None, None
         d, invstd, weight = ctx.saved_tensors
         grad_y = grad_y.contiguous()  # a slice of a larger gradient: sum in the usual order
         dims = (0,) if d.dim() == 2 else (0, 2, 3)
@@ -93,8 +95,9 @@ class _BatchNormTrain(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             scale = invstd if weight is None else weight * invstd  # γ/σ per channel
             # ∂ℓ/∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂)) = scale·g + coef·d + shift per channel
-            coef = scale * invstd * sum_g_xhat / -m
-            shift = scale * sum_g / -m
+            k = scale / -m
+            coef = k * invstd * sum_g_xhat
+            shift = k * sum_g
             torch.mul(grad_y, scale.view(shape), out=buf).add_(shift.view(shape))
             grad_x = buf.addcmul_(d, coef.view(shape))
         if weight is not None:
