@@ -26,6 +26,13 @@ PARAM_GRAD_TOL = {
     torch.float32: dict(rtol=1e-4, atol=5e-5),
     torch.float64: dict(rtol=1e-9, atol=1e-9),
 }
+# the CUDA half runs where torch sees a GPU (tests/test_gpu.py has the rest of the GPU paths)
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    ),
+]
 DTYPE_TOL = {torch.float32: TOL, torch.float64: dict(rtol=1e-9, atol=1e-9)}
 
 
@@ -55,16 +62,18 @@ CONFIGS = [
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["m0.1", "m0.9", "cumulative", "momentum-None"])
 @pytest.mark.parametrize("kind", ["1d", "2d"])
-def test_matches_torch_over_training_then_eval(kind, cfg, affine, dtype):
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_torch_over_training_then_eval(kind, cfg, affine, dtype, device):
     ours, ref = _pair(kind, cfg[0], cfg[1], affine)
-    ours, ref = ours.to(dtype), ref.to(dtype)
+    ours, ref = ours.to(device, dtype), ref.to(device, dtype)
     tol, param_tol = DTYPE_TOL[dtype], PARAM_GRAD_TOL[dtype]
     g = torch.Generator().manual_seed(0)
     for step in range(20):
         n = [2, 3, 8, 17, 32][step % 5]
-        x = (torch.randn(n, *SHAPES[kind], generator=g) * 3 + 1.5).to(dtype).requires_grad_()
+        x = (torch.randn(n, *SHAPES[kind], generator=g) * 3 + 1.5).to(device, dtype)
+        x.requires_grad_()
         x_ref = x.detach().clone().requires_grad_()
-        grad = torch.randn(n, *SHAPES[kind], generator=g).to(dtype)
+        grad = torch.randn(n, *SHAPES[kind], generator=g).to(device, dtype)
         y, y_ref = ours(x), ref(x_ref)
         torch.testing.assert_close(y, y_ref, **tol)
         (y * grad).sum().backward()
@@ -77,7 +86,7 @@ def test_matches_torch_over_training_then_eval(kind, cfg, affine, dtype):
         torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
         assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == step + 1
     ours.eval(), ref.eval()
-    x = (torch.randn(7, *SHAPES[kind], generator=g) * 3 + 1.5).to(dtype)
+    x = (torch.randn(7, *SHAPES[kind], generator=g) * 3 + 1.5).to(device, dtype)
     torch.testing.assert_close(ours(x), ref(x), **tol)
 
 
@@ -332,3 +341,25 @@ def test_eval_transform_cache_follows_every_change():
     ours, ref = ours.double(), ref.double()
     x = x.double()
     agree()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_training_function_matches_eager(device):
+    """Under torch.compile the training function takes its traced path (no buffer reuse):
+    the same output and gradients as eager mode, on the CPU and on a GPU."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(4)
+    for shape in [(64, 30), (16, 6, 5, 5)]:
+        c = shape[1]
+        x = (torch.randn(shape, generator=g) * 3 + 1).to(device).requires_grad_()
+        w = (torch.rand(c, generator=g) + 0.5).to(device).requires_grad_()
+        b = torch.randn(c, generator=g).to(device).requires_grad_()
+        grad = torch.randn(shape, generator=g).to(device)
+        eager = batch_norm_train(x, w, b, 1e-5)
+        compiled = torch.compile(batch_norm_train)(x, w, b, 1e-5)
+        for a, e in zip(compiled, eager):
+            torch.testing.assert_close(a, e, **TOL)
+        expected = torch.autograd.grad(eager[0], (x, w, b), grad)
+        got = torch.autograd.grad(compiled[0], (x, w, b), grad)
+        for a, e in zip(got, expected):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)

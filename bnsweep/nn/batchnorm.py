@@ -67,6 +67,8 @@ class _BatchNormTrain(torch.autograd.Function):
         shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
         mean = x.mean(dims)  # (C,)
         d = x - mean.view(shape)
+        if torch.compiler.is_compiling():
+            return _forward_traced(ctx, d, mean, weight, bias, eps, dims, shape)
         y = torch.mul(d, d)  # the output's buffer, holding d² until the variance is taken
         var = y.mean(dims)  # (C,): biased, from the centred values
         invstd = torch.add(var, eps).rsqrt_()
@@ -88,6 +90,8 @@ class _BatchNormTrain(torch.autograd.Function):
         dims = (0,) if d.dim() == 2 else (0, 2, 3)
         shape = (1, -1) if d.dim() == 2 else (1, -1, 1, 1)
         m = d.numel() // d.shape[1]
+        if torch.compiler.is_compiling():
+            return _backward_traced(ctx, grad_y, d, invstd, weight, dims, shape, m)
         sum_g = grad_y.sum(dims)  # (C,) = ∂ℓ/∂β
         buf = torch.mul(grad_y, d)
         sum_g_xhat = buf.sum(dims).mul_(invstd)  # (C,) = Σ g·x̂ = ∂ℓ/∂γ
@@ -104,6 +108,39 @@ class _BatchNormTrain(torch.autograd.Function):
             grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
             grad_b = sum_g if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
+
+
+# Under torch.compile the same arithmetic without buffer reuse (out=, in-place): inductor fuses
+# the passes itself, and on CUDA (torch 2.11) it miscompiled the buffer-reusing backward into
+# gradients off by O(1) (tests/test_gpu.py); the CPU was unaffected.
+
+
+def _forward_traced(ctx, d, mean, weight, bias, eps, dims, shape):
+    var = (d * d).mean(dims)
+    invstd = (var + eps).rsqrt()
+    scale = invstd if weight is None else invstd * weight
+    y = d * scale.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    ctx.save_for_backward(d, invstd, weight)
+    ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)
+    return y, mean, var
+
+
+def _backward_traced(ctx, grad_y, d, invstd, weight, dims, shape, m):
+    sum_g = grad_y.sum(dims)
+    sum_g_xhat = (grad_y * d).sum(dims) * invstd
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        scale = invstd if weight is None else weight * invstd
+        k = scale / -m
+        coef = k * invstd * sum_g_xhat
+        grad_x = grad_y * scale.view(shape) + (k * sum_g).view(shape) + d * coef.view(shape)
+    if weight is not None:
+        grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
+        grad_b = sum_g if ctx.needs_input_grad[2] else None
+    return grad_x, grad_w, grad_b, None
 
 
 def batch_norm_train(
