@@ -80,7 +80,8 @@ class LitClassifier(pl.LightningModule):
         with torch.no_grad():
             correct = (logits.argmax(1) == y).sum()
             sums = torch.stack([loss.detach() * len(y), correct.to(loss.dtype)])
-            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
+            # (sums read from a checkpoint come on the CPU: a resumed GPU run moves them once)
+            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums.to(sums) + sums
             self._epoch_n += len(y)
         if _logging_step(self):
             self.log("train/loss_step", loss.detach(), prog_bar=True)
@@ -137,14 +138,17 @@ class LitClassifier(pl.LightningModule):
                 self.log(key, v)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # what a resumed run needs to continue exactly: its curves so far and the CPU RNG
-        # (dropout masks); plain lists and tensors, loadable with weights_only=True
+        # what a resumed run needs to continue exactly: its curves so far and the RNG its
+        # dropout masks come from (the CPU's, and the GPU's when training there); plain lists
+        # and tensors, loadable with weights_only=True
         checkpoint["bnsweep"] = {
             "history": self.history,
             "rng": torch.get_rng_state(),
             "epoch_sums": self._epoch_sums,  # a run saved mid-epoch keeps its epoch means whole
             "epoch_n": self._epoch_n,
         }
+        if self.device.type == "cuda":
+            checkpoint["bnsweep"]["cuda_rng"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.resumed_from_step = checkpoint["global_step"]
@@ -152,6 +156,8 @@ class LitClassifier(pl.LightningModule):
         if saved:
             self.history = saved["history"]
             torch.set_rng_state(saved["rng"])
+            if "cuda_rng" in saved and torch.cuda.is_available():  # resumed on a GPU, or not
+                torch.cuda.set_rng_state(saved["cuda_rng"])
             self._epoch_sums, self._epoch_n = saved.get("epoch_sums"), saved.get("epoch_n", 0)
             for acc in self.history["val/acc"]:
                 self.val_acc_best(torch.tensor(acc))
@@ -332,7 +338,7 @@ class LitMembers(pl.LightningModule):
         with torch.no_grad():
             correct = (logits.argmax(2) == y).sum(0)  # (S,)
             sums = torch.stack([losses.detach() * n, correct.to(losses.dtype)], 1)  # (S, 2)
-            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
+            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums.to(sums) + sums
             self._epoch_n += n
         if _logging_step(self):
             values = torch.stack([losses.detach(), correct / n], 1).tolist()
