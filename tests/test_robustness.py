@@ -54,7 +54,10 @@ def test_a_crashing_job_does_not_end_the_sweep(cli, tmp_path):
     assert rows["lenet_bn1"]["n_finished"] == "2" and rows["raise_at_step"]["n_failed"] == "2"
 
 
-RESUMABLE = ["-m", "model=lenet_bn1,cnn_bn", "seeds=[0]", "threads=1", "data.train_size=1280",
+# on the CPU also where there is a GPU: equal numbers need deterministic kernels (the GPU's
+# resume is tested in tests/test_gpu.py)
+RESUMABLE = ["-m", "model=lenet_bn1,cnn_bn", "seeds=[0]", "threads=1", "trainer.accelerator=cpu",
+             "data.train_size=1280",
              "trainer.max_epochs=3", "trainer.val_check_interval=7", "trainer.limit_val_batches=1",
              "trainer.limit_test_batches=1"]  # fmt: skip
 

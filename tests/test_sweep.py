@@ -224,8 +224,10 @@ def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
     assert len(rows) == points and all(r["n_finished"] == "1" for r in rows)
 
 
-# one torch thread in every job: float sums then run in the same order whatever the launcher
-LAUNCHER_SWEEP = ["-m", "model=lenet_bn1,lenet_fc_bn2", "seeds=[0,1]", "threads=1", *SHORT]
+# one torch thread in every job: float sums then run in the same order whatever the launcher;
+# on the CPU (deterministic kernels) also where the machine has a GPU
+LAUNCHER_SWEEP = ["-m", "model=lenet_bn1,lenet_fc_bn2", "seeds=[0,1]", "threads=1",
+                  "trainer.accelerator=cpu", *SHORT]  # fmt: skip
 
 
 def numbers_of(sweep: Path) -> list[dict[str, str]]:

@@ -138,8 +138,10 @@ def test_training_epoch_means_equal_a_replay_of_the_same_steps(make_cfg, tmp_pat
 
 
 def test_seeded_runs_repeat_exactly(make_cfg, tmp_path):
-    a = run(make_cfg(*QUICK, "model=lenet_bn1", "logger=none", f"run_dir={tmp_path / 'a'}"))
-    b = run(make_cfg(*QUICK, "model=lenet_bn1", "logger=none", f"run_dir={tmp_path / 'b'}"))
+    # deterministic kernels (the CPU's default; on a GPU only when asked, as here)
+    same = [*QUICK, "model=lenet_bn1", "logger=none", "trainer.deterministic=true"]
+    a = run(make_cfg(*same, f"run_dir={tmp_path / 'a'}"))
+    b = run(make_cfg(*same, f"run_dir={tmp_path / 'b'}"))
     for key in ("val/acc", "val/loss", "test/acc", "test/loss", "train/loss"):
         assert a[key] == b[key], key
 
@@ -310,8 +312,10 @@ def test_runs_reuse_freed_buffers_instead_of_page_faulting_them_again():
 
     tuned, plain = probe({"BNSWEEP_MALLOC": ""}), probe({"BNSWEEP_MALLOC": "default"})
     assert tuned[0] == "True" and plain[0] == "False"
+    assert plain[2] >= 16 << 20 and tuned[2] == 0  # a 16 MiB buffer: mmap-ed vs from the heap
+    if plain[1] == 0:  # seen on a GPU machine's VM kernel: getrusage reports no minor faults
+        pytest.skip("this kernel counts no minor page faults: the fault half cannot be measured")
     # page faults over 20 lenet_fc_bn2 steps in a fresh process, measured: 2,700-24,000 with
     # malloc's defaults (glibc raises its threshold as it sees large frees), 300-360 tuned
     assert tuned[1] <= 20 * 40
     assert 2 * tuned[1] < plain[1]
-    assert plain[2] >= 16 << 20 and tuned[2] == 0  # a 16 MiB buffer: mmap-ed vs from the heap
