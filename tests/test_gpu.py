@@ -11,6 +11,12 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from test_vectorize import (
+    assert_members_evaluate_as_alone,
+    killed_at_step,
+    plain_test_accuracy,
+    train_alone_and_stacked,
+)
 
 from bnsweep.nn import InitCNN, LeNet, make_batchnorm, make_torch_batchnorm
 from bnsweep.nn.stacked import StackedDropout, StackedNet, member_state, stack_inputs
@@ -56,37 +62,10 @@ def test_stacked_lenet_on_cuda_trains_each_member_as_alone(exact_fp32, bn, fused
     follow those biases through the running means.)"""
     nets = _lenets(NORMS[bn])
     stacked = StackedNet(_lenets(NORMS[bn]), fused=fused)
-    opts = [torch.optim.SGD(n.parameters(), 0.05, momentum=0.9) for n in nets]
-    opt = torch.optim.SGD(stacked.parameters(), 0.05, momentum=0.9)
-    data = torch.Generator(CUDA).manual_seed(9)
-    for _ in range(5):
-        xs = [torch.rand(32, 1, 28, 28, generator=data, device=CUDA) for _ in nets]
-        ys = [torch.randint(0, 10, (32,), generator=data, device=CUDA) for _ in nets]
-        alone = []
-        for net, o, x, y in zip(nets, opts, xs, ys):
-            o.zero_grad()
-            loss = F.cross_entropy(net(x), y)
-            loss.backward()
-            o.step()
-            alone.append(loss.detach())
-        opt.zero_grad()
-        logits = stacked(stack_inputs(xs))
-        losses = torch.stack([F.cross_entropy(logits[:, m], y) for m, y in enumerate(ys)])
-        losses.sum().backward()
-        opt.step()
-        torch.testing.assert_close(losses.detach(), torch.stack(alone), rtol=0, atol=2e-5)
-    for net in [stacked, *nets]:
-        net.eval()
+    sgd = partial(torch.optim.SGD, lr=0.05, momentum=0.9)
+    data = train_alone_and_stacked(nets, stacked, sgd, batch=32, device=CUDA, atol=2e-5)
     x = torch.rand(64, 1, 28, 28, generator=data, device=CUDA)
-    with torch.no_grad():
-        out = stacked(stack_inputs([x] * len(nets)))
-        for m, net in enumerate(nets):
-            torch.testing.assert_close(out[:, m], net(x), rtol=1e-4, atol=1e-4)
-            member = stacked.member_state_dict(m)
-            for key, value in net.state_dict().items():
-                if key.endswith("affine.bias"):
-                    continue  # a bias under BN: its gradient is rounding noise that Adam scales up
-                torch.testing.assert_close(member[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert_members_evaluate_as_alone(nets, stacked, x, out_atol=1e-4)
 
 
 def test_fused_gradients_on_cuda_equal_the_members_to_rounding(exact_fp32):
@@ -181,8 +160,7 @@ def test_vectorized_members_on_the_gpu_match_their_independent_gpu_runs(
     GPU run, 200 steps: the same data order and initialisation, so the same results up to the
     rounding of other kernels (in full float32: with TF32 the two drift apart faster); and the
     member's checkpoint gives its test accuracy in a plain network on the CPU."""
-    from bnsweep.data import MNISTDataModule
-    from bnsweep.train import build, run
+    from bnsweep.train import run
     from bnsweep.vectorize import run_members
 
     # SGD: Adam would turn the rounding-noise gradients of the biases before BN into steps of
@@ -211,17 +189,12 @@ def test_vectorized_members_on_the_gpu_match_their_independent_gpu_runs(
         gaps = [sum(abs(x - y) for x, y in zip(losses(member), losses(o))) for o in alones]
         assert min(range(3), key=gaps.__getitem__) == m, gaps
         assert member["test/acc"] >= 0.85  # it learned: 10 % is chance
-    module, _ = build(_cfg(tmp_path, mnist_dir, "plain", "seed=1", *steps))
     ckpt = torch.load(tmp_path / "job,seed=1" / "ckpt" / "last.ckpt", weights_only=True,
                       map_location="cpu")  # fmt: skip
     assert ckpt["global_step"] == 200
-    module.load_state_dict(ckpt["state_dict"])
-    module.eval()
-    dm = MNISTDataModule(root=str(mnist_dir), download=False)
-    dm.setup()
-    with torch.no_grad():
-        acc = (module(dm.tensors["x_test"]).argmax(1) == dm.tensors["y_test"]).float().mean()
-    assert float(acc) == pytest.approx(members[1]["test/acc"], abs=3e-4)  # ≤ 3 of 10,000
+    plain = _cfg(tmp_path, mnist_dir, "plain", "seed=1", *steps)
+    acc = plain_test_accuracy(plain, ckpt["state_dict"], mnist_dir)
+    assert acc == pytest.approx(members[1]["test/acc"], abs=3e-4)  # ≤ 3 of 10,000
 
 
 @pytest.mark.parametrize("vectorized", [False, True], ids=["run", "vectorized"])
@@ -244,18 +217,8 @@ def test_an_interrupted_gpu_run_resumes_mid_epoch(tmp_path, mnist_dir, monkeypat
         return run_members(cfg) if vectorized else [run(cfg)]
 
     whole = go("whole")
-    module = LitMembers if vectorized else LitClassifier
-    step = module.training_step
-
-    def crash(self, batch, batch_idx):
-        if self.global_step == 25:
-            raise RuntimeError("killed")
-        return step(self, batch, batch_idx)
-
-    monkeypatch.setattr(module, "training_step", crash)
-    with pytest.raises(RuntimeError, match="killed"):
+    with killed_at_step(monkeypatch, LitMembers if vectorized else LitClassifier, 25):
         go("job")
-    monkeypatch.setattr(module, "training_step", step)
     resumed = go("job", "resume=true")
     for r, w in zip(resumed, whole):
         assert r["resumed_from_step"] == 20 and r["device"] == "cuda:0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -109,18 +110,15 @@ def test_fused_kernels_train_each_member_as_alone_to_rounding():
                                            msg=f"{bn} {key}")  # fmt: skip
 
 
-@pytest.mark.parametrize("bn", list(NORMS))
-def test_stacked_lenet_trains_each_member_as_alone(bn):
-    """Five Adam steps and an eval pass: every member's loss, logits, weights and BN running
-    statistics equal those of its own network trained alone (per-member BN statistics)."""
-    nets, _ = _members("lenet", NORMS[bn])
-    stacked = StackedNet(nets)
-    opts = [torch.optim.Adam(n.parameters(), 1e-2) for n in nets]
-    opt = torch.optim.Adam(stacked.parameters(), 1e-2)
-    data = torch.Generator().manual_seed(9)
+def train_alone_and_stacked(nets, stacked, optimizer, batch: int, device="cpu", atol=1e-5):
+    """Five steps of each network alone and of the stacked one on the same batches: each
+    step's member losses equal the losses alone. Returns the data generator, for more draws."""
+    opts = [optimizer(n.parameters()) for n in nets]
+    opt = optimizer(stacked.parameters())
+    data = torch.Generator(device).manual_seed(9)
     for _ in range(5):
-        xs = [torch.rand(16, 1, 28, 28, generator=data) for _ in nets]
-        ys = [torch.randint(0, 10, (16,), generator=data) for _ in nets]
+        xs = [torch.rand(batch, 1, 28, 28, generator=data, device=device) for _ in nets]
+        ys = [torch.randint(0, 10, (batch,), generator=data, device=device) for _ in nets]
         alone = []
         for net, o, x, y in zip(nets, opts, xs, ys):
             o.zero_grad()
@@ -133,19 +131,34 @@ def test_stacked_lenet_trains_each_member_as_alone(bn):
         losses = torch.stack([F.cross_entropy(logits[:, m], y) for m, y in enumerate(ys)])
         losses.sum().backward()
         opt.step()
-        torch.testing.assert_close(losses.detach(), torch.stack(alone), rtol=0, atol=1e-5)
+        torch.testing.assert_close(losses.detach(), torch.stack(alone), rtol=0, atol=atol)
+    return data
+
+
+def assert_members_evaluate_as_alone(nets, stacked, x, out_atol: float) -> None:
+    """In eval mode each member's logits, weights and BN statistics equal its own network's."""
     for net in [stacked, *nets]:
         net.eval()
-    x = torch.rand(32, 1, 28, 28, generator=data)
     with torch.no_grad():
         out = stacked(stack_inputs([x] * len(nets)))
         for m, net in enumerate(nets):
-            torch.testing.assert_close(out[:, m], net(x), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out[:, m], net(x), rtol=1e-4, atol=out_atol)
             member = stacked.member_state_dict(m)
             for key, value in net.state_dict().items():
                 if key.endswith("affine.bias"):
                     continue  # a bias under BN: its gradient is rounding noise that Adam scales up
                 torch.testing.assert_close(member[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("bn", list(NORMS))
+def test_stacked_lenet_trains_each_member_as_alone(bn):
+    """Five Adam steps and an eval pass: every member's loss, logits, weights and BN running
+    statistics equal those of its own network trained alone (per-member BN statistics)."""
+    nets, _ = _members("lenet", NORMS[bn])
+    stacked = StackedNet(nets)
+    data = train_alone_and_stacked(nets, stacked, partial(torch.optim.Adam, lr=1e-2), batch=16)
+    x = torch.rand(32, 1, 28, 28, generator=data)
+    assert_members_evaluate_as_alone(nets, stacked, x, out_atol=1e-5)
 
 
 def test_member_state_dicts_round_trip():
@@ -247,10 +260,24 @@ def test_vectorized_lenet_fc_bn2_equals_independent_runs(tmp_path, mnist_dir, bn
     assert {p.name for p in (run_dir / "ckpt").iterdir()} == {"last.ckpt", "best.ckpt"}
 
 
-def test_member_checkpoint_is_an_independent_runs_checkpoint(tmp_path, mnist_dir):
-    """A member's last.ckpt loads into the plain network and gives the member's test accuracy."""
+def plain_test_accuracy(cfg, state_dict: dict, mnist_dir: Path) -> float:
+    """The test accuracy (all 10,000 images, on the CPU) of cfg's plain network holding
+    ``state_dict``: a member checkpoint read as an independent run's."""
     from bnsweep.data import MNISTDataModule
     from bnsweep.train import build
+
+    module, _ = build(cfg)
+    module.load_state_dict(state_dict)
+    module.eval()
+    dm = MNISTDataModule(root=str(mnist_dir), download=False)
+    dm.setup()
+    with torch.no_grad():
+        acc = (module(dm.tensors["x_test"]).argmax(1) == dm.tensors["y_test"]).float().mean()
+    return float(acc)
+
+
+def test_member_checkpoint_is_an_independent_runs_checkpoint(tmp_path, mnist_dir):
+    """A member's last.ckpt loads into the plain network and gives the member's test accuracy."""
     from bnsweep.vectorize import run_members
 
     overrides = ["model=lenet_fc_bn2", "bn=window", *SHORT, "trainer.limit_test_batches=null"]
@@ -258,15 +285,12 @@ def test_member_checkpoint_is_an_independent_runs_checkpoint(tmp_path, mnist_dir
     ckpt = torch.load(tmp_path / "job,seed=4" / "ckpt" / "last.ckpt", weights_only=True)
     saved = ckpt["bnsweep"]["history"]  # saved at the last validation, before the epoch's end
     assert ckpt["global_step"] == 20 and saved["val/acc"] == members[1]["history"]["val/acc"]
-    module, _ = build(_cfg(tmp_path, mnist_dir, "plain", "seed=4", *overrides))
-    module.load_state_dict(ckpt["state_dict"])
-    module.eval()
-    dm = MNISTDataModule(root=str(mnist_dir), download=False)
-    dm.setup()
-    with torch.no_grad():
-        acc = (module(dm.tensors["x_test"]).argmax(1) == dm.tensors["y_test"]).float().mean()
-    assert float(acc) == pytest.approx(members[1]["test/acc"], abs=1e-6)
-    assert len(ckpt["optimizer_states"][0]["state"]) == len(list(module.parameters()))
+    plain = _cfg(tmp_path, mnist_dir, "plain", "seed=4", *overrides)
+    acc = plain_test_accuracy(plain, ckpt["state_dict"], mnist_dir)
+    assert acc == pytest.approx(members[1]["test/acc"], abs=1e-6)
+    params = [k for k, v in ckpt["state_dict"].items() if not k.rsplit(".", 1)[-1].startswith(
+        ("running_", "num_batches", "window_"))]  # fmt: skip
+    assert len(ckpt["optimizer_states"][0]["state"]) == len(params)
 
 
 def test_vectorized_percentiles_and_bn_dashboards_are_each_members(tmp_path, mnist_dir):
@@ -345,6 +369,25 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on(tmp_path, mnist_di
                                equal_nan=True)  # fmt: skip
 
 
+@contextmanager
+def killed_at_step(monkeypatch, module: type, step: int):
+    """Within: ``module.training_step`` raises at global step ``step``, as a killed job stops;
+    the block must end that way. The real step is put back after."""
+    original = module.training_step
+
+    def crash(self, batch, batch_idx):
+        if self.global_step == step:
+            raise RuntimeError("killed")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(module, "training_step", crash)
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            yield
+    finally:
+        monkeypatch.setattr(module, "training_step", original)
+
+
 def test_an_interrupted_vectorized_job_resumes_from_its_members_checkpoints(
     tmp_path, mnist_dir, monkeypatch
 ):
@@ -356,18 +399,9 @@ def test_an_interrupted_vectorized_job_resumes_from_its_members_checkpoints(
                  *SHORT, "trainer.max_steps=30"]  # fmt: skip
     whole = run_members(_cfg(tmp_path, mnist_dir, "whole", "seeds=[0,1]", *overrides))
 
-    step = LitMembers.training_step
-
-    def crash(self, batch, batch_idx):
-        if self.global_step == 25:
-            raise RuntimeError("killed")
-        return step(self, batch, batch_idx)
-
-    monkeypatch.setattr(LitMembers, "training_step", crash)
-    with pytest.raises(RuntimeError, match="killed"):
+    with killed_at_step(monkeypatch, LitMembers, 25):
         run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[0,1]", *overrides))
     assert not (tmp_path / "job,seed=0" / "metrics.json").exists()
-    monkeypatch.setattr(LitMembers, "training_step", step)
     resumed = run_members(
         _cfg(tmp_path, mnist_dir, "job", "seeds=[0,1]", *overrides, "resume=true")
     )
