@@ -405,9 +405,8 @@ def _vectorized_sweep_row(seeds: int, rounds: int, device: str) -> str:
                 if proc.returncode != 0:
                     raise RuntimeError(f"sweep failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
                 runs = [json.loads(p.read_text()) for p in out.glob("*/metrics.json")]
-                key = "job_wall_time_s" if kind == "vectorized" else "wall_time_s"
-                walls = {r[key] for r in runs} if kind == "vectorized" else [r[key] for r in runs]
-                jobs[kind].append(sum(walls))
+                jobs[kind].append(runs[0]["job_wall_time_s"] if kind == "vectorized"  # one job
+                                  else sum(r["wall_time_s"] for r in runs))  # fmt: skip
     vec, seq = statistics.median(times["vectorized"]), statistics.median(times["sequential"])
     vec_job, seq_job = statistics.median(jobs["vectorized"]), statistics.median(jobs["sequential"])
     target = {("cpu", 3): "≥ 2×", ("cuda", 8): "≥ 5×"}.get((device, seeds), "")

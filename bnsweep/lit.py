@@ -16,6 +16,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from bnsweep.nn import block_names, capture_preactivations, norm_layers
 
 
+def _epoch_sums_to_device(module: pl.LightningModule) -> None:
+    """Epoch sums read from a mid-epoch checkpoint come on the CPU: on the training device once
+    the model is there (on_fit_start runs after the checkpoint was read and the model moved)."""
+    if module._epoch_sums is not None:
+        module._epoch_sums = module._epoch_sums.to(module.device)
+
+
 class LitClassifier(pl.LightningModule):
     """Logits + cross-entropy for any ``net``; logs ``train/``, ``val/`` and ``test/`` metrics.
 
@@ -80,8 +87,7 @@ class LitClassifier(pl.LightningModule):
         with torch.no_grad():
             correct = (logits.argmax(1) == y).sum()
             sums = torch.stack([loss.detach() * len(y), correct.to(loss.dtype)])
-            # (sums read from a checkpoint come on the CPU: a resumed GPU run moves them once)
-            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums.to(sums) + sums
+            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
             self._epoch_n += len(y)
         if _logging_step(self):
             self.log("train/loss_step", loss.detach(), prog_bar=True)
@@ -136,6 +142,9 @@ class LitClassifier(pl.LightningModule):
             for key, v in zip(self.track["keys"], torch.quantile(values, q).tolist()):
                 h[key].append(v)
                 self.log(key, v)
+
+    def on_fit_start(self) -> None:
+        _epoch_sums_to_device(self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # what a resumed run needs to continue exactly: its curves so far and the RNG its
@@ -296,6 +305,7 @@ class LitMembers(pl.LightningModule):
         # generators seeded as seed_everything seeds an independent run's CUDA RNG (torch's fused
         # CUDA dropout draws differently, so there the masks are the member's own, not the bits
         # of an independent run's). Runs after the model moved and a checkpoint was read.
+        _epoch_sums_to_device(self)
         gens = self.net.generators
         if gens and gens[0].device != self.device:
             gens[:] = [torch.Generator(self.device).manual_seed(s) for s in self.seeds]
@@ -338,7 +348,7 @@ class LitMembers(pl.LightningModule):
         with torch.no_grad():
             correct = (logits.argmax(2) == y).sum(0)  # (S,)
             sums = torch.stack([losses.detach() * n, correct.to(losses.dtype)], 1)  # (S, 2)
-            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums.to(sums) + sums
+            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
             self._epoch_n += n
         if _logging_step(self):
             values = torch.stack([losses.detach(), correct / n], 1).tolist()

@@ -9,11 +9,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# tests of a device-agnostic claim run on the CPU and, where torch sees one, on a GPU
+# (tests/test_gpu.py has the rest of the GPU paths)
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    ),
+]
 
 
 def mnist_root() -> Path:
@@ -42,6 +51,16 @@ def dataset_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("BNSWEEP_CACHE", None)
     else:
         os.environ["BNSWEEP_CACHE"] = old
+
+
+@pytest.fixture
+def exact_fp32():
+    """On a GPU, float32 convolutions and matmuls in full float32 (no TF32), so that two
+    summation orders differ only by float32 rounding (the CPU has no TF32)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture(scope="session")

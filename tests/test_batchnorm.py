@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DEVICES
 from torch import nn
 
 from bnsweep.nn import (
@@ -26,13 +27,6 @@ PARAM_GRAD_TOL = {
     torch.float32: dict(rtol=1e-4, atol=5e-5),
     torch.float64: dict(rtol=1e-9, atol=1e-9),
 }
-# the CUDA half runs where torch sees a GPU (tests/test_gpu.py has the rest of the GPU paths)
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
 DTYPE_TOL = {torch.float32: TOL, torch.float64: dict(rtol=1e-9, atol=1e-9)}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose_cfg
+from conftest import DEVICES, compose_cfg
 from test_sweep import SHORT, read_summary, scalars, sweep_dir_of
 from torch import nn
 
@@ -80,15 +80,17 @@ def _members(model: str, norm, seeds=(0, 1, 2)):
     return nets, gens
 
 
-def test_fused_kernels_train_each_member_as_alone_to_rounding():
-    """The GPU's path (grouped conv, batched matmul, BN over all S·C channels at once), run on
-    the CPU: one step's losses and gradients equal the members' own to float rounding."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_kernels_train_each_member_as_alone_to_rounding(exact_fp32, device):
+    """The GPU's path (grouped conv, batched matmul, BN over all S·C channels at once), on the
+    CPU and on a GPU: one step's losses and gradients equal the members' own to float rounding."""
     for bn in ("momentum", "torch"):
         nets, _ = _members("lenet", NORMS[bn])
+        nets = [net.to(device) for net in nets]
         stacked = StackedNet(nets, fused=True)
-        data = torch.Generator().manual_seed(3)
-        xs = [torch.rand(16, 1, 28, 28, generator=data) for _ in nets]
-        ys = [torch.randint(0, 10, (16,), generator=data) for _ in nets]
+        data = torch.Generator(device).manual_seed(3)
+        xs = [torch.rand(16, 1, 28, 28, generator=data, device=device) for _ in nets]
+        ys = [torch.randint(0, 10, (16,), generator=data, device=device) for _ in nets]
         alone = []
         for net, x, y in zip(nets, xs, ys):
             loss = F.cross_entropy(net(x), y)
@@ -260,15 +262,20 @@ def test_vectorized_lenet_fc_bn2_equals_independent_runs(tmp_path, mnist_dir, bn
     assert {p.name for p in (run_dir / "ckpt").iterdir()} == {"last.ckpt", "best.ckpt"}
 
 
-def plain_test_accuracy(cfg, state_dict: dict, mnist_dir: Path) -> float:
-    """The test accuracy (all 10,000 images, on the CPU) of cfg's plain network holding
-    ``state_dict``: a member checkpoint read as an independent run's."""
-    from bnsweep.data import MNISTDataModule
+def plain_module(cfg, state_dict: dict):
+    """cfg's plain LightningModule holding ``state_dict`` (a member checkpoint read as an
+    independent run's), in eval mode on the CPU."""
     from bnsweep.train import build
 
     module, _ = build(cfg)
     module.load_state_dict(state_dict)
-    module.eval()
+    return module.eval()
+
+
+def accuracy_on_test_set(module, mnist_dir: Path) -> float:
+    """The module's accuracy on all 10,000 MNIST test images."""
+    from bnsweep.data import MNISTDataModule
+
     dm = MNISTDataModule(root=str(mnist_dir), download=False)
     dm.setup()
     with torch.no_grad():
@@ -285,12 +292,9 @@ def test_member_checkpoint_is_an_independent_runs_checkpoint(tmp_path, mnist_dir
     ckpt = torch.load(tmp_path / "job,seed=4" / "ckpt" / "last.ckpt", weights_only=True)
     saved = ckpt["bnsweep"]["history"]  # saved at the last validation, before the epoch's end
     assert ckpt["global_step"] == 20 and saved["val/acc"] == members[1]["history"]["val/acc"]
-    plain = _cfg(tmp_path, mnist_dir, "plain", "seed=4", *overrides)
-    acc = plain_test_accuracy(plain, ckpt["state_dict"], mnist_dir)
-    assert acc == pytest.approx(members[1]["test/acc"], abs=1e-6)
-    params = [k for k, v in ckpt["state_dict"].items() if not k.rsplit(".", 1)[-1].startswith(
-        ("running_", "num_batches", "window_"))]  # fmt: skip
-    assert len(ckpt["optimizer_states"][0]["state"]) == len(params)
+    module = plain_module(_cfg(tmp_path, mnist_dir, "plain", "seed=4", *overrides), ckpt["state_dict"])
+    assert accuracy_on_test_set(module, mnist_dir) == pytest.approx(members[1]["test/acc"], abs=1e-6)
+    assert len(ckpt["optimizer_states"][0]["state"]) == len(list(module.parameters()))
 
 
 def test_vectorized_percentiles_and_bn_dashboards_are_each_members(tmp_path, mnist_dir):

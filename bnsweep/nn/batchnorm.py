@@ -63,20 +63,24 @@ class _BatchNormTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-        dims = (0,) if x.dim() == 2 else (0, 2, 3)
         shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
         m = x.numel() // x.shape[1]
         mean = _channel_sum(x).div_(m)  # (C,)
         d = x - mean.view(shape)
-        if torch.compiler.is_compiling():
-            return _forward_traced(ctx, d, mean, weight, bias, eps, dims, shape)
-        y = torch.mul(d, d)  # the output's buffer, holding d² until the variance is taken
-        var = _channel_sum(y).div_(m)  # (C,): biased, from the centred values
-        invstd = torch.add(var, eps).rsqrt_()
-        scale = invstd if weight is None else invstd * weight  # γ/σ per channel
-        torch.mul(d, scale.view(shape), out=y)
-        if bias is not None:
-            y.add_(bias.view(shape))  # (an addcmul with a broadcast β is ~70× slower here)
+        if torch.compiler.is_compiling():  # out of place: see _channel_sum's note
+            var = _channel_sum(d * d) / m
+            invstd = (var + eps).rsqrt()
+            scale = invstd if weight is None else invstd * weight
+            y = d * scale.view(shape)
+            y = y if bias is None else y + bias.view(shape)
+        else:
+            y = torch.mul(d, d)  # the output's buffer, holding d² until the variance is taken
+            var = _channel_sum(y).div_(m)  # (C,): biased, from the centred values
+            invstd = torch.add(var, eps).rsqrt_()
+            scale = invstd if weight is None else invstd * weight  # γ/σ per channel
+            torch.mul(d, scale.view(shape), out=y)
+            if bias is not None:
+                y.add_(bias.view(shape))  # (an addcmul with a broadcast β is ~70× slower here)
         ctx.save_for_backward(d, invstd, weight)
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) grads
@@ -88,14 +92,13 @@ class _BatchNormTrain(torch.autograd.Function):
             return None, None, None, None
         d, invstd, weight = ctx.saved_tensors
         grad_y = grad_y.contiguous()  # a slice of a larger gradient: sum in the usual order
-        dims = (0,) if d.dim() == 2 else (0, 2, 3)
         shape = (1, -1) if d.dim() == 2 else (1, -1, 1, 1)
         m = d.numel() // d.shape[1]
-        if torch.compiler.is_compiling():
-            return _backward_traced(ctx, grad_y, d, invstd, weight, dims, shape, m)
+        traced = torch.compiler.is_compiling()  # out of place: see _channel_sum's note
         sum_g = _channel_sum(grad_y)  # (C,) = ∂ℓ/∂β
-        buf = torch.mul(grad_y, d)
-        sum_g_xhat = _channel_sum(buf).mul_(invstd)  # (C,) = Σ g·x̂ = ∂ℓ/∂γ
+        buf = grad_y * d if traced else torch.mul(grad_y, d)
+        sum_g_xhat = _channel_sum(buf) * invstd if traced else _channel_sum(buf).mul_(invstd)
+        # (C,) = Σ g·x̂ = ∂ℓ/∂γ
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             scale = invstd if weight is None else weight * invstd  # γ/σ per channel
@@ -103,8 +106,11 @@ class _BatchNormTrain(torch.autograd.Function):
             k = scale / -m
             coef = k * invstd * sum_g_xhat
             shift = k * sum_g
-            torch.mul(grad_y, scale.view(shape), out=buf).add_(shift.view(shape))
-            grad_x = buf.addcmul_(d, coef.view(shape))
+            if traced:
+                grad_x = grad_y * scale.view(shape) + shift.view(shape) + d * coef.view(shape)
+            else:  # built in the g·d buffer
+                torch.mul(grad_y, scale.view(shape), out=buf).add_(shift.view(shape))
+                grad_x = buf.addcmul_(d, coef.view(shape))
         if weight is not None:
             grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
             grad_b = sum_g if ctx.needs_input_grad[2] else None
@@ -115,43 +121,15 @@ def _channel_sum(t: Tensor) -> Tensor:
     """Σ over every dim but the channels (dim 1): (N, C) -> (C,); (N, C, H, W) summed over
     H·W first (a contiguous inner reduction), then over N. On the CPU that is 2× faster than
     one ``sum((0, 2, 3))`` at (64, 16, 12, 12), and faster than ``mean``, which the forward
-    took before (77 µs against 37 at (64, 6, 28, 28))."""
+    took before (77 µs against 37 at (64, 6, 28, 28)).
+
+    Under torch.compile the layer writes nothing into a buffer it has read (no ``out=``, no
+    in-place ops on the activations): inductor fuses the passes itself, and on CUDA (torch
+    2.11) it compiled the buffer-reusing backward into gradients off by O(1)
+    (tests/test_batchnorm.py, tests/test_gpu.py); the CPU was unaffected."""
     if t.dim() == 2:
         return t.sum(0)
     return t.flatten(2).sum(2).sum(0)
-
-
-# Under torch.compile the same arithmetic without buffer reuse (out=, in-place): inductor fuses
-# the passes itself, and on CUDA (torch 2.11) it miscompiled the buffer-reusing backward into
-# gradients off by O(1) (tests/test_gpu.py); the CPU was unaffected.
-
-
-def _forward_traced(ctx, d, mean, weight, bias, eps, dims, shape):
-    var = (d * d).mean(dims)
-    invstd = (var + eps).rsqrt()
-    scale = invstd if weight is None else invstd * weight
-    y = d * scale.view(shape)
-    if bias is not None:
-        y = y + bias.view(shape)
-    ctx.save_for_backward(d, invstd, weight)
-    ctx.mark_non_differentiable(mean, var)
-    ctx.set_materialize_grads(False)
-    return y, mean, var
-
-
-def _backward_traced(ctx, grad_y, d, invstd, weight, dims, shape, m):
-    sum_g = grad_y.sum(dims)
-    sum_g_xhat = (grad_y * d).sum(dims) * invstd
-    grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[0]:
-        scale = invstd if weight is None else weight * invstd
-        k = scale / -m
-        coef = k * invstd * sum_g_xhat
-        grad_x = grad_y * scale.view(shape) + (k * sum_g).view(shape) + d * coef.view(shape)
-    if weight is not None:
-        grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
-        grad_b = sum_g if ctx.needs_input_grad[2] else None
-    return grad_x, grad_w, grad_b, None
 
 
 def batch_norm_train(
