@@ -315,7 +315,9 @@ def test_runs_reuse_freed_buffers_instead_of_page_faulting_them_again():
     assert plain[2] >= 16 << 20 and tuned[2] == 0  # a 16 MiB buffer: mmap-ed vs from the heap
     if plain[1] == 0:  # seen on a GPU machine's VM kernel: getrusage reports no minor faults
         pytest.skip("this kernel counts no minor page faults: the fault half cannot be measured")
-    # page faults over 20 lenet_fc_bn2 steps in a fresh process, measured: 2,700-24,000 with
-    # malloc's defaults (glibc raises its threshold as it sees large frees), 300-360 tuned
-    assert tuned[1] <= 20 * 40
-    assert 2 * tuned[1] < plain[1]
+    # page faults over 20 lenet_fc_bn2 steps in a fresh process, tuned: 27-465 measured (a
+    # step's buffers alone are ~1,300 pages), so the steps reuse them; bounded at 100 a step.
+    # (With malloc's defaults 317-24,000 were measured: glibc raises its own threshold after
+    # large frees, sometimes far enough, so the defaults are not compared; the 16 MiB buffer
+    # above is what tells the two settings apart.)
+    assert tuned[1] <= 20 * 100
