@@ -100,6 +100,43 @@ def test_two_points_two_seeds(cli, tmp_path):
         [sys.executable, "-m", "bnsweep.report", str(sweep)], capture_output=True, text=True
     )
     assert again.returncode == 0 and (sweep / "summary.csv").read_text() == before
+    # the report never imports torch: a joblib sweep's parent process would pay that alone
+    check = "import sys, bnsweep.sweep as s; s.report(sys.argv[1], quiet=True); print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    imported = subprocess.run([sys.executable, "-c", check, str(sweep)], capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert imported.stdout.strip() == "[]"
+
+
+def test_event_writer_writes_what_torchs_summary_writer_writes(tmp_path):
+    """The report's TensorBoard writer (tensorboard's own, without torch) against torch's
+    SummaryWriter: the same scalars read back, the same custom-scalars layout proto."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    from bnsweep.sweep import AGGREGATE_LAYOUT, EventWriter, custom_scalars_summary
+
+    as_torch = {c: {t: [k, tags] for t, (k, tags) in charts.items()} for c, charts in AGGREGATE_LAYOUT.items()}
+    ours = custom_scalars_summary(AGGREGATE_LAYOUT)
+    assert ours.SerializeToString() == custom_scalars(as_torch).SerializeToString()
+    values = [(3, 0.25), (10, 0.5), (20, 1e-7), (21, -3.75)]
+    with EventWriter(tmp_path / "ours") as w:
+        for step, v in values:
+            w.add_scalar("val/acc_mean", v, step)
+        w.add_custom_scalars(AGGREGATE_LAYOUT)
+    with SummaryWriter(str(tmp_path / "torch")) as w:
+        for step, v in values:
+            w.add_scalar("val/acc_mean", v, step)
+        w.add_custom_scalars(as_torch)
+    read = {}
+    for name in ("ours", "torch"):
+        acc = EventAccumulator(str(tmp_path / name))
+        acc.Reload()
+        scalars_read = [(e.step, e.value) for e in acc.Scalars("val/acc_mean")]
+        (layout,) = acc.Tensors("custom_scalars__config__")
+        read[name] = scalars_read, layout.tensor_proto.SerializeToString()
+    assert read["ours"] == read["torch"]
+    assert [s for s, _ in read["ours"][0]] == [3, 10, 20, 21]
+    assert [v for _, v in read["ours"][0]] == pytest.approx([v for _, v in values], rel=1e-7)
 
 
 def test_init_std_sweep_verbatim(cli, tmp_path):
