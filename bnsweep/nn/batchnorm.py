@@ -133,14 +133,17 @@ def _as_channels(t: Tensor) -> Tensor:
 
 
 _CONSTANTS: dict[tuple, tuple[Tensor, ...]] = {}
+_FULL_PRECISION = (torch.float32, torch.float64)
 
 
 def _constants(m: int, eps: float, like: Tensor) -> tuple[Tensor | float, ...]:
     """(1/m, ε, −1/m, m/(m − 1)) as 0-dim tensors on ``like``'s device and dtype, made once per
     key; m/(m − 1) turns the biased batch variance into the unbiased one (inf for m = 1).
-    Under torch.compile, plain numbers: the graph takes them as constants."""
+    Plain numbers under torch.compile (the graph takes them as constants) and for dtypes below
+    float32, which keep the tensor-scalar arithmetic (in float32) rather than a 1/m rounded to
+    their precision first (in float16, 1/50176 is subnormal)."""
     made = (1.0 / m, eps, -1.0 / m, m / (m - 1) if m > 1 else math.inf)
-    if torch.compiler.is_compiling():
+    if like.dtype not in _FULL_PRECISION or torch.compiler.is_compiling():
         return made
     key = (m, eps, like.device, like.dtype)
     found = _CONSTANTS.get(key)
