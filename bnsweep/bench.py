@@ -100,19 +100,23 @@ SHORT_RUN = [
 ]
 
 
-def timed_sweep(n: int, launcher: list[str], out: Path) -> tuple[float, list[float]]:
-    """Wall seconds of ``python sweep.py`` running n short runs (n seeds of one point), and
-    each job's own wall time (its metrics.json: training, validation, test, no start-up)."""
-    seeds = ",".join(str(s) for s in range(n))
-    cmd = [sys.executable, str(ROOT / "sweep.py"), f"seeds=[{seeds}]", *SHORT_RUN, *launcher]
-    cmd.append(f"hydra.sweep.dir={out}")
+def run_sweep(args: list[str], out: Path) -> tuple[float, list[dict]]:
+    """Wall seconds of ``python sweep.py ARGS`` writing into ``out``, and its runs' metrics.json
+    (each with the job's own wall time: building, training, validation, test, no start-up)."""
+    cmd = [sys.executable, str(ROOT / "sweep.py"), *args, f"hydra.sweep.dir={out}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"sweep failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-    jobs = [json.loads(p.read_text())["wall_time_s"] for p in out.glob("*/metrics.json")]
-    return wall, jobs
+    return wall, [json.loads(p.read_text()) for p in out.glob("*/metrics.json")]
+
+
+def timed_sweep(n: int, launcher: list[str], out: Path) -> tuple[float, list[float]]:
+    """``run_sweep`` of n short runs (n seeds of one point): its wall seconds and each job's."""
+    seeds = ",".join(str(s) for s in range(n))
+    wall, runs = run_sweep([f"seeds=[{seeds}]", *SHORT_RUN, *launcher], out)
+    return wall, [r["wall_time_s"] for r in runs]
 
 
 def sweep_rows(ns: list[int]) -> list[str]:
@@ -125,12 +129,14 @@ def sweep_rows(ns: list[int]) -> list[str]:
             seq, jobs = timed_sweep(n, [], Path(tmp) / f"seq{n}")
             seq_jobs += jobs
             par, jobs = timed_sweep(n, joblib, Path(tmp) / f"joblib{n}")
-            par_jobs += jobs
+            par_jobs += jobs if n >= 2 else []  # side by side only from 2 jobs on
             target = "≥ 1.6×" if n >= 4 else ""
             rows.append(
                 f"| sweep, N = {n} short runs | sequential (basic launcher) vs joblib × 2 "
                 f"| {seq:.1f} s | {par:.1f} s | joblib {seq / par:.2f}× as fast | {target} |"
             )
+    if not par_jobs:
+        return rows
     a, b = statistics.median(seq_jobs), statistics.median(par_jobs)
     rows.append(
         f"| one job of those sweeps (its own wall time, start-up excluded) | sequential (all "
@@ -423,15 +429,8 @@ def _vectorized_sweep_row(seeds: int, rounds: int, device: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(rounds):
             for kind, extra in (("vectorized", ["sweep.vectorize=true"]), ("sequential", [])):
-                out = Path(tmp) / f"{kind}{i}"
-                cmd = [sys.executable, str(ROOT / "sweep.py"), *one_epoch, *extra,
-                       f"hydra.sweep.dir={out}"]  # fmt: skip
-                start = time.perf_counter()
-                proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-                times[kind].append(time.perf_counter() - start)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"sweep failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-                runs = [json.loads(p.read_text()) for p in out.glob("*/metrics.json")]
+                wall, runs = run_sweep([*one_epoch, *extra], Path(tmp) / f"{kind}{i}")
+                times[kind].append(wall)
                 jobs[kind].append(runs[0]["job_wall_time_s"] if kind == "vectorized"  # one job
                                   else sum(r["wall_time_s"] for r in runs))  # fmt: skip
     vec, seq = statistics.median(times["vectorized"]), statistics.median(times["sequential"])

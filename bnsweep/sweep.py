@@ -17,6 +17,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import time
 import traceback
 from collections import defaultdict
 from collections.abc import Sequence
@@ -373,24 +374,22 @@ class EventWriter:
     for nothing else, and that import was 2.7 s of a 4.4 s report here."""
 
     def __init__(self, logdir: Path) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+        self._event, self._summary = Event, Summary
         self._writer = EventFileWriter(str(logdir))
 
     def add_summary(self, summary: Any, step: int | None = None) -> None:
-        import time
-
-        from tensorboard.compat.proto.event_pb2 import Event
-
-        event = Event(wall_time=time.time(), summary=summary)
+        event = self._event(wall_time=time.time(), summary=summary)
         if step is not None:
             event.step = step
         self._writer.add_event(event)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        self.add_summary(Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]), step)
+        value = self._summary.Value(tag=tag, simple_value=float(value))
+        self.add_summary(self._summary(value=[value]), step)
 
     def add_custom_scalars(self, layout: dict[str, dict[str, tuple[str, list[str]]]]) -> None:
         self.add_summary(custom_scalars_summary(layout))

@@ -33,6 +33,7 @@ mode reads only them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -71,7 +72,7 @@ class _BatchNormTrain(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
         m = x.numel() // x.shape[1]
         inv_m, eps_t, neg_inv_m, _ = _constants(m, eps, x)
-        per_channel = _as_is if x.dim() == 2 else _as_channels  # (C,) broadcasts against (N, C)
+        per_channel = _per_channel(x)
         mean = _channel_sum(x).mul_(inv_m)  # (C,)
         d = x - per_channel(mean)
         if torch.compiler.is_compiling():  # out of place: see _channel_sum's note
@@ -100,7 +101,7 @@ class _BatchNormTrain(torch.autograd.Function):
             return None, None, None, None
         d, invstd, weight = ctx.saved_tensors
         grad_y = grad_y.contiguous()  # a slice of a larger gradient: sum in the usual order
-        per_channel = _as_is if d.dim() == 2 else _as_channels
+        per_channel = _per_channel(d)
         traced = torch.compiler.is_compiling()  # out of place: see _channel_sum's note
         sum_g = _channel_sum(grad_y)  # (C,) = ∂ℓ/∂β
         buf = grad_y * d if traced else torch.mul(grad_y, d)
@@ -132,6 +133,12 @@ def _as_channels(t: Tensor) -> Tensor:
     return t.view(1, -1, 1, 1)
 
 
+def _per_channel(x: Tensor) -> Callable[[Tensor], Tensor]:
+    """How a (C,) vector broadcasts against x: as it is for (N, C), viewed as (1, C, 1, 1) for
+    (N, C, H, W)."""
+    return _as_is if x.dim() == 2 else _as_channels
+
+
 _CONSTANTS: dict[tuple, tuple[Tensor, ...]] = {}
 _FULL_PRECISION = (torch.float32, torch.float64)
 
@@ -142,16 +149,19 @@ def _constants(m: int, eps: float, like: Tensor) -> tuple[Tensor | float, ...]:
     Plain numbers under torch.compile (the graph takes them as constants) and for dtypes below
     float32, which keep the tensor-scalar arithmetic (in float32) rather than a 1/m rounded to
     their precision first (in float16, 1/50176 is subnormal)."""
-    made = (1.0 / m, eps, -1.0 / m, m / (m - 1) if m > 1 else math.inf)
-    if like.dtype not in _FULL_PRECISION or torch.compiler.is_compiling():
-        return made
+    compiling = torch.compiler.is_compiling()
     key = (m, eps, like.device, like.dtype)
-    found = _CONSTANTS.get(key)
-    if found is None:
-        if len(_CONSTANTS) > 256:  # many batch sizes: start over rather than grow
-            _CONSTANTS.clear()
-        found = tuple(torch.tensor(v, device=like.device, dtype=like.dtype) for v in made)
-        _CONSTANTS[key] = found
+    if not compiling:
+        found = _CONSTANTS.get(key)
+        if found is not None:  # the common case
+            return found
+    made = (1.0 / m, eps, -1.0 / m, m / (m - 1) if m > 1 else math.inf)
+    if compiling or like.dtype not in _FULL_PRECISION:
+        return made
+    if len(_CONSTANTS) > 256:  # many batch sizes: start over rather than grow
+        _CONSTANTS.clear()
+    found = tuple(torch.tensor(v, device=like.device, dtype=like.dtype) for v in made)
+    _CONSTANTS[key] = found
     return found
 
 
@@ -309,7 +319,7 @@ class BatchNorm(nn.Module):
         scale, shift = self._folded(mean, var, x.dim())
         return (x * scale).add_(shift)
 
-    def _folded(self, mean: Tensor, var: Tensor, dims: int = 2) -> tuple[Tensor, Tensor]:
+    def _folded(self, mean: Tensor, var: Tensor, dims: int) -> tuple[Tensor, Tensor]:
         """Per-channel (scale, shift) of the inference transform, shaped to broadcast against
         ``dims``-D input.
 
