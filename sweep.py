@@ -4,8 +4,6 @@ Every point runs once per seed; when the sweep ends its folder gets summary.csv 
 plots and TensorBoard aggregate runs (see README). Exits non-zero if any run failed.
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
@@ -18,15 +16,19 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    import json
+    import os
+    import sys
+
     from bnsweep.cli import sweep_argv
 
+    os.environ["BNSWEEP_TYPED"] = json.dumps(sys.argv[1:])  # command.txt: what was typed
     sys.argv = [sys.argv[0], *sweep_argv(sys.argv[1:])]
-    main()
-    from bnsweep.sweep import SweepCallback
+    try:
+        main()
+    except BaseException as e:
+        from bnsweep.sweep import SweepStopped, stopped
 
-    if SweepCallback.failed:
-        print(
-            f"error: {len(SweepCallback.failed)} run(s) failed: {' '.join(SweepCallback.failed)}",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+        if not isinstance(e, SweepStopped):
+            raise
+        sys.exit(stopped(e))

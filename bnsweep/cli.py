@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-TYPED: list[str] = []  # the command line as typed, for the sweep folder's command.txt
+SEED_MAX = 2**32 - 1
 NO_RUN_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion")
 
 
@@ -19,8 +19,8 @@ def parse_seeds(text: str) -> list[int]:
         seeds = [int(s) for s in items]
     except ValueError:
         raise SystemExit(f"error: seeds must be a list of integers >= 0, got {text!r}") from None
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise SystemExit(f"error: seeds must be distinct integers >= 0, got {text!r}")
+    if not seeds or any(not 0 <= s <= SEED_MAX for s in seeds) or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: seeds must be distinct integers in [0, {SEED_MAX}], got {text!r}")
     return seeds
 
 
@@ -113,7 +113,6 @@ def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     means, not as a sweep over a ``seeds`` key. Run folders are named by the swept keys only.
     """
     args = list(argv)
-    TYPED[:] = args
     if any(a in NO_RUN_FLAGS or a.startswith("--cfg") for a in args):
         return args
     args = resume_args(args)

@@ -1,14 +1,19 @@
 """Checks of a composed config before any work: one line naming the key and the value.
 
 Light on purpose (omegaconf only; torch only to ask for a GPU), so that train.py and sweep.py
-refuse a bad value in about a second, before importing Lightning."""
+refuse a bad value in about a second, before importing Lightning. Values only a constructor can
+judge (a BN placement against the network's layers) are refused by the constructor, and
+``refusal`` turns that into the same one-line error."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from bnsweep.datasets import DATASETS
 
 
 class ConfigError(ValueError):
@@ -19,33 +24,60 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _finite(v: Any) -> bool:
+    return _number(v) and math.isfinite(v)
+
+
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v) and len(set(v)) == len(v)
+
+
+def _devices(v: Any) -> bool:
+    if v == "auto" or (_int(v) and (v >= 1 or v == -1)):
+        return True
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_int(d) and d >= 0 for d in v)
+
+
+def _percentiles(v: Any) -> bool:
+    return v is None or (isinstance(v, dict) and set(v) <= {"layer", "unit", "q"} and "layer" in v)
+
+
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds: 32 bits
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+NORMALIZATIONS = ("scale", "standardize")
 
 # key -> (check, what is expected); keys absent from a config (e.g. bn.window for bn=momentum)
 # are skipped, and None is accepted where the key documents it as "off" (checks say so)
 Rule = tuple[Callable[[Any], bool], str]
 RULES: dict[str, Rule] = {
-    "seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "seed": (lambda v: _int(v) and 0 <= v <= SEED_MAX, f"an integer in [0, {SEED_MAX}]"),
+    "percentiles": (_percentiles, "null or a mapping {layer: NAME, unit: N, q: [15, 50, 85]}"),
+    "model.bn": (_strings, "a list of distinct layer names, e.g. [conv1,fc1]"),
+    "model.dropout": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
     "bn.momentum": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "bn.window": (lambda v: _int(v) and v >= 1, "a positive integer"),
-    "bn.eps": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "init.std": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "init.bias": (lambda v: v is None or _number(v), "a number"),
+    "bn.eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "init.std": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "init.bias": (lambda v: v is None or _finite(v), "a finite number"),
     "data.batch_size": (lambda v: _int(v) and v >= 2, "an integer >= 2 (BN needs 2 samples)"),
     "data.eval_batch_size": (lambda v: _int(v) and v >= 1, "a positive integer"),
-    "data.val_size": (
-        lambda v: _int(v) and 0 <= v < 60000,
-        "an integer in [0, 59999] (0: validate on the test set)",
-    ),
+    "data.normalize": (lambda v: v in NORMALIZATIONS, f"one of {list(NORMALIZATIONS)}"),
     "data.train_size": (lambda v: v is None or (_int(v) and v >= 2), "null or an integer >= 2"),
-    "optimizer.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "optimizer.lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "optimizer.momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "trainer.max_epochs": (lambda v: v is None or (_int(v) and v >= -1), "an integer >= -1"),
+    "optimizer.weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "trainer.accelerator": (lambda v: v in ACCELERATORS, f"one of {list(ACCELERATORS)}"),
+    "trainer.devices": (_devices, "a positive integer, -1 (all), 'auto' or a list of device ids"),
+    "trainer.max_epochs": (
+        lambda v: v is None or (_int(v) and (v >= 1 or v == -1)),
+        "null, -1 (no limit) or an integer >= 1",
+    ),
     "trainer.compile": (lambda v: isinstance(v, bool), "true or false"),
-    "trainer.max_steps": (lambda v: _int(v) and v >= -1, "an integer >= -1"),
+    "trainer.max_steps": (lambda v: _int(v) and (v >= 1 or v == -1), "-1 (no limit) or an integer >= 1"),
     "trainer.val_check_interval": (
         lambda v: v is None or (_int(v) and v >= 1) or (_number(v) and 0 < v <= 1),
         "null, an integer number of steps >= 1, or a fraction of an epoch in (0, 1]",
@@ -58,15 +90,74 @@ _MISSING = object()
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value, before anything is built or trained."""
     for key, (ok, expected) in RULES.items():
-        value = OmegaConf.select(cfg, key, default=_MISSING)
+        value = _value(cfg, key)
         if value is not _MISSING and not ok(value):
-            raise ConfigError(f"{key} must be {expected}, got {value!r}")
+            raise ConfigError(f"{key} must be {expected}, got {_shown(value)}")
+    _check_split(cfg)
+    window = _value(cfg, "bn.window")
+    if window is not _MISSING and window > (batches := training_batches(cfg)):
+        raise ConfigError(
+            f"bn.window must be an integer in [1, {batches}] (the run's training batches), "
+            f"got {window}"
+        )
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
     if accelerator in ("gpu", "cuda") and not _cuda_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} but no CUDA GPU is available here "
             "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
         )
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=_MISSING)
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+
+
+def _check_split(cfg: DictConfig) -> None:
+    """data.val_size must leave at least 2 training images (BN's minimum batch)."""
+    val_size = _value(cfg, "data.val_size")
+    if val_size is _MISSING:
+        return
+    n = _train_count(cfg)
+    if not (_int(val_size) and 0 <= val_size <= n - 2):
+        raise ConfigError(
+            f"data.val_size must be an integer in [0, {n - 2}] (0: validate on the test set; "
+            f"at least 2 training images must remain), got {_shown(val_size)}"
+        )
+
+
+def _train_count(cfg: DictConfig) -> int:
+    spec = DATASETS.get(OmegaConf.select(cfg, "data.name", default="mnist"))
+    return spec.train_count if spec is not None else DATASETS["mnist"].train_count
+
+
+def training_batches(cfg: DictConfig) -> int:
+    """How many training batches the run sees at most (Lightning's default of 1000 epochs where
+    neither max_epochs nor max_steps limits it)."""
+    n = _train_count(cfg)
+    val = OmegaConf.select(cfg, "data.val_size", default=0) or 0
+    n = n - val
+    size = OmegaConf.select(cfg, "data.train_size", default=None)
+    n = min(n, size) if size else n
+    batch = OmegaConf.select(cfg, "data.batch_size", default=64)
+    per_epoch = -(-(n - (n % batch == 1)) // batch)  # a lone trailing sample is left out
+    limit = OmegaConf.select(cfg, "trainer.limit_train_batches", default=None)
+    if _int(limit):
+        per_epoch = min(per_epoch, limit)
+    elif _number(limit):
+        per_epoch = max(1, int(per_epoch * limit))
+    steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if epochs in (None, -1):
+        epochs = 1000 if steps in (None, -1) else None
+    total = per_epoch * epochs if epochs is not None else steps
+    return min(total, steps) if steps not in (None, -1) else total
 
 
 def check_vectorize(cfg: DictConfig) -> list[int]:
@@ -83,6 +174,24 @@ def check_vectorize(cfg: DictConfig) -> list[int]:
             "combined with sweep.vectorize=true"
         )
     return [int(s) for s in seeds]
+
+
+def refusal(e: BaseException) -> ConfigError | None:
+    """A constructor's refusal of a config value as a ConfigError with its one-line message:
+    Hydra wraps it (InstantiationException: a multi-line text naming the target), Lightning
+    raises MisconfigurationException. None when ``e`` is no such refusal."""
+    from hydra.errors import InstantiationException
+
+    cause = e
+    while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, ConfigError):
+        return cause
+    if isinstance(cause, (ValueError, TypeError)) or type(cause).__name__ == (
+        "MisconfigurationException"
+    ):
+        return ConfigError(" ".join(str(cause).split()))
+    return None
 
 
 def _cuda_available() -> bool:

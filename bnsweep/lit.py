@@ -51,6 +51,7 @@ class LitClassifier(pl.LightningModule):
         self.diverged_step: int | None = None  # the step whose loss was NaN or inf
         self.resumed_from_step: int | None = None
         self.first_step_at: float | None = None  # time.time() when the first training step began
+        self.fit_done = False  # training has ended: a checkpoint saved now is the final state
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -155,6 +156,8 @@ class LitClassifier(pl.LightningModule):
             "rng": torch.get_rng_state(),
             "epoch_sums": self._epoch_sums,  # a run saved mid-epoch keeps its epoch means whole
             "epoch_n": self._epoch_n,
+            "fit_done": self.fit_done,
+            "diverged_step": self.diverged_step,
         }
         if self.device.type == "cuda":
             checkpoint["bnsweep"]["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -168,8 +171,16 @@ class LitClassifier(pl.LightningModule):
             if "cuda_rng" in saved and torch.cuda.is_available():  # resumed on a GPU, or not
                 torch.cuda.set_rng_state(saved["cuda_rng"])
             self._epoch_sums, self._epoch_n = saved.get("epoch_sums"), saved.get("epoch_n", 0)
+            self.fit_done = saved.get("fit_done", False)
+            self.diverged_step = saved.get("diverged_step", self.diverged_step)
             for acc in self.history["val/acc"]:
                 self.val_acc_best(torch.tensor(acc))
+
+    def restore(self, checkpoint: dict) -> None:
+        """The weights and bookkeeping of a checkpoint, without a Trainer (a run whose training
+        had ended: only its test is left)."""
+        self.load_state_dict(checkpoint["state_dict"])
+        self.on_load_checkpoint(checkpoint)
 
     def _epochs_done(self) -> float:
         """Epochs of training so far, fractional when stopped or validated mid-epoch."""
@@ -233,10 +244,19 @@ class BNStatsLogger(pl.Callback):
         for name, layer in norm_layers(pl_module.net).items():
             block = name.rsplit(".", 1)[0]
             if getattr(layer, "running_mean", None) is not None:
-                tb.add_histogram(f"bn/{block}/running_mean", layer.running_mean, step)
-                tb.add_histogram(f"bn/{block}/running_var", layer.running_var, step)
+                histogram(tb, f"bn/{block}/running_mean", layer.running_mean, step)
+                histogram(tb, f"bn/{block}/running_var", layer.running_var, step)
             if block in pre:
-                tb.add_histogram(f"preact/{block}", pre[block].float().flatten(), step)
+                histogram(tb, f"preact/{block}", pre[block], step)
+
+
+def histogram(tb, tag: str, values: Tensor, step: int) -> None:  # noqa: ANN001 (SummaryWriter)
+    """A histogram of the finite values; none when there are none (a diverged network's NaN
+    statistics would make TensorBoard raise)."""
+    values = values.detach().float().flatten()
+    values = values[torch.isfinite(values)]
+    if values.numel():
+        tb.add_histogram(tag, values, step)
 
 
 def _logging_step(module: pl.LightningModule) -> bool:
@@ -288,6 +308,8 @@ class LitMembers(pl.LightningModule):
         self.history = [_new_history(self.track) for _ in range(s)]
         self.diverged_step: list[int | None] = [None] * s
         self.frozen: dict[int, dict[str, Tensor]] = {}  # member -> its weights and statistics
+        self.fit_done = False  # training has ended: a checkpoint saved now is the final state
+        self.restored_step: int | None = None  # the step of a final state restored (no fit)
         self.resumed_from_step: int | None = None
         self.first_step_at: float | None = None
         self.final_validation = False  # the run's last validation: diverged members report too
@@ -480,10 +502,9 @@ class LitMembers(pl.LightningModule):
             for name, layer in norms.items():
                 block = name.rsplit(".", 1)[0]
                 if getattr(layer, "running_mean", None) is not None:
-                    tb.add_histogram(f"bn/{block}/running_mean", layer.running_mean.view(s, -1)[m], step)
-                    tb.add_histogram(f"bn/{block}/running_var", layer.running_var.view(s, -1)[m], step)
-                values = pre[block].unflatten(1, (s, -1))[:, m]
-                tb.add_histogram(f"preact/{block}", values.float().flatten(), step)
+                    histogram(tb, f"bn/{block}/running_mean", layer.running_mean.view(s, -1)[m], step)
+                    histogram(tb, f"bn/{block}/running_var", layer.running_var.view(s, -1)[m], step)
+                histogram(tb, f"preact/{block}", pre[block].unflatten(1, (s, -1))[:, m], step)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_batch(*batch)
@@ -501,7 +522,8 @@ class LitMembers(pl.LightningModule):
     def end_step(self, m: int) -> int:
         """The step member m is at: the global step, or where it stopped when it diverged."""
         d = self.diverged_step[m]
-        return self.global_step if d is None else d + 1
+        step = self.global_step if self.restored_step is None else self.restored_step
+        return step if d is None else d + 1
 
     def _log(self, m: int, metrics: dict[str, float], step: int | None = None) -> None:
         step = self.global_step if step is None else step
@@ -516,7 +538,15 @@ class LitMembers(pl.LightningModule):
             "epoch_n": self._epoch_n,
             "diverged_step": self.diverged_step,
             "frozen": self.frozen,
+            "fit_done": self.fit_done,
         }
+
+    def restore(self, checkpoint: dict) -> None:
+        """The weights and bookkeeping of a job checkpoint, without a Trainer (training had
+        ended: only the test is left)."""
+        self.load_state_dict(checkpoint["state_dict"])
+        self.on_load_checkpoint(checkpoint)
+        self.restored_step = checkpoint["global_step"]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.resumed_from_step = checkpoint["global_step"]
@@ -526,3 +556,4 @@ class LitMembers(pl.LightningModule):
         self._epoch_sums, self._epoch_n = saved["epoch_sums"], saved["epoch_n"]
         self.diverged_step = saved["diverged_step"]
         self.frozen = saved["frozen"]
+        self.fit_done = saved.get("fit_done", False)

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import sys
+import threading
+import warnings
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -48,3 +51,44 @@ def tune_allocator() -> bool:
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
     return _tuned
+
+
+# Lightning's info lines (accelerator availability, tips for its cloud products, "max_steps
+# reached") are printed for every run; a research tool prints what the run does
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+
+
+def quiet_lightning(verbose: bool = False) -> None:
+    """Lightning's loggers at WARNING (call after importing it: its import sets INFO), and no
+    deprecation notice from torch's pytree inside it; ``hydra.verbose=true`` keeps them."""
+    quiet_full_disk_in_writer_threads()
+    if verbose:
+        return
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+
+
+def quiet_full_disk_in_writer_threads() -> None:
+    """TensorBoard writes event files from a thread of its own; on a full disk that thread
+    dies printing a traceback, and the same error reaches the run at its next write, where it
+    is reported in one line. The thread's traceback is left out (other threads' are not)."""
+    default = threading.excepthook
+    if getattr(default, "bnsweep", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        from bnsweep.files import is_no_space
+
+        if not is_no_space(args.exc_value):
+            default(args)
+
+    hook.bnsweep = True  # installed once per process
+    threading.excepthook = hook
+
+
+def hydra_verbose() -> bool:
+    """Whether the user asked for Hydra's verbose logging (``hydra.verbose=true`` or names)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and bool(HydraConfig.get().verbose)

@@ -8,6 +8,7 @@ aggregate run per point with the mean and ±std curves.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -65,9 +66,17 @@ def _parse_override(text: str) -> tuple[str, str] | None:
 
 
 def load_runs(sweep_dir: Path) -> list[Run]:
+    """The runs of a sweep folder; a metrics.json that does not read is named and skipped."""
+    from bnsweep.files import DamagedFile, read_json
+
     runs = []
-    for f in sorted(sweep_dir.glob("*/metrics.json")):
-        metrics = json.loads(f.read_text())
+    for f in sorted(Path(sweep_dir).glob("*/metrics.json")):
+        try:
+            metrics = read_json(f)
+        except DamagedFile as e:
+            print(f"warning: skipped {f}: it is damaged{str(e).removeprefix(str(f) + ' is damaged')}",
+                  file=sys.stderr)  # fmt: skip
+            continue
         params = dict(p for o in metrics.get("overrides", []) if (p := _parse_override(o)))
         runs.append(Run(f.parent, metrics, params))
     return runs
@@ -501,34 +510,114 @@ def report(sweep_dir: Path | str, quiet: bool = False) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # running a sweep
 
+JOBS_LOG = "jobs.jsonl"  # one line per job of every invocation: what became of it
+
+
+class SweepStopped(BaseException):
+    """Ends a sweep early (a full disk: every later job would fail too). A BaseException, so
+    that Hydra's launchers, which record a job's Exception and run the next job, let it
+    through to sweep.py, which reports what finished (``stopped``) and exits."""
+
+    def __init__(self, message: str, sweep_dir: Path) -> None:
+        super().__init__(message)
+        self.sweep_dir = Path(sweep_dir)
+
+
+def stopped(e: SweepStopped) -> int:
+    """After a sweep stopped early: the report of what finished, where it fits; exit status."""
+    with contextlib.suppress(OSError, FileNotFoundError):
+        report(e.sweep_dir, quiet=True)
+    print(f"error: the sweep stopped early ({e}); runs finished before are intact, and "
+          f"resume={e.sweep_dir} continues it", file=sys.stderr)  # fmt: skip
+    return 1
+
 
 def run_job(cfg: DictConfig) -> float:
     """One job of a sweep: a training run (with sweep.vectorize, all seeds of a point) whose
-    failure is recorded, not raised.
+    failure is recorded, not raised. A refused job (its folder holds another run, or is in use)
+    writes nothing into that folder; the sweep lists it at its end.
 
     Returns the best validation accuracy (the objective of search sweepers such as Optuna;
-    vectorized: the mean over the seeds), NaN for a failed run.
+    vectorized: the mean over the seeds), NaN for a failed or refused run.
     """
-    from bnsweep.train import USER_ERRORS, run
+    from bnsweep.files import DamagedFile, FolderInUse, is_no_space, remove_unstarted
+    from bnsweep.runs import RunRefused
+    from bnsweep.train import USER_ERRORS, no_space_message, run
 
-    if OmegaConf.select(cfg, "sweep.vectorize", default=False):
+    vectorize = OmegaConf.select(cfg, "sweep.vectorize", default=False)
+    if vectorize:
         from bnsweep.vectorize import run_point as run
 
+    hydra_dir = Path(cfg.run_dir)  # the folder Hydra made for this job
+    fresh = not hydra_dir.exists() or all(p.suffix == ".log" for p in hydra_dir.iterdir())
+    if cfg.get("resume") and not vectorize:
+        _use_existing_folder(cfg)
     run_dir = Path(cfg.run_dir)
     threads = cfg.get("threads") or threads_per_job()
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
+    started = time.time()
+    status, error, value = "finished", None, math.nan
     try:
-        return run(cfg)["val/acc_best"]
+        result = run(cfg)
+        value = result["val/acc_best"]
+        status = "diverged" if result.get("diverged") else "finished"
+    except (RunRefused, FolderInUse, DamagedFile) as e:
+        status, error = "refused", str(e)
+        print(f"refused: {e}", file=sys.stderr)
     except USER_ERRORS as e:
-        _record_failure(run_dir, cfg, f"error: {e}", traceback.format_exc())
-        print(f"error: {e}", file=sys.stderr)
+        status, error = "failed", f"error: {e}"
+        _record_failure(run_dir, cfg, error, traceback.format_exc())
+        print(error, file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - one job's crash must not end the sweep
-        _record_failure(run_dir, cfg, f"{type(e).__name__}: {e}", traceback.format_exc())
+        if is_no_space(e):
+            message = no_space_message(e, run_dir)
+            with contextlib.suppress(OSError):
+                _record_failure(run_dir, cfg, f"error: {message}", traceback.format_exc())
+            print(f"error: {message}", file=sys.stderr)
+            raise SweepStopped(message, run_dir.parent) from None
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        _record_failure(run_dir, cfg, error, traceback.format_exc())
         traceback.print_exc()
-    return math.nan
+    finally:
+        if fresh and (hydra_dir != run_dir or status == "refused"):
+            remove_unstarted(hydra_dir)  # Hydra's new folder, unused: no stray folder
+    _log_job(run_dir, status, error, time.time() - started)
+    return value
+
+
+def _use_existing_folder(cfg: DictConfig) -> None:
+    """A resumed sweep runs each job in the folder that holds its config, whatever its name
+    (the swept lists may have changed since, and with them the job numbers and names)."""
+    from omegaconf import open_dict
+
+    from bnsweep.runs import config_snapshot, find_run
+
+    found = find_run(Path(cfg.run_dir).parent, config_snapshot(cfg))
+    if found is not None and found != Path(cfg.run_dir):
+        with open_dict(cfg):
+            cfg.run_dir = str(found)
+
+
+def _log_job(run_dir: Path, status: str, error: str | None, seconds: float) -> None:
+    """A line in the sweep folder's jobs.jsonl (appended: one short write per job, whole even
+    when jobs end side by side)."""
+    line = json.dumps({"run": run_dir.name, "status": status, "error": error,
+                       "seconds": round(seconds, 3), "at": time.time()})  # fmt: skip
+    with contextlib.suppress(OSError), (run_dir.parent / JOBS_LOG).open("a") as f:
+        f.write(line + "\n")
+
+
+def jobs_since(sweep_dir: Path, offset: int) -> list[dict[str, Any]]:
+    """The jobs.jsonl entries written after byte ``offset`` (this invocation's jobs)."""
+    path = Path(sweep_dir) / JOBS_LOG
+    if not path.exists():
+        return []
+    with path.open("rb") as f:
+        f.seek(offset)
+        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
 
 
 def threads_per_job() -> int | None:
@@ -545,38 +634,119 @@ def threads_per_job() -> int | None:
 
 
 def _record_failure(run_dir: Path, cfg: DictConfig, message: str, tb: str) -> None:
+    """traceback.txt and a failed metrics.json, never over a finished run's metrics."""
     from bnsweep.train import overrides
 
+    metrics = run_dir / "metrics.json"
+    with contextlib.suppress(ValueError, OSError):
+        if json.loads(metrics.read_text()).get("status") == "finished":
+            return
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "traceback.txt").write_text(tb)
-    write_json(run_dir / "metrics.json", {
+    atomic_write(run_dir / "traceback.txt", tb)
+    write_json(metrics, {
         "status": "failed", "error": message, "seed": cfg.get("seed"), "overrides": overrides(),
     })  # fmt: skip
 
 
-def preflight(cfg: DictConfig, sweep_dir: Path) -> None:
-    """Before any job: the values every job shares, the data, the output folder. On a problem,
-    one line and exit status 2, and no sweep folder is left behind."""
+def preflight(cfg: DictConfig, sweep_dir: Path, lock_holder: list) -> None:
+    """Before any job: the values every job shares, the data, the output folder, its lock, and
+    on resume the sweep it holds. On a problem, one line and exit status 2, and the folder is
+    left as it was (no folder is left behind where there was none)."""
     from bnsweep.config import ConfigError, check_vectorize, validate
+    from bnsweep.files import FolderInUse, FolderLock, is_no_space
 
     existed = sweep_dir.exists()
     try:
         validate(cfg)  # light: a bad value is refused before Lightning is imported
         if OmegaConf.select(cfg, "sweep.vectorize", default=False):
             check_vectorize(cfg)
+        _check_network(cfg)
         if not cfg.data.get("download", True):
             _check_data(cfg)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=sweep_dir):
-            pass
-    except ConfigError as e:
+        lock_holder.append(FolderLock(sweep_dir, "sweep folder"))
+        _check_resume(cfg, sweep_dir)
+        with tempfile.NamedTemporaryFile(dir=sweep_dir) as f:
+            f.write(b"\0" * 65536)  # room for a run's first files at least
+            f.flush()
+            os.fsync(f.fileno())
+    except (ConfigError, FolderInUse) as e:
         _abort(f"error: {e}", sweep_dir, existed)
     except OSError as e:
-        _abort(
-            f"error: cannot write the sweep folder {sweep_dir}: {e.strerror or e}",
-            sweep_dir,
-            existed,
+        reason = "no space left on its device" if is_no_space(e) else (e.strerror or str(e))
+        _abort(f"error: cannot write the sweep folder {sweep_dir}: {reason}", sweep_dir, existed)
+
+
+def _check_network(cfg: DictConfig) -> None:
+    """Build the network once: a value only its constructor can judge (model.bn against its
+    layers) is refused before any job, not once per job."""
+    from hydra.utils import instantiate
+
+    from bnsweep.config import refusal
+
+    try:
+        net = instantiate(cfg.model, norm=instantiate(cfg.bn))
+        instantiate(cfg.init)(net)
+    except Exception as e:
+        if (refused := refusal(e)) is not None:
+            raise refused from e
+        raise
+
+
+SWEEP_FILE = "sweep.json"  # the sweep's settings as first started: what a resume must keep
+
+
+def sweep_settings(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """key -> {"swept": bool, "value": text} for every setting the command line or the study
+    preset gives, except those that do not change what runs compute (bnsweep.runs)."""
+    from bnsweep.cli import is_sweep
+    from bnsweep.runs import LOCATION_KEYS, NOT_COMPARED
+
+    given: dict[str, str] = {}
+    hydra = cfg.hydra
+    for key, value in (OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}).items():
+        given[str(key)] = str(value)
+    for text in hydra.overrides.task:
+        if "=" in text:
+            key, value = text.split("=", 1)
+            given[key.lstrip("+~")] = value
+    given["study"] = str(hydra.runtime.choices.get("study", "custom"))
+    skip = {"seed", *NOT_COMPARED, *LOCATION_KEYS}
+    return {k: {"swept": is_sweep(v), "value": v} for k, v in sorted(given.items())
+            if k not in skip and not k.startswith(("hydra.", "hydra/"))}  # fmt: skip
+
+
+def _check_resume(cfg: DictConfig, sweep_dir: Path) -> None:
+    """A sweep folder is continued only with resume=, and only with the sweep it holds: the
+    values of a swept key may change (runs are matched by their config), nothing else may."""
+    from bnsweep.config import ConfigError
+
+    holds = (sweep_dir / "command.txt").exists()
+    now = sweep_settings(cfg)
+    saved = sweep_dir / SWEEP_FILE
+    if holds and not cfg.get("resume"):
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir} already holds a sweep; resume={sweep_dir} continues "
+            "it, or choose another folder"
         )
+    if holds and saved.exists():
+        before = json.loads(saved.read_text())
+        changed = [k for k in dict.fromkeys([*before, *now])
+                   if k not in before or k not in now
+                   or not (before[k]["swept"] or now[k]["swept"])
+                   and before[k]["value"] != now[k]["value"]]  # fmt: skip
+        if changed:
+            shown = ", ".join(
+                f"{k}: {before.get(k, {}).get('value', '(unset)')} → "
+                f"{now.get(k, {}).get('value', '(unset)')}"
+                for k in changed
+            )
+            raise ConfigError(
+                f"resume={sweep_dir} would change the sweep it holds ({shown}); only the values "
+                "of a swept key may change: start a new sweep for other settings"
+            )
+    elif not holds:
+        write_json(saved, now)
 
 
 def _check_data(cfg: DictConfig) -> None:
@@ -600,25 +770,60 @@ def _abort(message: str, sweep_dir: Path, existed: bool) -> None:
 
 
 class SweepCallback(Callback):
-    """Records the command line at the start of a sweep and writes the report at its end."""
+    """Checks and locks the sweep folder and records the command line at the start of a
+    sweep; writes the report and names what failed or was refused at its end (exit status 1
+    then)."""
 
-    failed: list[str] = []
+    def __init__(self) -> None:
+        self._lock: list = []  # the sweep folder's lock, held until the process ends
+        self._jobs_offset = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        preflight(config, sweep_dir)
-        from bnsweep import cli
+        try:
+            self._start(config)
+        except Exception:  # Hydra would turn it into a warning and run the jobs unchecked
+            traceback.print_exc()
+            raise SystemExit(1) from None
 
-        typed = cli.TYPED or sys.argv[1:]  # what the user typed, before the seeds fan-out
+    def _start(self, config: DictConfig) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        preflight(config, sweep_dir, self._lock)
+        jobs = sweep_dir / JOBS_LOG
+        self._jobs_offset = jobs.stat().st_size if jobs.exists() else 0
+        typed = _typed_command(config)
         with (sweep_dir / "command.txt").open("a") as f:  # a resume adds its line
             f.write(shlex.join([Path(sys.argv[0]).name, *typed]) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        runs = load_runs(sweep_dir)
-        SweepCallback.failed = [r.path.name for r in runs if r.status == "failed"]
-        if runs:
+        end_of_sweep(sweep_dir, jobs_since(sweep_dir, self._jobs_offset))
+
+
+def _typed_command(config: DictConfig) -> list[str]:
+    """What the user typed, before the seed fan-out (sweep.py records it in BNSWEEP_TYPED)."""
+    typed = os.environ.get("BNSWEEP_TYPED")
+    return json.loads(typed) if typed else sys.argv[1:]
+
+
+def end_of_sweep(sweep_dir: Path, jobs: list[dict[str, Any]]) -> None:
+    """The report of the sweep folder, then one line per kind of trouble; exit status 1 when a
+    run failed or a job was refused."""
+    runs = load_runs(sweep_dir)
+    if runs:
+        try:
             report(sweep_dir)
+        except OSError as e:
+            print(f"error: the report could not be written in {sweep_dir}: {e.strerror or e}",
+                  file=sys.stderr)  # fmt: skip
+    refused = [j for j in jobs if j["status"] == "refused"]
+    failed = [r.path.name for r in runs if r.status == "failed"]
+    if refused:
+        print(f"error: {len(refused)} job(s) refused, their folders left as they were: "
+              + "; ".join(j["error"] for j in refused), file=sys.stderr)  # fmt: skip
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {' '.join(failed)}", file=sys.stderr)
+    if refused or failed:
+        raise SystemExit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +12,23 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from bnsweep.config import ConfigError, validate
+from bnsweep import checkpoints
+from bnsweep.checkpoints import AtomicCheckpointIO, RunCheckpoints
+from bnsweep.config import ConfigError, refusal, validate
 from bnsweep.data import DataError
-from bnsweep.files import remove_unstarted, write_json
+from bnsweep.files import (
+    DamagedFile,
+    FolderInUse,
+    FolderLock,
+    is_no_space,
+    remove_unstarted,
+    write_json,
+)
 from bnsweep.lit import BNStatsLogger, LitClassifier
-from bnsweep.runtime import tune_allocator
+from bnsweep.runs import RunRefused, claim
+from bnsweep.runtime import hydra_verbose, quiet_lightning, tune_allocator
 
 HPARAM_KEYS = (
     "model", "bn", "bn.momentum", "bn.window", "bn.eps", "init", "init.std", "optimizer",
@@ -103,39 +110,21 @@ def make_loggers(cfg: DictConfig) -> list:
 
 
 def make_trainer(
-    cfg: DictConfig, run_dir: Path, loggers: list | None = None, callbacks: list | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    loggers: list | None = None,
+    callbacks: list | None = None,
+    plugins: list | None = None,
 ) -> pl.Trainer:
     """The Trainer of cfg.trainer; by default with cfg's loggers, best/last checkpoints after
-    each validation and the BN dashboards. Given ``callbacks`` replace those (and Lightning's
-    own checkpointing)."""
+    each validation and the BN dashboards. Given ``callbacks`` replace those; checkpoints are
+    written through ``plugins`` (default: in place, atomically)."""
     extra = {}
     if loggers is None:
         loggers = make_loggers(cfg)
-    if callbacks is not None:
-        extra["enable_checkpointing"] = False
-    else:
-        callbacks = [
-            # best.ckpt, written after a validation that improves val/acc
-            ModelCheckpoint(
-                dirpath=run_dir / "ckpt",
-                filename="best",
-                monitor="val/acc",
-                mode="max",
-                save_on_train_epoch_end=False,
-                enable_version_counter=False,
-            ),
-            # last.ckpt after every validation (ModelCheckpoint's save_last writes it only when
-            # a top-k checkpoint was written at the same step, i.e. not when val/acc fell)
-            ModelCheckpoint(
-                dirpath=run_dir / "ckpt",
-                filename="last",
-                monitor=None,
-                save_top_k=1,
-                save_on_train_epoch_end=False,
-                enable_version_counter=False,
-            ),
-            BNStatsLogger(),
-        ]
+    if callbacks is None:
+        # last.ckpt after every validation, best.ckpt when val/acc improved; the BN dashboards
+        callbacks = [RunCheckpoints(run_dir / "ckpt"), BNStatsLogger()]
     t = cfg.trainer
     accelerator = t.get("accelerator", "auto")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
@@ -148,80 +137,67 @@ def make_trainer(
         extra["deterministic"] = on_cpu
     t = {k: v for k, v in t.items() if k != "compile"}  # ours (LitClassifier), not Lightning's
     return instantiate(
-        t, logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir), **extra
+        t,
+        logger=loggers,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        plugins=plugins or [AtomicCheckpointIO()],  # checkpoints in place: bnsweep.checkpoints
+        **extra,
     )
-
-
-# keys that do not change what a run computes: left out when a resumed run's config is compared
-# (a run trained alone or as a member of a vectorized job computes the same, sweep.vectorize)
-NOT_COMPARED = ("run_dir", "resume", "threads", "sweep")
-
-
-def config_snapshot(cfg: DictConfig) -> dict[str, Any]:
-    snapshot = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in snapshot.items() if k not in NOT_COMPARED and k != "hydra"}
-
-
-def _claim(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
-    """Check run_dir before a run: returns its finished metrics when a resume can skip it.
-
-    A finished run is never overwritten; a run folder of another config is never reused.
-    """
-    resume = bool(cfg.get("resume", False))
-    snapshot = config_snapshot(cfg)
-    saved = run_dir / "run_config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(snapshot)):
-        raise FileExistsError(
-            f"{run_dir} holds a run of another config; resume with the same command and overrides"
-        )
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
-        if not resume:
-            raise FileExistsError(f"{run_dir} already holds a run; refusing to overwrite it")
-        if metrics.get("status") == "finished":
-            return metrics
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(saved, snapshot)
-    return None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, validate and test one configuration; returns the metrics written to metrics.json.
 
-    With ``resume=true`` a finished run in ``run_dir`` is returned as it is, and an interrupted
-    one continues from ``ckpt/last.ckpt`` (saved at every validation).
+    The run folder is locked while the run lasts. With ``resume=true`` a finished run in
+    ``run_dir`` is returned as it is, and an interrupted one continues from its newest readable
+    checkpoint (``ckpt/last.ckpt``, else ``ckpt/prev.ckpt``), saved at every validation.
     """
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # inside Lightning
     validate(cfg)
     tune_allocator()
     run_dir = Path(cfg.run_dir)
-    if (finished := _claim(run_dir, cfg)) is not None:
-        return finished
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(run_dir, "run folder"):
+        if (finished := claim(run_dir, cfg)) is not None:
+            return finished
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     start = time.time()
     started_after = process_age() if _first_run_of_process() else None
+    quiet_lightning(hydra_verbose())
     try:
         module, datamodule = build(cfg)
-    except ValueError as e:  # a constructor refused a config value (model.bn, data.normalize…)
-        raise ConfigError(str(e)) from e
-    datamodule.prepare_data()  # missing or corrupt data fails here, before any file is written
-    trainer = make_trainer(cfg, run_dir)
-    last = run_dir / "ckpt" / "last.ckpt"
-    resume_from = last if cfg.get("resume", False) and last.exists() else None
+        datamodule.prepare_data()  # missing or corrupt data fails here, before any file is written
+        trainer = make_trainer(cfg, run_dir)
+    except Exception as e:
+        if (refused := refusal(e)) is not None:  # a constructor refused a config value
+            raise refused from e
+        raise
+    last = run_dir / "ckpt" / checkpoints.LAST
+    resumed = checkpoints.readable(last.parent) if cfg.get("resume", False) else None
     fit_start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    if resumed is not None and resumed[1].get("bnsweep", {}).get("fit_done"):
+        # training had ended (killed before metrics.json was written): its final state
+        module.restore(resumed[1])
+        steps, epochs = resumed[1]["global_step"], resumed[1]["epoch"]
+    else:
+        ckpt_path = resumed[0] if resumed is not None else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if not module.history["val_step"] or module.history["val_step"][-1] != trainer.global_step:
+            # stopped between validations (max_steps mid-epoch): validate the final weights too
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            if checkpoints.improved(module.history["val/acc"]):
+                trainer.save_checkpoint(run_dir / "ckpt" / "best.ckpt", weights_only=False)
+        module.fit_done = True  # the final state: a resume from here on only tests
+        trainer.save_checkpoint(last, weights_only=False)
+        steps, epochs = trainer.global_step, trainer.current_epoch
     fit_time = time.time() - fit_start
-    # each stage resets callback_metrics: keep the training ones before validate / test
-    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if not module.history["val_step"] or module.history["val_step"][-1] != trainer.global_step:
-        # stopped between validations (max_steps mid-epoch): validate the final weights too
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.save_checkpoint(run_dir / "ckpt" / "last.ckpt", weights_only=False)
-        if module.history["val/acc"][-1] >= max(module.history["val/acc"]):
-            trainer.save_checkpoint(run_dir / "ckpt" / "best.ckpt", weights_only=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics = {**fit_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+    tested = {k: float(v) for k, v in trainer.callback_metrics.items()}
     picked = choices(cfg)
+    h = module.history
     result = {
         "status": "finished",
         "diverged": module.diverged_step is not None,
@@ -229,16 +205,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "choices": picked,
         "overrides": overrides(),
-        "val/acc": module.history["val/acc"][-1] if module.history["val/acc"] else None,
-        "val/acc_best": max(module.history["val/acc"], default=None),
-        "val/loss": module.history["val/loss"][-1] if module.history["val/loss"] else None,
-        # the last full epoch's training metrics, else the last step's
-        "train/acc": metrics.get("train/acc_epoch", metrics.get("train/acc_step")),
-        "train/loss": metrics.get("train/loss_epoch", metrics.get("train/loss_step")),
-        "test/acc": metrics.get("test/acc"),
-        "test/loss": metrics.get("test/loss"),
-        "steps": trainer.global_step,
-        "epochs": trainer.current_epoch,
+        "val/acc": h["val/acc"][-1] if h["val/acc"] else None,
+        "val/acc_best": max(h["val/acc"], default=None),
+        "val/loss": h["val/loss"][-1] if h["val/loss"] else None,
+        # the last epoch's training metrics (a partial epoch when stopped mid-epoch)
+        "train/acc": h["train/acc"][-1] if h["train/acc"] else None,
+        "train/loss": h["train/loss"][-1] if h["train/loss"] else None,
+        "test/acc": tested.get("test/acc"),
+        "test/loss": tested.get("test/loss"),
+        "steps": steps,
+        "epochs": epochs,
         "wall_time_s": round(time.time() - start, 3),  # of this process (a resume: since it)
         "fit_time_s": round(fit_time, 3),  # trainer.fit: training and its validations
         # process start (imports, config, data) to the first training step: one run per process
@@ -247,7 +223,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         else None,
         "resumed_from_step": module.resumed_from_step,
         "device": str(trainer.strategy.root_device),
-        "history": module.history,
+        "history": h,
     }
     log_final(trainer.loggers, hparams(cfg, picked), result)
     write_json(run_dir / "metrics.json", result)
@@ -281,14 +257,31 @@ def _first_run_of_process() -> bool:
 
 
 # errors that are the user's input, not a bug: reported in one line, exit status 2
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, FileExistsError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError, DataError, RunRefused, FolderInUse, DamagedFile,
+)  # fmt: skip
 
 
 def main(cfg: DictConfig) -> float | None:
-    """Entry point of train.py: run, and turn input errors into one line and exit status 2."""
+    """Entry point of train.py: run, and turn input errors into one line and exit status 2,
+    a full disk into one line and exit status 1."""
+    run_dir = Path(cfg.run_dir)
     try:
         return run(cfg)["val/acc_best"]
     except USER_ERRORS as e:
-        remove_unstarted(Path(cfg.run_dir))
+        remove_unstarted(run_dir)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        print(f"error: {no_space_message(e, run_dir)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def no_space_message(e: OSError, folder: Path) -> str:
+    where = e.filename or folder
+    return (
+        f"no space left on the device of {folder} (writing {where}); what was written before "
+        "is intact: free space, then resume=true continues from the last checkpoint"
+    )

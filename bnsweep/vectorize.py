@@ -13,8 +13,8 @@ vectorized point (stacking them again) or a run alone.
 from __future__ import annotations
 
 import copy
-import io
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from bnsweep.config import ConfigError, check_vectorize, validate
-from bnsweep.files import atomic_write, remove_unstarted, write_json
+from bnsweep import checkpoints
+from bnsweep.checkpoints import AtomicCheckpointIO, ValidationCheckpoints
+from bnsweep.config import check_vectorize, refusal, validate
+from bnsweep.files import FolderLock, remove_unstarted, write_json
 from bnsweep.lit import LitMembers
 from bnsweep.nn.stacked import StackedNet, member_state, member_view, stack_inputs, stack_states
-from bnsweep.runtime import tune_allocator
+from bnsweep.runs import claim, config_snapshot, find_run
+from bnsweep.runtime import hydra_verbose, quiet_lightning, tune_allocator
 from bnsweep.train import (
     USER_ERRORS,
-    _claim,
     _first_run_of_process,
     build_net,
     choices,
@@ -155,6 +157,7 @@ def member_checkpoint(ckpt: dict, net: StackedNet, m: int) -> dict:
         "epoch_sums": sums[m].clone() if sums is not None else None,
         "epoch_n": saved["epoch_n"],
         "diverged_step": saved["diverged_step"][m],
+        "fit_done": saved.get("fit_done", False),
     }
     rest = {k: v for k, v in ckpt.items() if k not in _OWN}
     return {**rest, "state_dict": state, "optimizer_states": optimizers, "callbacks": {},
@@ -191,37 +194,57 @@ def stack_checkpoints(ckpts: list[dict], net: StackedNet) -> dict:
         "epoch_n": own[0]["epoch_n"],
         "diverged_step": diverged,
         "frozen": frozen,
+        "fit_done": all(o.get("fit_done", False) for o in own),
     }
     rest = {k: v for k, v in ckpts[0].items() if k not in _OWN}
     return {**rest, "state_dict": state, "optimizer_states": optimizers, "callbacks": {},
             "bnsweep": saved}  # fmt: skip
 
 
-class MemberCheckpoints(pl.Callback):
-    """After each validation, every member validated then gets ckpt/last.ckpt, and best.ckpt
-    when that validation is its best so far (an independent run's ModelCheckpoint)."""
+class MemberCheckpointIO(AtomicCheckpointIO):
+    """Lightning's checkpoint writer for a vectorized job: the job's checkpoint is written as
+    each member's own (``member_checkpoint``), into the members' run folders: the members whose
+    last.ckpt and whose best.ckpt to write come in ``storage_options``."""
 
-    def __init__(self, dirs: list[Path]) -> None:
-        self.dirs = dirs
+    def __init__(self, net: StackedNet, dirs: list[Path]) -> None:
+        super().__init__()
+        self.net, self.dirs = net, dirs
 
-    def on_validation_end(self, trainer: pl.Trainer, module: LitMembers) -> None:
-        if trainer.sanity_checking or not module.validated_now:
-            return
-        ckpt = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        for m in module.validated_now:
+    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        if not storage_options:  # the job's own checkpoint (none is written by bnsweep)
+            return super().save_checkpoint(checkpoint, path)
+        last, best = storage_options["last"], storage_options["best"]
+        for m in dict.fromkeys([*last, *best]):
+            own = member_checkpoint(checkpoint, self.net, m)
             folder = self.dirs[m] / "ckpt"
-            folder.mkdir(parents=True, exist_ok=True)
-            own = member_checkpoint(ckpt, module.net, m)
-            _save(own, folder / "last.ckpt")
-            accs = module.history[m]["val/acc"]
-            if accs[-1] >= max(accs):
-                _save(own, folder / "best.ckpt")
+            if m in last:
+                checkpoints.save(own, folder / checkpoints.LAST)
+            if m in best:
+                checkpoints.save(own, folder / "best.ckpt")
 
 
-def _save(obj: dict, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getvalue())
+class MemberCheckpoints(ValidationCheckpoints):
+    """What RunCheckpoints writes for an independent run, for every member that the validation
+    covered: its best.ckpt where that validation is its best so far, and its last.ckpt."""
+
+    def __init__(self, job_dir: Path) -> None:
+        super().__init__()
+        self.job_dir = job_dir
+
+    def validated(self, pl_module: LitMembers) -> list[int]:
+        return list(pl_module.validated_now)
+
+    def save_best(self, trainer: pl.Trainer, pl_module: LitMembers, what: list[int]) -> None:
+        best = [m for m in what if checkpoints.improved(pl_module.history[m]["val/acc"])]
+        self.write(trainer, [], best)
+
+    def save_last(self, trainer: pl.Trainer, pl_module: LitMembers, what: list[int]) -> None:
+        self.write(trainer, what, [])
+
+    def write(self, trainer: pl.Trainer, last: list[int], best: list[int]) -> None:
+        if last or best:
+            trainer.save_checkpoint(self.job_dir / checkpoints.LAST,
+                                    storage_options={"last": list(last), "best": list(best)})  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,21 +260,33 @@ def run_point(cfg: DictConfig) -> dict[str, Any]:
 
 def run_members(cfg: DictConfig) -> list[dict[str, Any]]:
     """Train every seed in ``cfg.seeds`` of this point together; returns each member's metrics
-    (those a resume finds finished are returned as they are)."""
+    (those a resume finds finished are returned as they are). Every member's folder is locked
+    and claimed as an independent run's is."""
     validate(cfg)
     seeds = check_vectorize(cfg)
     job_dir = Path(cfg.run_dir)
-    cfgs = {s: member_config(cfg, s, member_dir(job_dir, s)) for s in seeds}
+    cfgs = {}
+    for s in seeds:
+        c = member_config(cfg, s, member_dir(job_dir, s))
+        found = find_run(job_dir.parent, config_snapshot(c)) if cfg.get("resume") else None
+        cfgs[s] = member_config(cfg, s, found) if found is not None else c
     results = {}
-    for s, c in cfgs.items():
-        if (done := _claim(Path(c.run_dir), c)) is not None:
-            results[s] = done
-    todo = [s for s in seeds if s not in results]
-    if todo:
+    with ExitStack() as locks:
+        for c in cfgs.values():
+            Path(c.run_dir).mkdir(parents=True, exist_ok=True)
+            locks.enter_context(FolderLock(Path(c.run_dir), "run folder"))
+        todo = []
         try:
-            results.update(zip(todo, train_members([cfgs[s] for s in todo], job_dir)))
+            for s, c in cfgs.items():
+                if (done := claim(Path(c.run_dir), c)) is not None:
+                    results[s] = done
+                else:
+                    todo.append(s)
+            if todo:
+                results.update(zip(todo, train_members([cfgs[s] for s in todo], job_dir)))
         except USER_ERRORS:  # refused before training: no member folder is left half-made
-            for s in todo:
+            locks.close()
+            for s in seeds:
                 remove_unstarted(Path(cfgs[s].run_dir))
             raise
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -261,19 +296,27 @@ def run_members(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def _resume_checkpoint(cfgs: list[DictConfig], net: StackedNet, job_dir: Path) -> Path | None:
-    """With resume=true and a last.ckpt of the same step in every member's folder, one job
-    checkpoint stacked from them; else None (the members start afresh)."""
+    """With resume=true, one job checkpoint stacked from the members' checkpoints of the newest
+    step every member can read (last.ckpt, else prev.ckpt); None when there is none (the
+    members start afresh)."""
     if not cfgs[0].get("resume", False):
         return None
-    paths = [Path(c.run_dir) / "ckpt" / "last.ckpt" for c in cfgs]
-    if not all(p.exists() for p in paths):
+    folders = [Path(c.run_dir) / "ckpt" for c in cfgs]
+    newest = [checkpoints.readable(f) for f in folders]
+    if all(n is None for n in newest):
         return None
-    ckpts = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
-    if len({c["global_step"] for c in ckpts}) != 1:
+    if any(n is None for n in newest):
+        checkpoints.warn(f"not every member of {job_dir.name} has a checkpoint; the point starts over")
+        return None
+    step = min(c["global_step"] for _, c in newest)
+    chosen = [c if c["global_step"] == step else checkpoints.at_step(f, step)
+              for f, (_, c) in zip(folders, newest)]  # fmt: skip
+    if any(c is None for c in chosen):
+        checkpoints.warn(f"the members of {job_dir.name} have no checkpoint of one step in common; "
+                         "the point starts over")  # fmt: skip
         return None
     path = job_dir / "resume.ckpt"
-    job_dir.mkdir(parents=True, exist_ok=True)
-    _save(stack_checkpoints(ckpts, net), path)
+    checkpoints.save(stack_checkpoints(chosen, net), path)
     return path
 
 
@@ -281,8 +324,10 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
     tune_allocator()
     start = time.time()
     started_after = process_age() if _first_run_of_process() else None
+    quiet_lightning(hydra_verbose())
     seeds = [int(c.seed) for c in cfgs]
     nets, generators = [], []
+    dirs = [Path(c.run_dir) for c in cfgs]
     try:
         for c in cfgs:
             nets.append(build_net(c))
@@ -298,21 +343,34 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
             percentiles=percentile_config(cfgs[0]),
             template=nets[0],
         )
-    except ValueError as e:  # a constructor refused a config value, or a layer cannot stack
-        raise ConfigError(str(e)) from e
-    data.prepare_data()
-    dirs = [Path(c.run_dir) for c in cfgs]
-    trainer = make_trainer(cfgs[0], job_dir, loggers=[], callbacks=[MemberCheckpoints(dirs)])
+        data.prepare_data()
+        saver = MemberCheckpoints(job_dir)
+        trainer = make_trainer(cfgs[0], job_dir, loggers=[], callbacks=[saver],
+                               plugins=[MemberCheckpointIO(net, dirs)])  # fmt: skip
+    except Exception as e:
+        if (refused := refusal(e)) is not None:  # a constructor refused a value, or a layer
+            raise refused from e  # cannot stack
+        raise
     resume_from = _resume_checkpoint(cfgs, net, job_dir)
     fit_start = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
+    if resume_from is not None and checkpoints.load(resume_from)["bnsweep"]["fit_done"]:
+        # training had ended (killed before the metrics were written): the final state
+        module.restore(checkpoints.load(resume_from))
+        epochs = checkpoints.load(resume_from)["epoch"]
+    else:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
+        module.final_validation = True  # members stopped between validations, or diverged
+        if any(not h["val_step"] or h["val_step"][-1] != module.end_step(m)
+               for m, h in enumerate(module.history)):  # fmt: skip
+            trainer.validate(module, datamodule=data, verbose=False)
+        module.fit_done = True  # the final state: a resume from here on only tests
+        every = range(len(cfgs))  # last.ckpt: the final state; best.ckpt: if the final validation
+        saver.write(trainer, list(every),  # (in fit or after it) is a member's best
+                    [m for m in every if checkpoints.improved(module.history[m]["val/acc"])])  # fmt: skip
+        epochs = trainer.current_epoch
     fit_time = time.time() - fit_start
     if resume_from is not None:
         resume_from.unlink(missing_ok=True)
-    module.final_validation = True  # members stopped between validations, or diverged
-    if any(not h["val_step"] or h["val_step"][-1] != module.end_step(m)
-           for m, h in enumerate(module.history)):  # fmt: skip
-        trainer.validate(module, datamodule=data, verbose=False)
     trainer.test(module, datamodule=data, verbose=False)
     wall = time.time() - start
     results = []
@@ -335,7 +393,7 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
             "test/acc": test_acc,
             "test/loss": test_loss,
             "steps": module.end_step(m),
-            "epochs": trainer.current_epoch,
+            "epochs": epochs,
             # this member's share of the job (the job's own times beside it)
             "wall_time_s": round(wall / len(cfgs), 3),
             "fit_time_s": round(fit_time / len(cfgs), 3),

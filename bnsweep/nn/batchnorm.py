@@ -20,8 +20,9 @@ m/(m−1)·σ²_B, as torch.nn.BatchNorm does, so state dicts move between the t
 The estimator of (E[x], Var[x]) is the axis the studies sweep:
 
 - ``momentum``: exponential moving average, torch's convention new = (1 − m)·old + m·batch.
-- ``cumulative``: the plain average over every training batch since the last reset (Alg. 2;
-  identical to torch's ``momentum=None``).
+- ``cumulative``: the plain average over every training batch since the last reset (torch's
+  ``momentum=None``). Not Alg. 2, which averages the statistics of the final network: this
+  average keeps those of the early weights, and lags on short runs.
 - ``window``: the average of the last k training batches (k = ``window``); before k batches
   have been seen it averages those seen. The last k batch statistics are buffers, so a
   checkpoint keeps the window.
