@@ -26,16 +26,18 @@ DEVICES = [
 
 
 def mnist_root() -> Path:
-    """The real MNIST files: $BNSWEEP_DATA, else the shared dataset copy beside the project."""
+    """The real MNIST files: $BNSWEEP_DATA, else ./data (where a first run fetched them, in
+    whatever form the source gave), else the shared dataset copy beside the project."""
     for candidate in (
         os.environ.get("BNSWEEP_DATA"),
-        ROOT.parent / "shared" / "datasets",
         ROOT / "data",
+        ROOT.parent / "shared" / "datasets",
     ):
         if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
             return Path(candidate)
     pytest.fail(
-        "real MNIST not found: set BNSWEEP_DATA to a folder holding MNIST/raw/*.gz "
+        "real MNIST not found: run python train.py once (it fetches them into ./data), or set "
+        "BNSWEEP_DATA to a folder holding MNIST/raw/ "
         "(see README, 'Getting the data')"
     )
 

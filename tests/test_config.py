@@ -95,15 +95,15 @@ def test_seed_zero_is_a_seed(make_cfg):
         (["bn=window", "bn.window=0"], "bn.window must be a positive integer, got 0"),
         (["bn=window", "bn.window=abc"], "bn.window must be a positive integer, got 'abc'"),
         (["bn.momentum=1.5"], "bn.momentum must be a number in [0, 1], got 1.5"),
-        (["bn.eps=0"], "bn.eps must be a number > 0, got 0"),
-        (["init.std=-1"], "init.std must be a number > 0, got -1"),
+        (["bn.eps=0"], "bn.eps must be a finite number > 0, got 0"),
+        (["init.std=-1"], "init.std must be a finite number > 0, got -1"),
         (
             ["data.batch_size=0"],
             "data.batch_size must be an integer >= 2 (BN needs 2 samples), got 0",
         ),
-        (["optimizer.lr=-1"], "optimizer.lr must be a number > 0, got -1"),
-        (["seed=-3"], "seed must be an integer >= 0, got -3"),
-        (["data.val_size=60000"], "data.val_size must be an integer in [0, 59999] (0: validate on the test set), got 60000"),
+        (["optimizer.lr=-1"], "optimizer.lr must be a finite number > 0, got -1"),
+        (["seed=-3"], "seed must be an integer in [0, 4294967295], got -3"),
+        (["data.val_size=60000"], "data.val_size must be an integer in [0, 59998] (0: validate on the test set; at least 2 training images must remain), got 60000"),
     ],
 )
 def test_validate_names_key_and_value(make_cfg, overrides, message):

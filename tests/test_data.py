@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import raw_bytes, write_mnist_copy
 
 from bnsweep.data import (
     DATASETS,
@@ -52,10 +53,15 @@ def test_cached_dataset_equals_the_decoded_raw_files(mnist_dir, tmp_path, monkey
     )
 
 
-def test_cache_follows_the_sources_and_survives_damage(mnist_dir, tmp_path, monkeypatch):
+# the forms a data source gives: torchvision's .gz files, the package index's uncompressed ones
+FORMS = {"gz": ("t10k-labels-idx1-ubyte.gz", gzip.compress), "raw": ("t10k-labels-idx1-ubyte", bytes)}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_cache_follows_the_sources_and_survives_damage(mnist_dir, tmp_path, monkeypatch, form):
     monkeypatch.setenv("BNSWEEP_CACHE", str(tmp_path / "cache"))
-    raw_dir = tmp_path / "MNIST" / "raw"
-    shutil.copytree(mnist_dir / "MNIST" / "raw", raw_dir)
+    name, encode = FORMS[form]
+    raw_dir = write_mnist_copy(mnist_dir, tmp_path, gz=form == "gz") / "MNIST" / "raw"
     load_raw(MNIST, tmp_path, download=False)
     (data_file,) = (tmp_path / "cache").glob("mnist-*.u8")
     data_file.write_bytes(data_file.read_bytes()[:1000])  # a truncated cache is not used
@@ -64,15 +70,15 @@ def test_cache_follows_the_sources_and_survives_damage(mnist_dir, tmp_path, monk
         == TRAIN_COUNTS
     )
     # a source replaced after caching is decoded and checked again, not served from the cache
-    victim = raw_dir / "t10k-labels-idx1-ubyte.gz"
-    data_ok = gzip.decompress(victim.read_bytes())
+    victim = raw_dir / name
+    data_ok = raw_bytes(mnist_dir, "t10k-labels-idx1-ubyte")
     data = bytearray(data_ok)
     data[100] ^= 0xFF
-    victim.write_bytes(gzip.compress(bytes(data)))
+    victim.write_bytes(encode(bytes(data)))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
         load_raw(MNIST, tmp_path, download=False)
     # a valid replacement gets its own cache, and the stale one of the same sources goes
-    victim.write_bytes(gzip.compress(bytes(data_ok)))
+    victim.write_bytes(encode(bytes(data_ok)))
     load_raw(MNIST, tmp_path, download=False)
     (newer,) = (tmp_path / "cache").glob("mnist-*.u8")
     assert newer != data_file
@@ -113,25 +119,41 @@ def test_uncompressed_and_dotted_names_are_accepted(mnist_dir, tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
     for f in MNIST.files.values():  # MNIST-dir's layout: uncompressed, a dot before idx
-        data = gzip.decompress((mnist_dir / "MNIST" / "raw" / f"{f.name}.gz").read_bytes())
-        (flat / f.name.replace("-idx", ".idx")).write_bytes(data)
+        (flat / f.name.replace("-idx", ".idx")).write_bytes(raw_bytes(mnist_dir, f.name))
     raw = load_raw(MNIST, flat, download=False)
     assert raw["test_labels"].bincount().tolist() == TEST_COUNTS
 
 
-def test_corrupt_file_is_rejected_by_name(mnist_dir, tmp_path):
-    raw_dir = tmp_path / "MNIST" / "raw"
-    shutil.copytree(mnist_dir / "MNIST" / "raw", raw_dir)
-    victim = raw_dir / "t10k-labels-idx1-ubyte.gz"
-    data = bytearray(gzip.decompress(victim.read_bytes()))
+@pytest.mark.parametrize("form", list(FORMS))
+def test_corrupt_file_is_rejected_by_name(mnist_dir, tmp_path, form):
+    name, encode = FORMS[form]
+    victim = write_mnist_copy(mnist_dir, tmp_path, gz=form == "gz") / "MNIST" / "raw" / name
+    data = bytearray(raw_bytes(mnist_dir, "t10k-labels-idx1-ubyte"))
     data[100] ^= 0xFF  # one label changed: still a valid gzip and IDX file
-    victim.write_bytes(gzip.compress(bytes(data)))
+    victim.write_bytes(encode(bytes(data)))
     with pytest.raises(DataError) as err:
         load_raw(MNIST, tmp_path, download=False)
     assert str(victim) in str(err.value) and "27ae3e4e09519cfbb04c329615203637" in str(err.value)
-    victim.write_bytes(b"not gzip at all")
-    with pytest.raises(DataError, match="not a valid gzip file"):
-        load_raw(MNIST, tmp_path, download=False)
+    if form == "gz":
+        victim.write_bytes(b"not gzip at all")
+        with pytest.raises(DataError, match="not a valid gzip file"):
+            load_raw(MNIST, tmp_path, download=False)
+
+
+def test_an_unreadable_file_is_named(mnist_dir, tmp_path, monkeypatch):
+    """A data file that cannot be read (permissions) is one DataError naming it."""
+    victim = write_mnist_copy(mnist_dir, tmp_path, gz=True) / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    read = Path.read_bytes
+
+    def denied(path: Path) -> bytes:
+        if path == victim:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError) as err:
+        load_raw(MNIST, tmp_path, download=False, cache=False)
+    assert str(err.value) == f"cannot read data file {victim}: Permission denied"
 
 
 def test_read_only_source_folder_is_never_written(mnist_dir, tmp_path):
@@ -161,10 +183,11 @@ def test_missing_data_names_the_files_and_the_folder(tmp_path):
     assert str(tmp_path / "empty" / "MNIST" / "raw") in msg and "BNSWEEP_DATA" in msg
 
 
-def test_env_var_sets_the_default_root(mnist_dir, monkeypatch):
-    monkeypatch.setenv("BNSWEEP_DATA", str(mnist_dir))
+def test_env_var_sets_the_default_root(mnist_dir, tmp_path, monkeypatch):
+    copy = write_mnist_copy(mnist_dir, tmp_path, gz=True)
+    monkeypatch.setenv("BNSWEEP_DATA", str(copy))
     paths = locate(MNIST, None, download=False)
-    assert paths["train_images"] == mnist_dir / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    assert paths["train_images"] == copy / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
 
 
 def test_fashion_mnist_from_a_folder(mnist_dir, tmp_path):

@@ -57,6 +57,11 @@ def test_train_cli_short_run(cli, tmp_path):
     proc = cli("train.py", "model=lenet_fc_bn2", "bn=window", *QUICK)
     process_life = time.monotonic() - launched
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # what the run does, nothing else: no accelerator inventory, no product tips, no notices
+    # from inside Lightning
+    for noise in ("Tip:", "litlogger", "litmodels", "GPU available", "TPU available", "LeafSpec",
+                  "max_steps=40` reached"):  # fmt: skip
+        assert noise not in proc.stdout + proc.stderr, noise
     (run_dir,) = (tmp_path / "outputs" / "train").iterdir()
     assert "lenet_fc_bn2_window_s0" in run_dir.name  # a readable TensorBoard run name
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -163,7 +168,8 @@ def test_last_checkpoint_is_the_last_validation_even_when_accuracy_does_not_impr
     ckpt = tmp_path / "run" / "ckpt"
     assert torch.load(ckpt / "best.ckpt", weights_only=True)["global_step"] == 10
     assert torch.load(ckpt / "last.ckpt", weights_only=True)["global_step"] == 20
-    assert sorted(p.name for p in ckpt.iterdir()) == ["best.ckpt", "last.ckpt"]
+    # no versioned copies (last-v1.ckpt); prev.ckpt is the last-but-one, kept for a resume
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best.ckpt", "last.ckpt", "prev.ckpt"]
 
 
 # Steps to halve the loss on one fixed batch (glorot init, Adam 1e-2). With BN on conv1 only the
@@ -201,12 +207,12 @@ BAD_INPUT = [
     (["model=lenet9"], "Could not find 'model/lenet9'"),
     (["bn=window", "bn.window=0"], "error: bn.window must be a positive integer, got 0"),
     (["bn.momentum=1.5"], "error: bn.momentum must be a number in [0, 1], got 1.5"),
-    (["init.std=-1"], "error: init.std must be a number > 0, got -1"),
+    (["init.std=-1"], "error: init.std must be a finite number > 0, got -1"),
     (
         ["data.batch_size=0"],
         "error: data.batch_size must be an integer >= 2 (BN needs 2 samples), got 0",
     ),
-    (["optimizer.lr=-1"], "error: optimizer.lr must be a number > 0, got -1"),
+    (["optimizer.lr=-1"], "error: optimizer.lr must be a finite number > 0, got -1"),
     (
         ["data.root=/nonexistent", "data.download=false"],
         "error: MNIST not found: put train-images-idx3-ubyte.gz",
@@ -220,7 +226,29 @@ BAD_INPUT = [
         ["model=mlp", "percentiles={layer:fc3,unit:100}"],
         "error: percentiles.unit must be an integer in [0, 99], got 100",
     ),
-]
+    # values that constructors refused with a traceback (Hydra's InstantiationException)
+    (["model=lenet_fc_bn2", "model.bn=[nonexistent_layer]"],
+     "error: model.bn of LeNet names unknown layer(s) ['nonexistent_layer']; choose from ['conv1', 'conv2', 'fc1', 'fc2']"),
+    (["model.bn=conv1"], "error: model.bn must be a list of distinct layer names, e.g. [conv1,fc1], got 'conv1'"),
+    (["data.normalize=foo"], "error: data.normalize must be one of ['scale', 'standardize'], got 'foo'"),
+    (["model=cnn", "model.dropout=1.5"], "error: model.dropout must be a number in [0, 1), got 1.5"),
+    (["init.std=inf"], "error: init.std must be a finite number > 0, got inf"),
+    (["trainer.accelerator=tpu"], "error: trainer.accelerator must be one of ['auto', 'cpu', 'gpu', 'cuda'], got 'tpu'"),
+    (["trainer.devices=0"], "error: trainer.devices must be a positive integer, -1 (all), 'auto' or a list of device ids, got 0"),
+    (["model=lenet_bn1", "data.val_size=59999"],
+     "error: data.val_size must be an integer in [0, 59998] (0: validate on the test set; at least 2 training images must remain), got 59999"),
+    # an upper bound the key lacked, and messages without the key
+    (["bn=window", "bn.window=1000000000"],
+     "error: bn.window must be an integer in [1, 8600] (the run's training batches), got 1000000000"),
+    (["seed=4294967296"], "error: seed must be an integer in [0, 4294967295], got 4294967296"),
+    (["percentiles=abc"], "error: percentiles must be null or a mapping {layer: NAME, unit: N, q: [15, 50, 85]}, got 'abc'"),
+    # values accepted before without a word
+    (["optimizer.lr=inf"], "error: optimizer.lr must be a finite number > 0, got inf"),
+    (["init.bias=nan"], "error: init.bias must be a finite number, got nan"),
+    (["bn.eps=inf"], "error: bn.eps must be a finite number > 0, got inf"),
+    (["trainer.max_steps=0"], "error: trainer.max_steps must be -1 (no limit) or an integer >= 1, got 0"),
+    (["trainer.max_epochs=0"], "error: trainer.max_epochs must be null, -1 (no limit) or an integer >= 1, got 0"),
+]  # fmt: skip
 if not torch.cuda.is_available():
     BAD_INPUT.append(
         (["trainer.accelerator=gpu"], "error: trainer.accelerator=gpu but no CUDA GPU is available")
@@ -241,6 +269,23 @@ def test_bad_input_fails_before_training_with_one_line(cli, tmp_path, args, mess
             else []
         )
         assert run_dirs == []
+
+
+def test_corrupt_data_leaves_no_run_folder(cli, tmp_path, mnist_dir):
+    """The files are verified before a run writes anything: a corrupt one is one line, exit 2,
+    and no run folder (TensorBoard's events file included) is left."""
+    from helpers import raw_bytes, write_mnist_copy
+
+    copy = write_mnist_copy(mnist_dir, tmp_path / "data", gz=False)
+    victim = copy / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    data = bytearray(raw_bytes(mnist_dir, "t10k-labels-idx1-ubyte"))
+    data[100] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    proc = cli("train.py", f"data.root={copy}", "data.download=false", "data.cache=false", *QUICK)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"error: corrupt data file {victim}: md5 of its contents is")
+    assert proc.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").iterdir())
 
 
 def test_compiled_training_matches_the_eager_run(make_cfg, tmp_path):

@@ -259,7 +259,7 @@ def test_vectorized_lenet_fc_bn2_equals_independent_runs(tmp_path, mnist_dir, bn
     run_dir = tmp_path / "job,seed=1"
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(members[1]))
     assert (run_dir / "csv" / "metrics.csv").read_text().count("\n") > 2
-    assert {p.name for p in (run_dir / "ckpt").iterdir()} == {"last.ckpt", "best.ckpt"}
+    assert {p.name for p in (run_dir / "ckpt").iterdir()} == {"last.ckpt", "best.ckpt", "prev.ckpt"}
 
 
 def plain_module(cfg, state_dict: dict):
