@@ -17,7 +17,8 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     import sys
 
-    from bnsweep.cli import check_output_dir
+    from bnsweep.cli import check_output_dir, quote_paths
 
+    sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
     check_output_dir(sys.argv[1:])
     main()

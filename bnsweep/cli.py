@@ -95,14 +95,14 @@ def resume_args(args: list[str]) -> list[str]:
     given = [a for a in args if a.startswith("resume=")]
     if not given:
         return args
-    value = given[-1].split("=", 1)[1]
+    value = _unquoted(given[-1].split("=", 1)[1])
     rest = [a for a in args if not a.startswith("resume=")]
     if value.lower() in ("false", "no", "0"):
         return rest
     folder = Path(value)
     if not (folder / "command.txt").is_file():
         raise SystemExit(f"error: resume={value} is not a sweep folder (no command.txt in it)")
-    return [*rest, "resume=true", f"hydra.sweep.dir={folder}"]
+    return [*rest, "resume=true", *quote_paths([f"hydra.sweep.dir={folder}"])]
 
 
 def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
@@ -112,7 +112,7 @@ def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     fan-out: each point's job trains every seed of ``seeds``. ``seeds=0,1,2`` is read as the list it
     means, not as a sweep over a ``seeds`` key. Run folders are named by the swept keys only.
     """
-    args = list(argv)
+    args = quote_paths(argv)
     if any(a in NO_RUN_FLAGS or a.startswith("--cfg") for a in args):
         return args
     args = resume_args(args)
@@ -137,6 +137,27 @@ def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     return args
 
 
+PATH_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "data.root")
+_GRAMMAR = set("=,[]{}() '\"")  # what Hydra's override grammar reads as more than a path
+
+
+def quote_paths(argv: Sequence[str]) -> list[str]:
+    """Path values quoted for Hydra's override grammar: a sweep's run folders are named like
+    ``3_model=lenet,seed=0``, which ``hydra.run.dir=…`` would read as a key and a sweep."""
+    out = []
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if sep and key.lstrip("+~") in PATH_KEYS and value[:1] not in ("'", '"') and _GRAMMAR & set(value):
+            quote = "'" if "'" not in value else '"'
+            value = f"{quote}{value}{quote}"
+        out.append(key + sep + value)
+    return out
+
+
+def _unquoted(value: str) -> str:
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
 def check_output_dir(
     argv: Sequence[str], key: str = "hydra.run.dir", default: str = "outputs"
 ) -> None:
@@ -144,7 +165,7 @@ def check_output_dir(
     (Hydra would otherwise fail with a traceback while creating it)."""
     import tempfile
 
-    given = [a.split("=", 1)[1] for a in argv if a.startswith(key + "=")]
+    given = [_unquoted(a.split("=", 1)[1]) for a in argv if a.startswith(key + "=")]
     folder = Path(given[-1] if given else default).absolute()
     parent = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
     try:

@@ -14,14 +14,43 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHORT, popen, read_summary, sweep_dir_of, tree
-
-from bnsweep import checkpoints
-from bnsweep.files import FolderInUse, FolderLock, atomic_write
+from helpers import SHORT, popen, read_summary, tree
 
 # numbers that must repeat exactly after a resume (times and the resume's own step excluded)
 VOLATILE = ("wall_time_s", "fit_time_s", "startup_s", "resumed_from_step", "job_wall_time_s",
             "overrides")  # the command line (resume=true), not a result
+
+
+SWEEP = ["model=lenet_bn1", "seeds=[0,1]", *SHORT, "trainer.accelerator=cpu"]
+RUN = ["model=lenet_bn1", *SHORT, "trainer.accelerator=cpu"]
+
+
+def _made(script: str, folder_key: str, args: list[str], tmp_path_factory, mnist_dir) -> Path:
+    where = tmp_path_factory.mktemp("made")
+    env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")
+    proc = subprocess.run([sys_executable(), str(Path(__file__).parents[1] / script), *args,
+                           f"{folder_key}={where / 'folder'}"], cwd=where, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return where / "folder"
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, mnist_dir) -> Path:
+    """A finished sweep of SWEEP (2 runs), made once per module: tests get copies (a copy is a
+    sweep folder moved elsewhere, too)."""
+    return _made("sweep.py", "hydra.sweep.dir", SWEEP, tmp_path_factory, mnist_dir)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, mnist_dir) -> Path:
+    """A finished train.py run of RUN, made once per module; tests get copies."""
+    return _made("train.py", "hydra.run.dir", RUN, tmp_path_factory, mnist_dir)
+
+
+def copy_of(folder: Path, dest: Path) -> Path:
+    shutil.copytree(folder, dest)
+    return dest
 
 
 def same_numbers(a: dict, b: dict) -> None:
@@ -34,14 +63,12 @@ def same_numbers(a: dict, b: dict) -> None:
 # a rerun or a resume never changes a finished run
 
 
-def test_a_rerun_into_a_finished_sweep_folder_changes_nothing(cli, tmp_path):
+def test_a_rerun_into_a_finished_sweep_folder_changes_nothing(cli, tmp_path, finished_sweep):
     """Item 1: the same sweep again into its folder, or a resume with another setting, is
     refused in one line before any job; a job whose folder holds another config is refused
     and its folder left byte for byte; neither is recorded as a failure of that run."""
-    d = tmp_path / "D"
-    args = ["model=lenet_bn1", "seeds=[0,1]", *SHORT, f"hydra.sweep.dir={d}"]
-    first = cli("sweep.py", *args)
-    assert first.returncode == 0, first.stderr[-3000:]
+    d = copy_of(finished_sweep, tmp_path / "D")
+    args = [*SWEEP, f"hydra.sweep.dir={d}"]
     before = tree(d)
 
     again = cli("sweep.py", *args)
@@ -79,34 +106,30 @@ def test_a_rerun_into_a_finished_sweep_folder_changes_nothing(cli, tmp_path):
     ]  # fmt: skip
 
 
-def test_a_moved_sweep_folder_resumes(cli, tmp_path):
+def test_a_moved_sweep_folder_resumes(cli, tmp_path, finished_sweep):
     """Item 2: configs are compared without the paths of the folder itself, so a sweep moved
-    elsewhere resumes: its finished run is skipped, its interrupted one continues."""
-    args = ["model=lenet_bn1", "seeds=[0,1]", *SHORT, "trainer.accelerator=cpu"]
-    first = cli("sweep.py", *args, f"hydra.sweep.dir={tmp_path / 'A'}")
-    assert first.returncode == 0, first.stderr[-3000:]
-    interrupted = tmp_path / "A" / "1_seed=1" / "metrics.json"
+    elsewhere (here: copied from where it was made) resumes: its finished run is skipped, its
+    interrupted one continues."""
+    d = copy_of(finished_sweep, tmp_path / "B")
+    interrupted = d / "1_seed=1" / "metrics.json"
     whole = json.loads(interrupted.read_text())
     interrupted.unlink()  # as if killed after its last checkpoint
-    shutil.move(tmp_path / "A", tmp_path / "B")
-    finished = tree(tmp_path / "B" / "0_seed=0")
-    resumed = cli("sweep.py", *args, f"resume={tmp_path / 'B'}")
+    finished = tree(d / "0_seed=0")
+    resumed = cli("sweep.py", *SWEEP, f"resume={d}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert tree(tmp_path / "B" / "0_seed=0") == finished
-    after = json.loads((tmp_path / "B" / "1_seed=1" / "metrics.json").read_text())
+    assert tree(d / "0_seed=0") == finished
+    after = json.loads(interrupted.read_text())
     assert after["resumed_from_step"] == 20
     same_numbers(after, whole)
-    assert [r["n_finished"] for r in read_summary(tmp_path / "B")] == ["2"]
+    assert [r["n_finished"] for r in read_summary(d)] == ["2"]
 
 
-def test_a_resume_that_extends_a_swept_list_never_counts_a_seed_twice(cli, tmp_path):
+def test_a_resume_that_extends_a_swept_list_never_counts_a_seed_twice(cli, tmp_path, finished_sweep):
     """Item 6: resuming with more values of a swept key (here a fixed key turned into a swept
     one) finds the existing runs by their config, whatever the new job numbers and names."""
-    d = tmp_path / "D"
-    first = cli("sweep.py", "model=lenet_bn1", "seeds=[0,1]", *SHORT, f"hydra.sweep.dir={d}")
-    assert first.returncode == 0, first.stderr[-3000:]
+    d = copy_of(finished_sweep, tmp_path / "D")
     finished = {name: tree(d / name) for name in ("0_seed=0", "1_seed=1")}
-    more = cli("sweep.py", "model=lenet_bn1,lenet_fc_bn2", "seeds=[0,1]", *SHORT, f"resume={d}")
+    more = cli("sweep.py", "model=lenet_bn1,lenet_fc_bn2", *SWEEP[1:], f"resume={d}")
     assert more.returncode == 0, more.stderr[-3000:]
     runs = sorted(p.parent.name for p in d.glob("*/metrics.json"))
     assert runs == ["0_seed=0", "1_seed=1", "2_model=lenet_fc_bn2,seed=0",
@@ -119,13 +142,11 @@ def test_a_resume_that_extends_a_swept_list_never_counts_a_seed_twice(cli, tmp_p
     }  # fmt: skip
 
 
-def test_a_refused_train_run_leaves_the_finished_folder_as_it_was(cli, tmp_path):
+def test_a_refused_train_run_leaves_the_finished_folder_as_it_was(cli, tmp_path, finished_run):
     """Item 9: train.py into a folder holding a finished run, without resume or with another
     setting, is refused in one line; the folder, its .hydra/ included, is unchanged."""
-    d = tmp_path / "run"
-    args = ["model=lenet_bn1", *SHORT, f"hydra.run.dir={d}"]
-    first = cli("train.py", *args)
-    assert first.returncode == 0, first.stderr[-3000:]
+    d = copy_of(finished_run, tmp_path / "run")
+    args = [*RUN, f"hydra.run.dir={d}"]
     assert (d / ".hydra" / "config.yaml").is_file() and (d / ".hydra" / "overrides.yaml").is_file()
     before = tree(d)
     again = cli("train.py", *args)
@@ -227,6 +248,8 @@ def test_a_kill_after_a_vectorized_job_ended_resumes_to_the_same_metrics(
 def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
     """Item 4: a write that fails midway (a kill, a full disk) leaves the old file byte for byte
     and no temporary file beside it."""
+    from bnsweep.files import atomic_write
+
     path = tmp_path / "last.ckpt"
     path.write_bytes(b"old checkpoint")
 
@@ -273,18 +296,20 @@ def test_a_full_disk_mid_run_keeps_the_last_checkpoint_and_the_resume_is_exact(
     """Item 4: the disk fills after the first checkpoint; the next write fails with ENOSPC,
     last.ckpt is still the whole first checkpoint, and once there is space again the resume
     ends with the numbers of an uninterrupted run."""
+    import pytorch_lightning as pl
+
     from bnsweep.train import run
 
     schedule = SCHEDULES["steps"]
     whole = run(_run_cfg(make_cfg, tmp_path / "whole", *schedule))
-    save, filled = checkpoints.save, []
+    save, filled = pl.Trainer.save_checkpoint, []
 
-    def save_then_fill(checkpoint, path):
-        save(checkpoint, path)
-        if path.name == "last.ckpt" and not filled:
-            filled.append((fill(small_disk), checkpoint["global_step"]))
+    def save_then_fill(trainer, path, *args, **kwargs):
+        save(trainer, path, *args, **kwargs)
+        if Path(path).name == "last.ckpt" and not filled:
+            filled.append((fill(small_disk), trainer.global_step))
 
-    monkeypatch.setattr(checkpoints, "save", save_then_fill)
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", save_then_fill)
     run_dir = small_disk / "run"
     with pytest.raises(OSError) as err:
         run(_run_cfg(make_cfg, run_dir, *schedule))
@@ -292,7 +317,8 @@ def test_a_full_disk_mid_run_keeps_the_last_checkpoint_and_the_resume_is_exact(
     monkeypatch.undo()
     ckpt = run_dir / "ckpt"
     filler, step = filled[0]
-    assert checkpoints.load(ckpt / "last.ckpt")["global_step"] == step  # whole, readable
+    last = torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == step  # whole, readable
     assert not [p for p in ckpt.iterdir() if ".tmp" in p.name]
     filler.unlink()
     resumed = run(_run_cfg(make_cfg, run_dir, *schedule, "resume=true"))
@@ -304,6 +330,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(make_cfg, tmp_
     """Items 4 and 13: a truncated or garbage last.ckpt is named in a one-line warning, the run
     resumes from prev.ckpt, and ends with the uninterrupted run's numbers; with no readable
     checkpoint at all it starts over (one line), never a traceback."""
+    from bnsweep import checkpoints
     from bnsweep.train import run
 
     schedule = SCHEDULES["steps"]
@@ -333,12 +360,11 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(make_cfg, tmp_
 
 
 @pytest.mark.parametrize("damaged", ["run_config.json", "metrics.json"])
-def test_a_damaged_run_file_is_named_in_one_line(cli, tmp_path, damaged):
+def test_a_damaged_run_file_is_named_in_one_line(cli, tmp_path, finished_run, damaged):
     """Item 13: a resume into a run folder whose run_config.json or metrics.json does not read
     names that file in one line (exit 2) and leaves the folder as it was."""
-    d = tmp_path / "run"
-    args = ["model=lenet_bn1", *SHORT, f"hydra.run.dir={d}"]
-    assert cli("train.py", *args).returncode == 0
+    d = copy_of(finished_run, tmp_path / "run")
+    args = [*RUN, f"hydra.run.dir={d}"]
     (d / damaged).write_text('{"status": "fini')
     before = tree(d)
     proc = cli("train.py", *args, "resume=true")
@@ -348,12 +374,10 @@ def test_a_damaged_run_file_is_named_in_one_line(cli, tmp_path, damaged):
     assert tree(d) == before
 
 
-def test_the_report_names_and_skips_a_damaged_run(cli, tmp_path):
+def test_the_report_names_and_skips_a_damaged_run(tmp_path, finished_sweep):
     """Item 13: python -m bnsweep.report over a sweep with one unreadable metrics.json reports
     the others and names the bad one in a one-line warning."""
-    proc = cli("sweep.py", "model=lenet_bn1", "seeds=[0,1]", *SHORT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sweep = sweep_dir_of(tmp_path)
+    sweep = copy_of(finished_sweep, tmp_path / "D")
     bad = sweep / "1_seed=1" / "metrics.json"
     bad.write_text("not json")
     again = subprocess.run([sys_executable(), "-m", "bnsweep.report", str(sweep)],
@@ -408,6 +432,8 @@ def test_a_full_disk_during_a_sweep_is_one_line_and_what_finished_is_kept(
 
 
 def test_a_folder_lock_names_the_holder(tmp_path):
+    from bnsweep.files import FolderInUse, FolderLock
+
     with FolderLock(tmp_path, "run folder"):
         probe = subprocess.run(
             [sys_executable(), "-c", "import sys; from bnsweep.files import FolderLock; "
@@ -445,7 +471,7 @@ def test_two_sweeps_into_one_folder_the_second_is_refused(cli, tmp_path, mnist_d
         )
         assert (d / "command.txt").read_text() == before
         run = d / "0_seed=0"
-        train = cli("train.py", "model=lenet_bn1", *SHORT, f"hydra.run.dir='{run}'", "resume=true")
+        train = cli("train.py", "model=lenet_bn1", *SHORT, f"hydra.run.dir={run}", "resume=true")
         if first.poll() is None and not (run / "metrics.json").exists():
             assert train.returncode == 2
             assert train.stderr.strip().startswith(f"error: run folder {run} is in use by PID")
