@@ -20,10 +20,11 @@ if __name__ == "__main__":
     import os
     import sys
 
-    from bnsweep.cli import sweep_argv
+    from bnsweep.cli import skip_mode_probe, sweep_argv
 
     os.environ["BNSWEEP_TYPED"] = json.dumps(sys.argv[1:])  # command.txt: what was typed
     sys.argv = [sys.argv[0], *sweep_argv(sys.argv[1:])]
+    skip_mode_probe()
     try:
         main()
     except BaseException as e:

@@ -9,16 +9,20 @@ def main(cfg: DictConfig) -> float | None:
     from bnsweep.config import exit_if_invalid
 
     exit_if_invalid(cfg)  # a bad value: one line, before the heavy imports
+    import time
+
+    before = time.perf_counter()
     from bnsweep.train import main as run_main  # heavy imports after --help / --cfg
 
-    return run_main(cfg)
+    return run_main(cfg, import_s=time.perf_counter() - before)
 
 
 if __name__ == "__main__":
     import sys
 
-    from bnsweep.cli import check_output_dir, quote_paths
+    from bnsweep.cli import check_output_dir, quote_paths, skip_mode_probe
 
     sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
     check_output_dir(sys.argv[1:])
+    skip_mode_probe()
     main()

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bnsweep.architectures import layers_of
 from bnsweep.datasets import DATASETS
 
 
@@ -94,6 +95,7 @@ def validate(cfg: DictConfig) -> None:
         if value is not _MISSING and not ok(value):
             raise ConfigError(f"{key} must be {expected}, got {_shown(value)}")
     _check_split(cfg)
+    _check_layers(cfg)
     window = _value(cfg, "bn.window")
     if window is not _MISSING and window > (batches := training_batches(cfg)):
         raise ConfigError(
@@ -130,6 +132,24 @@ def _check_split(cfg: DictConfig) -> None:
             f"data.val_size must be an integer in [0, {n - 2}] (0: validate on the test set; "
             f"at least 2 training images must remain), got {_shown(val_size)}"
         )
+
+
+def _check_layers(cfg: DictConfig) -> None:
+    """model.bn and percentiles.layer name layers of the network (bnsweep.architectures)."""
+    model = _value(cfg, "model")
+    names = layers_of(model) if isinstance(model, dict) else None
+    if names is None:
+        return
+    bn = model.get("bn") or []
+    unknown = [n for n in bn if n not in names]
+    if unknown:
+        kind = model["_target_"].rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"model.bn of {kind} names unknown layer(s) {unknown}; choose from {list(names)}"
+        )
+    layer = OmegaConf.select(cfg, "percentiles.layer", default=None)
+    if layer is not None and layer not in names:
+        raise ConfigError(f"percentiles.layer must be one of {list(names)}, got {layer!r}")
 
 
 def _train_count(cfg: DictConfig) -> int:

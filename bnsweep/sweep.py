@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -376,71 +377,6 @@ def plot_percentiles(sweep_dir: Path, groups: dict) -> Path:
     return path
 
 
-class EventWriter:
-    """A TensorBoard event file written with tensorboard's own writer: scalars as
-    ``SummaryWriter.add_scalar`` writes them, and a custom-scalars layout as its
-    ``add_custom_scalars`` does. Without torch: a joblib sweep's parent process imports torch
-    for nothing else, and that import was 2.7 s of a 4.4 s report here."""
-
-    def __init__(self, logdir: Path) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-        self._event, self._summary = Event, Summary
-        self._writer = EventFileWriter(str(logdir))
-
-    def add_summary(self, summary: Any, step: int | None = None) -> None:
-        event = self._event(wall_time=time.time(), summary=summary)
-        if step is not None:
-            event.step = step
-        self._writer.add_event(event)
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        value = self._summary.Value(tag=tag, simple_value=float(value))
-        self.add_summary(self._summary(value=[value]), step)
-
-    def add_custom_scalars(self, layout: dict[str, dict[str, tuple[str, list[str]]]]) -> None:
-        self.add_summary(custom_scalars_summary(layout))
-
-    def __enter__(self) -> EventWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._writer.close()
-
-
-def custom_scalars_summary(layout: dict[str, dict[str, tuple[str, list[str]]]]) -> Any:
-    """{category: {chart title: ("Multiline", [tag regexes]) | ("Margin", [value, lower,
-    upper])}} as the Summary proto TensorBoard's custom-scalars dashboard reads."""
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboard.compat.proto.tensor_pb2 import TensorProto
-    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-    from tensorboard.plugins.custom_scalar import layout_pb2
-
-    categories = []
-    for title, charts in layout.items():
-        made = []
-        for chart_title, (kind, tags) in charts.items():
-            if kind == "Margin":
-                value, lower, upper = tags
-                series = layout_pb2.MarginChartContent.Series(value=value, lower=lower, upper=upper)
-                content = layout_pb2.MarginChartContent(series=[series])
-                made.append(layout_pb2.Chart(title=chart_title, margin=content))
-            else:
-                content = layout_pb2.MultilineChartContent(tag=tags)
-                made.append(layout_pb2.Chart(title=chart_title, multiline=content))
-        categories.append(layout_pb2.Category(title=title, chart=made))
-    tensor = TensorProto(
-        dtype="DT_STRING",
-        string_val=[layout_pb2.Layout(category=categories).SerializeToString()],
-        tensor_shape=TensorShapeProto(),
-    )
-    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
-    value = Summary.Value(tag="custom_scalars__config__", tensor=tensor, metadata=metadata)
-    return Summary(value=[value])
-
-
 AGGREGATE_LAYOUT = {
     "bnsweep: points compared (mean over seeds)": {
         "val/acc mean": ("Multiline", [r"val/acc_mean"]),
@@ -453,9 +389,13 @@ AGGREGATE_LAYOUT = {
 
 
 def write_tensorboard(sweep_dir: Path, groups: dict) -> Path:
-    """One aggregate run per point (mean, mean ± std of val/acc, val/loss, train/acc) and a
-    custom-scalars layout that draws every point's mean in one chart."""
+    """``aggregate/``, written whole by each report: one run per point (mean, mean ± std of
+    val/acc, val/loss, train/acc), a custom-scalars layout that draws every point's mean in one
+    chart, and the sweep's HPARAMS experiment (every key the runs record, with its domain)."""
+    from bnsweep.tensorboard import EventWriter, experiment_summary
+
     root = sweep_dir / "aggregate"
+    shutil.rmtree(root, ignore_errors=True)  # derived from the runs: never merged with an old one
     for point, members in groups.items():
         good = [r for r in members if r.ok]
         if not good:
@@ -472,8 +412,15 @@ def write_tensorboard(sweep_dir: Path, groups: dict) -> Path:
                     w.add_scalar(f"{yk}_mean", m, step)
                     w.add_scalar(f"{yk}_lower", m - s, step)
                     w.add_scalar(f"{yk}_upper", m + s, step)
+    values: dict[str, list] = defaultdict(list)
+    for members in groups.values():
+        for r in members:
+            for key, value in (r.metrics.get("hparams") or {}).items():
+                values[key].append(value)
     with EventWriter(root) as w:
         w.add_custom_scalars(AGGREGATE_LAYOUT)
+        if values:
+            w.add_summary(experiment_summary(values))
     return root
 
 
@@ -660,7 +607,6 @@ def preflight(cfg: DictConfig, sweep_dir: Path, lock_holder: list) -> None:
         validate(cfg)  # light: a bad value is refused before Lightning is imported
         if OmegaConf.select(cfg, "sweep.vectorize", default=False):
             check_vectorize(cfg)
-        _check_network(cfg)
         if not cfg.data.get("download", True):
             _check_data(cfg)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -675,22 +621,6 @@ def preflight(cfg: DictConfig, sweep_dir: Path, lock_holder: list) -> None:
     except OSError as e:
         reason = "no space left on its device" if is_no_space(e) else (e.strerror or str(e))
         _abort(f"error: cannot write the sweep folder {sweep_dir}: {reason}", sweep_dir, existed)
-
-
-def _check_network(cfg: DictConfig) -> None:
-    """Build the network once: a value only its constructor can judge (model.bn against its
-    layers) is refused before any job, not once per job."""
-    from hydra.utils import instantiate
-
-    from bnsweep.config import refusal
-
-    try:
-        net = instantiate(cfg.model, norm=instantiate(cfg.bn))
-        instantiate(cfg.init)(net)
-    except Exception as e:
-        if (refused := refusal(e)) is not None:
-            raise refused from e
-        raise
 
 
 SWEEP_FILE = "sweep.json"  # the sweep's settings as first started: what a resume must keep
@@ -752,7 +682,7 @@ def _check_resume(cfg: DictConfig, sweep_dir: Path) -> None:
 def _check_data(cfg: DictConfig) -> None:
     """The dataset files exist and verify (data.download=false): else ConfigError's one line."""
     from bnsweep.config import ConfigError
-    from bnsweep.data import DATASETS, DataError, locate
+    from bnsweep.datasets import DATASETS, DataError, locate
 
     if cfg.data.get("name") in DATASETS:
         root = cfg.data.get("root")
@@ -795,8 +725,20 @@ class SweepCallback(Callback):
             f.write(shlex.join([Path(sys.argv[0]).name, *typed]) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        _release_workers(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         end_of_sweep(sweep_dir, jobs_since(sweep_dir, self._jobs_offset))
+
+
+def _release_workers(config: DictConfig) -> None:
+    """After a joblib sweep, end its idle worker processes at once: every job has returned and
+    flushed its files, and an orderly exit of a process holding torch and Lightning took ~2 s
+    here, which the sweep's process waited for before it could exit."""
+    if "joblib" not in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
+        return
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor(reuse=True).shutdown(wait=False, kill_workers=True)
 
 
 def _typed_command(config: DictConfig) -> list[str]:

@@ -12,7 +12,6 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import TensorBoardLogger
 
 from bnsweep import checkpoints
 from bnsweep.checkpoints import AtomicCheckpointIO, RunCheckpoints
@@ -27,6 +26,7 @@ from bnsweep.files import (
     write_json,
 )
 from bnsweep.lit import BNStatsLogger, LitClassifier
+from bnsweep.nn import norm_layers
 from bnsweep.runs import RunRefused, claim
 from bnsweep.runtime import hydra_verbose, quiet_lightning, tune_allocator
 
@@ -63,13 +63,26 @@ def overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def hparams(cfg: DictConfig, picked: dict[str, str]) -> dict[str, Any]:
-    """What the HPARAMS tab shows: group choices and the numbers swept most often."""
+def hparams(cfg: DictConfig, picked: dict[str, str], net: torch.nn.Module) -> dict[str, Any]:
+    """What the HPARAMS tab shows of a run: group choices, the numbers swept most often, and
+    every key its command line set (so a sweep's swept keys are there). A network without a
+    BN layer records ``bn: none`` and no bn.* key."""
+    from bnsweep.runs import LOCATION_KEYS, NOT_COMPARED
+
+    given = [o.split("=", 1)[0].lstrip("+~") for o in overrides() if "=" in o]
+    keys = [*HPARAM_KEYS, *(k for k in given if k not in HPARAM_KEYS)]
+    has_bn = bool(norm_layers(net))
     out: dict[str, Any] = {}
-    for key in HPARAM_KEYS:
+    for key in keys:
+        if key in LOCATION_KEYS or key.split(".")[0] in NOT_COMPARED:
+            continue  # where files go, how it runs: no hyper-parameter
+        if not has_bn and (key == "bn" or key.startswith("bn.")):
+            continue
         value = picked[key] if key in picked else OmegaConf.select(cfg, key, default=None)
         if value is not None:
-            out[key] = value
+            out[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    if not has_bn:
+        out["bn"] = "none"
     return out
 
 
@@ -146,12 +159,14 @@ def make_trainer(
     )
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig, import_s: float | None = None) -> dict[str, Any]:
     """Train, validate and test one configuration; returns the metrics written to metrics.json.
 
     The run folder is locked while the run lasts. With ``resume=true`` a finished run in
     ``run_dir`` is returned as it is, and an interrupted one continues from its newest readable
     checkpoint (``ckpt/last.ckpt``, else ``ckpt/prev.ckpt``), saved at every validation.
+    ``import_s``: how long this process took to import torch and Lightning (recorded beside
+    the start-up of a process's first run: what of the start-up is bnsweep's own).
     """
     validate(cfg)
     tune_allocator()
@@ -160,10 +175,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with FolderLock(run_dir, "run folder"):
         if (finished := claim(run_dir, cfg)) is not None:
             return finished
-        return _train(cfg, run_dir)
+        return _train(cfg, run_dir, import_s)
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _train(cfg: DictConfig, run_dir: Path, import_s: float | None) -> dict[str, Any]:
     start = time.time()
     started_after = process_age() if _first_run_of_process() else None
     quiet_lightning(hydra_verbose())
@@ -221,29 +236,26 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "startup_s": round(module.first_step_at - start + started_after, 3)
         if module.first_step_at is not None and started_after is not None
         else None,
+        # of that start-up, importing torch, Lightning and the rest (train.py's first run)
+        "import_s": round(import_s, 3) if import_s is not None and started_after is not None else None,
         "resumed_from_step": module.resumed_from_step,
         "device": str(trainer.strategy.root_device),
         "history": h,
     }
-    log_final(trainer.loggers, hparams(cfg, picked), result)
+    result["hparams"] = hparams(cfg, picked, module.net)
+    log_final(trainer.loggers, result["hparams"])
     write_json(run_dir / "metrics.json", result)
     return result
 
 
-def log_final(loggers: list, hp: dict[str, Any], result: dict[str, Any]) -> None:
-    """The hyper-parameters, and to TensorBoard's HPARAMS tab the real final metrics against
-    them (never Lightning's placeholder -1); then flush every logger."""
-    hp_metrics = {
-        f"hp/{k.replace('/', '_')}": result[k]
-        for k in ("val/acc", "val/acc_best", "test/acc", "test/loss")
-        if result[k] is not None
-    }
+def log_final(loggers: list, hp: dict[str, Any]) -> None:
+    """The run's hyper-parameters (TensorBoard's HPARAMS tab reads the run's final metrics from
+    its own val/ and test/ scalars, never a placeholder); then every logger flushed and closed."""
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hp, metrics=hp_metrics)
-        else:
-            logger.log_hyperparams(hp)
+        logger.log_hyperparams(hp)
         logger.save()
+        if hasattr(logger, "close"):
+            logger.close()
 
 
 _started_a_run = False
@@ -262,12 +274,12 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 )  # fmt: skip
 
 
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig, import_s: float | None = None) -> float | None:
     """Entry point of train.py: run, and turn input errors into one line and exit status 2,
     a full disk into one line and exit status 1."""
     run_dir = Path(cfg.run_dir)
     try:
-        return run(cfg)["val/acc_best"]
+        return run(cfg, import_s)["val/acc_best"]
     except USER_ERRORS as e:
         remove_unstarted(run_dir)
         print(f"error: {e}", file=sys.stderr)

@@ -406,9 +406,8 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
             "device": str(trainer.strategy.root_device),
             "history": h,
         }
-        log_final(module.member_loggers[m], hparams(c, picked), result)
-        for logger in module.member_loggers[m]:
-            logger.finalize("success")
+        result["hparams"] = hparams(c, picked, nets[m])
+        log_final(module.member_loggers[m], result["hparams"])
         write_json(Path(c.run_dir) / "metrics.json", result)
         results.append(result)
     return results

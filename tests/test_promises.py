@@ -115,9 +115,13 @@ def test_a_moved_sweep_folder_resumes(cli, tmp_path, finished_sweep):
     whole = json.loads(interrupted.read_text())
     interrupted.unlink()  # as if killed after its last checkpoint
     finished = tree(d / "0_seed=0")
+    csv_before = (d / "1_seed=1" / "csv" / "metrics.csv").read_text().splitlines()
     resumed = cli("sweep.py", *SWEEP, f"resume={d}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert tree(d / "0_seed=0") == finished
+    # the interrupted run's CSV history is kept, the resumed part appended after it
+    csv_after = (d / "1_seed=1" / "csv" / "metrics.csv").read_text().splitlines()
+    assert csv_after[: len(csv_before)] == csv_before and len(csv_after) > len(csv_before)
     after = json.loads(interrupted.read_text())
     assert after["resumed_from_step"] == 20
     same_numbers(after, whole)

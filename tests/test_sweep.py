@@ -113,7 +113,8 @@ def test_event_writer_writes_what_torchs_summary_writer_writes(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import custom_scalars
 
-    from bnsweep.sweep import AGGREGATE_LAYOUT, EventWriter, custom_scalars_summary
+    from bnsweep.sweep import AGGREGATE_LAYOUT
+    from bnsweep.tensorboard import EventWriter, custom_scalars_summary
 
     as_torch = {c: {t: [k, tags] for t, (k, tags) in charts.items()} for c, charts in AGGREGATE_LAYOUT.items()}
     ours = custom_scalars_summary(AGGREGATE_LAYOUT)

@@ -27,7 +27,8 @@ QUICK = [
 METRIC_KEYS = {
     "status", "seed", "choices", "overrides", "val/acc", "val/acc_best", "val/loss", "train/acc",
     "train/loss", "test/acc", "test/loss", "steps", "epochs", "wall_time_s", "device", "history",
-    "diverged", "diverged_step", "resumed_from_step", "fit_time_s", "startup_s",
+    "diverged", "diverged_step", "resumed_from_step", "fit_time_s", "startup_s", "hparams",
+    "import_s",
 }  # fmt: skip
 
 
@@ -70,6 +71,7 @@ def test_train_cli_short_run(cli, tmp_path):
     # the only run of its process: process start to the first training step is recorded
     # (process start → first step: positive, and shorter than the process's whole life)
     assert 0 < metrics["startup_s"] < process_life
+    assert 0 < metrics["import_s"] < metrics["startup_s"]  # torch and Lightning: most of it
     assert 0 < metrics["fit_time_s"] < metrics["wall_time_s"]
     assert metrics["choices"]["model"] == "lenet_fc_bn2" and metrics["choices"]["bn"] == "window"
     assert "bn=window" in metrics["overrides"]
@@ -89,9 +91,9 @@ def test_train_cli_short_run(cli, tmp_path):
     assert [e.step for e in ev.Scalars("train/loss_step")] == [9, 19, 29, 39]
     assert abs(ev.Scalars("val/acc")[-1].value - metrics["val/acc"]) < 1e-6
     assert {"bn/conv1/running_mean", "bn/fc2/running_var", "preact/fc1"} <= set(tags["histograms"])
-    hp = [e.value for e in ev.Scalars("hp/test_acc")]
-    assert hp == [pytest.approx(metrics["test/acc"])]
-    assert "hp_metric" not in tags["scalars"]  # no Lightning placeholder -1
+    # HPARAMS reads each run's final metrics from its own scalars: no hp/ copies, no placeholder
+    assert ev.Scalars("test/acc")[-1].value == pytest.approx(metrics["test/acc"])
+    assert not [t for t in tags["scalars"] if t.startswith("hp") or t == "epoch"]
     session = hparams_session(run_dir)
     assert (
         session["model"].string_value == "lenet_fc_bn2" and session["bn"].string_value == "window"

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from bnsweep.architectures import INIT_CNN
 from bnsweep.nn.layers import Block, NormFactory, as_images, make_norms
 
 
@@ -13,7 +14,7 @@ class InitCNN(nn.Module):
     """conv1 32@5×5 SAME → ReLU → max-pool 2 → conv2 64@5×5 SAME → ReLU → max-pool 2 →
     fc1 3136→1024 → ReLU → dropout → fc2 10 logits; ``bn`` ⊆ {conv1, conv2, fc1}."""
 
-    LAYERS = ("conv1", "conv2", "fc1")
+    LAYERS = INIT_CNN
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from bnsweep.architectures import LENET
 from bnsweep.nn.layers import AvgPool2d, Block, NormFactory, as_images, make_norms
 
 
@@ -17,7 +18,7 @@ class LeNet(nn.Module):
     ``[]`` (lenet), ``["conv1"]`` (lenet_bn1) … ``["conv1", "conv2", "fc1", "fc2"]`` (lenet_fc_bn2).
     """
 
-    LAYERS = ("conv1", "conv2", "fc1", "fc2")
+    LAYERS = LENET
 
     def __init__(
         self, bn: Sequence[str] = (), norm: NormFactory | None = None, num_classes: int = 10

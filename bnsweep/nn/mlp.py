@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from bnsweep.architectures import mlp_layers
 from bnsweep.nn.layers import Block, NormFactory, make_norms
 
 
@@ -24,7 +25,7 @@ class MLP(nn.Module):
         in_features: int = 784,
     ) -> None:
         super().__init__()
-        names = [f"fc{i + 1}" for i in range(len(hidden))]
+        names = list(mlp_layers(hidden))
         on = make_norms(bn, names, norm, "MLP")
         self.flatten = nn.Flatten()  # (N, 1, 28, 28) -> (N, 784)
         self.layer_names = names

@@ -1,0 +1,33 @@
+"""The named layers of each network (where BN can sit, whose pre-activations can be tracked),
+without torch: the config checks read them before any job (model.bn, percentiles.layer), and
+the networks in bnsweep.nn are built from them, so the two never disagree.
+
+A network not listed here is checked by its constructor alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+LENET = ("conv1", "conv2", "fc1", "fc2")
+INIT_CNN = ("conv1", "conv2", "fc1")
+
+
+def mlp_layers(hidden: Sequence[int]) -> tuple[str, ...]:
+    """fc1 … fcN, one per hidden layer."""
+    return tuple(f"fc{i + 1}" for i in range(len(hidden)))
+
+
+# the model config's _target_ -> its layer names, from the model config
+LAYERS: dict[str, Callable[[Mapping[str, Any]], tuple[str, ...]]] = {
+    "bnsweep.nn.LeNet": lambda model: LENET,
+    "bnsweep.nn.InitCNN": lambda model: INIT_CNN,
+    "bnsweep.nn.MLP": lambda model: mlp_layers(model.get("hidden", (100, 100, 100))),
+}
+
+
+def layers_of(model: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The layer names of the network a model config builds; None for one not listed."""
+    names = LAYERS.get(model.get("_target_", ""))
+    return names(model) if names is not None else None
