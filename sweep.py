@@ -22,6 +22,14 @@ if __name__ == "__main__":
 
     from bnsweep.cli import skip_mode_probe, sweep_argv
 
+    if {"--help", "-h"} & set(sys.argv[1:]):  # described from conf/ (Hydra's: --hydra-help)
+        from bnsweep.cli import help_text
+
+        sys.exit(print(help_text("sweep", sys.argv[1:])))
+    if "--dry-run" in sys.argv:  # the jobs it would run, their folders and a rough time
+        from bnsweep.plan import dry_run
+
+        sys.exit(dry_run(sweep_argv([a for a in sys.argv[1:] if a != "--dry-run"])))
     os.environ["BNSWEEP_TYPED"] = json.dumps(sys.argv[1:])  # command.txt: what was typed
     sys.argv = [sys.argv[0], *sweep_argv(sys.argv[1:])]
     skip_mode_probe()

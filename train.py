@@ -20,9 +20,14 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     import sys
 
-    from bnsweep.cli import check_output_dir, quote_paths, skip_mode_probe
+    from bnsweep.cli import check_output_dir, quote_paths, register_resolvers, skip_mode_probe
 
+    if {"--help", "-h"} & set(sys.argv[1:]):  # described from conf/ (Hydra's: --hydra-help)
+        from bnsweep.cli import help_text
+
+        sys.exit(print(help_text("train", sys.argv[1:])))
     sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
     check_output_dir(sys.argv[1:])
+    register_resolvers()
     skip_mode_probe()
     main()

@@ -31,3 +31,13 @@ def layers_of(model: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The layer names of the network a model config builds; None for one not listed."""
     names = LAYERS.get(model.get("_target_", ""))
     return names(model) if names is not None else None
+
+
+# Rough cost of a training sample (forward, backward, step) and of an evaluated one, in ms, on
+# this project's 2-core CPU (docs/benchmarks.md: a lenet_fc_bn2 epoch, the init-study CNN, the
+# paper's MLP); the dry run's time estimate. A GPU is far faster.
+COST_MS = {
+    "bnsweep.nn.LeNet": (0.16, 0.05),
+    "bnsweep.nn.InitCNN": (1.4, 0.45),
+    "bnsweep.nn.MLP": (0.08, 0.02),
+}

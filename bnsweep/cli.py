@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,6 +159,13 @@ def _unquoted(value: str) -> str:
     return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
+def register_resolvers() -> None:
+    """``${bn_name:${model.bn},${hydra:runtime.choices.bn}}`` in run folder names: the bn
+    choice for a network with BN layers, ``nobn`` for one without (lenet, cnn, mlp)."""
+    if not OmegaConf.has_resolver("bn_name"):
+        OmegaConf.register_new_resolver("bn_name", lambda layers, choice: choice if layers else "nobn")
+
+
 def skip_mode_probe() -> None:
     """Hydra composes the whole config once only to read ``hydra.mode`` before composing it
     again to run (~0.1 s of every start here). train.py sets no mode (the probe finds none)
@@ -186,3 +194,104 @@ def check_output_dir(
         raise SystemExit(
             f"error: cannot write the output folder {folder} ({parent}: {e.strerror or e})"
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# --help: the groups, options and keys, described by the config files' own comments
+
+TRAIN_GROUPS = ("model", "bn", "init", "optimizer", "data", "trainer", "logger")
+SWEEP_GROUPS = ("study", *TRAIN_GROUPS)
+
+
+def _comments(lines: list[str]) -> str:
+    return " ".join(line.lstrip("#").strip() for line in lines if line.strip("# "))
+
+
+def option_description(path: Path) -> str:
+    """The comment at the top of an option's YAML file (after ``# @package``), first sentence."""
+    head = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            head.append(line)
+    text = _comments(head)
+    return re.split(r"\. (?=[A-Z])", text)[0].rstrip(".") if text else ""
+
+
+def key_descriptions(path: Path, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for the keys of a YAML file, from the comment on their line
+    or the comment lines just above; one level of nesting (``report.val_acc_ylim``)."""
+    out, above, parent = [], [], None
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped)
+            continue
+        if not stripped or stripped.startswith("- ") or stripped.startswith(("defaults", "_")):
+            above = []
+            continue
+        indent = len(line) - len(line.lstrip())
+        key, _, rest = stripped.partition(":")
+        value, _, inline = rest.partition("#")
+        if indent == 0:
+            parent = key if not value.strip() else None
+            if parent in ("hydra", "defaults"):
+                parent = "skip"
+            name = f"{prefix}{key}"
+        elif parent and parent != "skip" and indent == 2:
+            name = f"{prefix}{parent}.{key}"
+        else:
+            above = []
+            continue
+        if value.strip() and not key.startswith("_"):
+            out.append((name, value.strip(), inline.strip() or _comments(above)))
+        above = []
+    return out
+
+
+def help_text(app: str, argv: Sequence[str] = (), conf: Path = CONF) -> str:
+    """``python train.py --help`` / ``python sweep.py --help``: the keys of the default options,
+    or of those chosen on the command line (``bn=window --help``)."""
+    groups = TRAIN_GROUPS if app == "train" else SWEEP_GROUPS
+    defaults = {}
+    for entry in OmegaConf.load(conf / "train.yaml").defaults:
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            defaults.update(dict(entry))
+    defaults["study"] = "custom"
+    for a in argv:
+        group, _, option = a.partition("=")
+        if group in groups and (conf / group / f"{option}.yaml").is_file():
+            defaults[group] = option
+    usage = {
+        "train": "python train.py [group=option ...] [key=value ...]   one training run",
+        "sweep": "python sweep.py [study=NAME] [key=v1,v2 ...] [seeds=[0,1,2]] [--dry-run]   "
+                 "a study: points × seeds",
+    }[app]  # fmt: skip
+    lines = [usage, "", "Config groups (group=option; * the one whose keys are listed below):"]
+    for group in groups:
+        lines.append(f"  {group}")
+        for path in sorted((conf / group).glob("*.yaml")):
+            star = "*" if defaults.get(group) == path.stem else " "
+            lines.append(f"    {star}{path.stem:<20} {option_description(path)}")
+    lines += ["", "Keys (key=value), with their defaults:"]
+    files = [(conf / "train.yaml", "")]
+    if app == "sweep":
+        files.append((conf / "sweep.yaml", ""))
+    files += [(conf / g / f"{defaults[g]}.yaml", f"{g}.") for g in ("bn", "init", "optimizer", "data", "trainer")]
+    seen = set()
+    for path, prefix in files:
+        for key, default, text in key_descriptions(path, prefix):
+            if key in seen or key.startswith(("hydra", "defaults")):
+                continue
+            seen.add(key)
+            lines.append(f"  {key}={default}".ljust(34) + f" {text}".rstrip())
+    lines += [
+        "",
+        "Options of one group show with group=option --help; the composed config with --cfg job.",
+        "Hydra's own flags: --hydra-help. Lightning's and Hydra's info logging: hydra.verbose=true.",
+        "README.md: every option with its paper; Troubleshooting: every refusal and its fix.",
+    ]
+    if app == "sweep":
+        lines.insert(-3, "--dry-run lists the jobs, their run folders and a rough time, without running.")
+    return "\n".join(lines)

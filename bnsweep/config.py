@@ -57,6 +57,12 @@ Rule = tuple[Callable[[Any], bool], str]
 RULES: dict[str, Rule] = {
     "seed": (lambda v: _int(v) and 0 <= v <= SEED_MAX, f"an integer in [0, {SEED_MAX}]"),
     "percentiles": (_percentiles, "null or a mapping {layer: NAME, unit: N, q: [15, 50, 85]}"),
+    "test_weights": (lambda v: v in ("last", "best"), "last or best"),
+    "report.val_acc_ylim": (
+        lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(_finite(x) for x in v)
+                                and v[0] < v[1]),
+        "null or [low, high], low < high",
+    ),
     "model.bn": (_strings, "a list of distinct layer names, e.g. [conv1,fc1]"),
     "model.dropout": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
     "bn.momentum": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -111,9 +112,9 @@ def _read_cache(path: Path, stamp: dict[str, list]) -> dict[str, Tensor] | None:
 
 def _write_cache(
     spec: DatasetSpec, path: Path, stamp: dict[str, list], arrays: dict[str, Tensor]
-) -> None:
+) -> bool:
     """Best effort (the cache only saves time): data file first, then its index, each renamed
-    into place, so a reader never sees a half-written cache."""
+    into place, so a reader never sees a half-written cache. Whether it was written."""
     layout, offset = {}, 0
     for k, t in arrays.items():
         layout[k] = (offset, list(t.shape))
@@ -126,8 +127,9 @@ def _write_cache(
         atomic_write(path, data)
         atomic_write(path.with_suffix(".json"), json.dumps(info))
     except OSError:
-        return
+        return False
     _remove_stale(spec, path, stamp)
+    return True
 
 
 def _remove_stale(spec: DatasetSpec, current: Path, stamp: dict[str, list]) -> None:
@@ -161,7 +163,8 @@ def load_raw(
     if (cached := _read_cache(path, stamp)) is not None:
         return cached
     arrays = decode(spec, paths)
-    _write_cache(spec, path, stamp, arrays)
+    if _write_cache(spec, path, stamp, arrays):
+        print(f"data: {spec.folder} decoded and cached in {path}", file=sys.stderr)
     return arrays
 
 

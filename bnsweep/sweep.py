@@ -1,29 +1,18 @@
-"""Studies: seeds fan-out, one job per (point, seed), and the aggregate report of a sweep folder.
-
-A *point* is one combination of the swept keys (everything a run's overrides set, except the
-seed, that differs between runs). The report groups the runs of a sweep folder by point and
-writes summary.csv / summary.md (mean ± sample std over seeds), PNG plots, and one TensorBoard
-aggregate run per point with the mean and ±std curves.
-"""
+"""Sweeps: the jobs (one per point and seed, or per point with sweep.vectorize) and the Hydra
+callback around them: checks and lock before the first job, the report and what failed or was
+refused after the last (the report itself: bnsweep.report)."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import os
 import shlex
-import shutil
-import statistics
 import sys
 import tempfile
 import time
 import traceback
-from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,428 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from bnsweep.files import atomic_write, write_json
-
-# overrides that never define a point
-NOT_SWEPT = ("seed", "seeds", "run_dir", "study", "resume", "threads", "sweep.vectorize")
-THRESHOLDS = (0.97, 0.98)
-
-
-# ---------------------------------------------------------------------------------------------
-# reading runs
-
-
-@dataclass
-class Run:
-    path: Path
-    metrics: dict[str, Any]
-    params: dict[str, str] = field(default_factory=dict)  # override key -> value, seed excluded
-
-    @property
-    def status(self) -> str:
-        return self.metrics.get("status", "finished")
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "finished" and not self.metrics.get("diverged", False)
-
-
-def _parse_override(text: str) -> tuple[str, str] | None:
-    if "=" not in text:
-        return None
-    key, value = text.split("=", 1)
-    key = key.lstrip("+~")
-    if key in NOT_SWEPT or key.startswith("hydra"):
-        return None
-    return key, value
-
-
-def load_runs(sweep_dir: Path) -> list[Run]:
-    """The runs of a sweep folder; a metrics.json that does not read is named and skipped."""
-    from bnsweep.files import DamagedFile, read_json
-
-    runs = []
-    for f in sorted(Path(sweep_dir).glob("*/metrics.json")):
-        try:
-            metrics = read_json(f)
-        except DamagedFile as e:
-            print(f"warning: skipped {f}: it is damaged{str(e).removeprefix(str(f) + ' is damaged')}",
-                  file=sys.stderr)  # fmt: skip
-            continue
-        params = dict(p for o in metrics.get("overrides", []) if (p := _parse_override(o)))
-        runs.append(Run(f.parent, metrics, params))
-    return runs
-
-
-def swept_keys(runs: Sequence[Run]) -> list[str]:
-    """Keys whose value differs between runs, in the order the overrides name them."""
-    keys: dict[str, set[str]] = {}
-    for r in runs:
-        for k, v in r.params.items():
-            keys.setdefault(k, set()).add(v)
-    for r in runs:  # a key some runs lack is swept too
-        for k in keys:
-            if k not in r.params:
-                keys[k].add("")
-    return [k for k, values in keys.items() if len(values) > 1]
-
-
-def point_label(point: tuple[tuple[str, str], ...]) -> str:
-    return ",".join(f"{k}={v}" for k, v in point) or "all"
-
-
-def group_by_point(runs: Sequence[Run]) -> dict[tuple[tuple[str, str], ...], list[Run]]:
-    keys = swept_keys(runs)
-    groups: dict[tuple[tuple[str, str], ...], list[Run]] = defaultdict(list)
-    for r in runs:
-        groups[tuple((k, r.params.get(k, "")) for k in keys)].append(r)
-    return dict(groups)
-
-
-# ---------------------------------------------------------------------------------------------
-# statistics
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n − 1); std 0 for a single value, NaN for none."""
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def first_reaching(history: dict[str, list[float]], threshold: float, axis: str) -> float | None:
-    """The first validation step (or epoch) at which val/acc ≥ threshold; None if never."""
-    for x, acc in zip(history.get(axis, []), history.get("val/acc", [])):
-        if acc >= threshold:
-            return x
-    return None
-
-
-COLUMNS = [  # (summary column, metric key in metrics.json or a derived name)
-    ("val_acc", "val/acc"),
-    ("val_acc_best", "val/acc_best"),
-    ("test_acc", "test/acc"),
-    ("train_loss", "train/loss"),
-    ("val_loss", "val/loss"),
-    ("steps_to_97", "steps_to_97"),
-    ("steps_to_98", "steps_to_98"),
-    ("epochs_to_97", "epochs_to_97"),
-    ("epochs_to_98", "epochs_to_98"),
-    ("wall_time_s", "wall_time_s"),
-]
-
-
-# the first part of training that a percentile's drift leaves out (the paper's 1k of 50k steps)
-DRIFT_SKIP = 0.02
-
-
-def drift(history: dict[str, list[float]], key: str) -> float | None:
-    """Max − min of a recorded series (a percentile of a pre-activation) over the validations
-    after the first DRIFT_SKIP of training: how far the distribution moves while training."""
-    steps, values = history.get("val_step", []), history.get(key, [])
-    if not steps or not values:
-        return None
-    kept = [v for s, v in zip(steps, values) if s >= DRIFT_SKIP * steps[-1]]
-    return max(kept) - min(kept) if kept else None
-
-
-def percentile_keys(history: dict[str, list[float]]) -> list[str]:
-    """The pre-activation percentile series a run recorded (``percentiles`` in the config)."""
-    return [k for k in history if k.startswith("preact/")]
-
-
-def drift_column(key: str) -> str:
-    """preact/fc3_u0/p50 → fc3_u0_p50_drift"""
-    return key.removeprefix("preact/").replace("/", "_") + "_drift"
-
-
-def run_values(run: Run) -> dict[str, float | None]:
-    m, h = run.metrics, run.metrics.get("history", {})
-    out = {key: m.get(key) for _, key in COLUMNS if "/" in key or key == "wall_time_s"}
-    for t in THRESHOLDS:
-        pct = round(t * 100)
-        out[f"steps_to_{pct}"] = first_reaching(h, t, "val_step")
-        out[f"epochs_to_{pct}"] = first_reaching(h, t, "val_epoch")
-    for key in percentile_keys(h):
-        out[drift_column(key)] = drift(h, key)
-    return out
-
-
-def summarize(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
-    """One row per point: swept keys, seeds finished / diverged / failed, mean ± std columns."""
-    keys = swept_keys(runs)
-    rows = []
-    for point, members in group_by_point(runs).items():
-        good = [r for r in members if r.ok]
-        row: dict[str, Any] = dict(point)
-        row["seeds"] = " ".join(str(r.metrics.get("seed")) for r in sorted(good, key=_seed))
-        row["n_finished"] = len(good)
-        row["n_diverged"] = sum(r.metrics.get("diverged", False) for r in members)
-        row["n_failed"] = sum(r.status == "failed" for r in members)
-        values = [run_values(r) for r in good]
-        extra = [k for k in dict.fromkeys(k for v in values for k in v) if k.endswith("_drift")]
-        for col, key in [*COLUMNS, *((k, k) for k in extra)]:
-            present = [v[key] for v in values if v.get(key) is not None]
-            row[f"{col}_mean"], row[f"{col}_std"] = mean_std(present)
-            if col.startswith(("steps_to", "epochs_to")):
-                row[f"{col}_n"] = len(present)  # seeds that reached it
-        rows.append(row)
-    rows.sort(key=lambda r: tuple(_sort_key(r[k]) for k in keys))
-    return keys, rows
-
-
-def _seed(r: Run) -> int:
-    return int(r.metrics.get("seed", 0))
-
-
-def _sort_key(value: str) -> tuple[int, float | str]:
-    try:
-        return (0, float(value))
-    except ValueError:
-        return (1, value)
-
-
-# ---------------------------------------------------------------------------------------------
-# writing the report
-
-
-def _fmt(mean: float, std: float, digits: int = 4) -> str:
-    if math.isnan(mean):
-        return "—"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def markdown_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
-    head = [*keys, "seeds ok / div / fail", "val acc (final)", "val acc (best)", "test acc",
-            "train loss", "steps to 97%", "steps to 98%", "wall s/run"]  # fmt: skip
-    # medians' drift only (the CSV has every percentile's)
-    drifts = [c.removesuffix("_mean") for c in dict.fromkeys(k for r in rows for k in r)
-              if c.endswith("_p50_drift_mean")]  # fmt: skip
-    head += [f"{c.removesuffix('_drift')} drift" for c in drifts]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-
-        def reach(col: str, r: dict[str, Any] = r) -> str:
-            n, total = r[f"{col}_n"], r["n_finished"]
-            if n == 0:
-                return "never"
-            cell = f"{r[f'{col}_mean']:.0f} ± {r[f'{col}_std']:.0f}"
-            return cell if n == total else f"{cell} ({n}/{total})"
-
-        cells = [str(r[k]) for k in keys]
-        cells.append(f"{r['n_finished']} / {r['n_diverged']} / {r['n_failed']}")
-        cells += [
-            _fmt(r[f"{c}_mean"], r[f"{c}_std"])
-            for c in ("val_acc", "val_acc_best", "test_acc", "train_loss")
-        ]
-        cells += [reach("steps_to_97"), reach("steps_to_98")]
-        cells.append(_fmt(r["wall_time_s_mean"], r["wall_time_s_std"], 1))
-        cells += [_fmt(r.get(f"{c}_mean", math.nan), r.get(f"{c}_std", math.nan), 3) for c in drifts]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    out = io.StringIO(newline="")
-    w = csv.DictWriter(out, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(path, out.getvalue())
-
-
-def curves(
-    members: Sequence[Run], x_key: str, y_key: str
-) -> tuple[list[float], list[float], list[float]]:
-    """Mean and std over seeds of y at the x values all seeds share."""
-    series = [dict(zip(r.metrics["history"][x_key], r.metrics["history"][y_key])) for r in members]
-    common = sorted(set.intersection(*(set(s) for s in series))) if series else []
-    means, stds = zip(*(mean_std([s[x] for s in series]) for x in common)) if common else ((), ())
-    return list(common), list(means), list(stds)
-
-
-def finished_points(groups: dict) -> list[tuple[tuple, list[Run]]]:
-    """(point, its finished runs) for every point with any, in the order of the summary rows."""
-    ordered = sorted(groups.items(), key=lambda g: tuple(_sort_key(v) for _, v in g[0]))
-    return [(point, good) for point, m in ordered if (good := [r for r in m if r.ok])]
-
-
-def band(ax, members: Sequence[Run], x_key: str, y_key: str, label: str) -> tuple[float, float]:
-    """Draw the mean over seeds with a ±std band; returns the band's lowest and highest value."""
-    x, mean, std = curves(members, x_key, y_key)
-    line = ax.plot(x, mean, label=label)[0]
-    lo, hi = [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)]
-    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
-    return min(lo, default=0.0), max(hi, default=0.0)
-
-
-def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, Any]]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    by_steps = any(len(r.metrics["history"]["val_step"]) > len(r.metrics["history"]["train_epoch"]) + 1
-                   for members in groups.values() for r in members if r.ok)  # fmt: skip
-    x_key, x_label = ("val_step", "training step") if by_steps else ("val_epoch", "epoch")
-    for name, (xk, yk, xl, yl) in {
-        "val_acc.png": (x_key, "val/acc", x_label, "validation accuracy"),
-        "train_acc.png": ("train_epoch", "train/acc", "epoch", "training accuracy (epoch mean)"),
-    }.items():
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for point, good in finished_points(groups):
-            band(ax, good, xk, yk, f"{point_label(point)} (n={len(good)})")
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl + " (mean ± std over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(sweep_dir / name, dpi=110)
-        plt.close(fig)
-        written.append(sweep_dir / name)
-    tracked = any(percentile_keys(r.metrics["history"]) for m in groups.values() for r in m if r.ok)
-    if tracked:
-        written.append(plot_percentiles(sweep_dir, groups))
-    numeric = [k for k in keys if all(_sort_key(r[k])[0] == 0 for r in rows)]
-    for key in numeric:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        others = [k for k in keys if k != key]
-        series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-        for r in rows:
-            if r["n_finished"]:
-                label = ",".join(f"{k}={r[k]}" for k in others) or "final"
-                series[label].append((float(r[key]), r["val_acc_mean"], r["val_acc_std"]))
-        for label, pts in series.items():
-            pts.sort()
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
-                        marker="o", capsize=3, label=label)  # fmt: skip
-        if all(float(r[key]) > 0 for r in rows):
-            ax.set_xscale("log")
-        ax.set_xlabel(key)
-        ax.set_ylabel("final validation accuracy (mean ± std)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = sweep_dir / f"final_acc_vs_{key.replace('.', '_')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
-def plot_percentiles(sweep_dir: Path, groups: dict) -> Path:
-    """The paper's Figure 1 layout: (a) accuracy vs step for every point (mean ± std over seeds),
-    then one panel per point with the recorded percentiles of the tracked pre-activation
-    (each percentile's mean over seeds, ± std band)."""
-    import matplotlib.pyplot as plt
-
-    points = finished_points(groups)
-    fig, axes = plt.subplots(1, 1 + len(points), figsize=(4.2 * (1 + len(points)), 3.8))
-    ax = axes[0]
-    for point, good in points:
-        band(ax, good, "val_step", "val/acc", point_label(point))
-    ax.set_title("(a) accuracy (mean ± std over seeds)", fontsize=9)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    lows, highs = [], []
-    for i, (ax, (point, good)) in enumerate(zip(axes[1:], points)):
-        tracked = percentile_keys(good[0].metrics["history"])  # preact/<layer>_u<unit>/p<q>
-        for key in tracked:
-            lo, hi = band(ax, good, "val_step", key, key.rsplit("/", 1)[-1])
-            lows.append(lo), highs.append(hi)
-        unit = tracked[0].split("/")[1] if tracked else "no"
-        ax.set_title(f"({chr(ord('b') + i)}) {unit} input percentiles: {point_label(point)}",
-                     fontsize=9)  # fmt: skip
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in axes[1:]:  # one scale, so that the panels compare
-        ax.set_ylim(min(lows) - 0.2, max(highs) + 0.2)
-    fig.tight_layout()
-    path = sweep_dir / "accuracy_and_percentiles.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-AGGREGATE_LAYOUT = {
-    "bnsweep: points compared (mean over seeds)": {
-        "val/acc mean": ("Multiline", [r"val/acc_mean"]),
-        "val/loss mean": ("Multiline", [r"val/loss_mean"]),
-        "train/acc mean (per epoch)": ("Multiline", [r"train/acc_mean"]),
-        "val/acc mean ± std": ("Margin", ["val/acc_mean", "val/acc_lower", "val/acc_upper"]),
-    },
-    "bnsweep: every run": {"val/acc": ("Multiline", [r"^val/acc$"])},
-}
-
-
-def write_tensorboard(sweep_dir: Path, groups: dict) -> Path:
-    """``aggregate/``, written whole by each report: one run per point (mean, mean ± std of
-    val/acc, val/loss, train/acc), a custom-scalars layout that draws every point's mean in one
-    chart, and the sweep's HPARAMS experiment (every key the runs record, with its domain)."""
-    from bnsweep.tensorboard import EventWriter, experiment_summary
-
-    root = sweep_dir / "aggregate"
-    shutil.rmtree(root, ignore_errors=True)  # derived from the runs: never merged with an old one
-    for point, members in groups.items():
-        good = [r for r in members if r.ok]
-        if not good:
-            continue
-        with EventWriter(root / point_label(point).replace("/", "_")) as w:
-            for yk, xk in (
-                ("val/acc", "val_step"),
-                ("val/loss", "val_step"),
-                ("train/acc", "train_epoch"),
-            ):
-                x, mean, std = curves(good, xk, yk)
-                for step, m, s in zip(x, mean, std):
-                    step = int(step)
-                    w.add_scalar(f"{yk}_mean", m, step)
-                    w.add_scalar(f"{yk}_lower", m - s, step)
-                    w.add_scalar(f"{yk}_upper", m + s, step)
-    values: dict[str, list] = defaultdict(list)
-    for members in groups.values():
-        for r in members:
-            for key, value in (r.metrics.get("hparams") or {}).items():
-                values[key].append(value)
-    with EventWriter(root) as w:
-        w.add_custom_scalars(AGGREGATE_LAYOUT)
-        if values:
-            w.add_summary(experiment_summary(values))
-    return root
-
-
-def report(sweep_dir: Path | str, quiet: bool = False) -> list[dict[str, Any]]:
-    """Aggregate a sweep folder: summary.csv/.md, plots, TensorBoard aggregate runs."""
-    sweep_dir = Path(sweep_dir)
-    runs = load_runs(sweep_dir)
-    if not runs:
-        raise FileNotFoundError(f"no runs (*/metrics.json) in {sweep_dir}")
-    keys, rows = summarize(runs)
-    groups = group_by_point(runs)
-    table = markdown_table(keys, rows)
-    excluded = sum(not r.ok for r in runs)
-    note = (
-        f"\n{len(runs)} runs in {len(rows)} points; mean ± sample std over the seeds that finished"
-        + (
-            f"; {excluded} diverged or failed runs are counted but left out of the means"
-            if excluded
-            else ""
-        )
-        + ".\n"
-    )
-    write_csv(sweep_dir / "summary.csv", rows)
-    atomic_write(
-        sweep_dir / "summary.md", f"# Sweep summary: {sweep_dir.resolve().name}\n\n" + table + note
-    )
-    plot(sweep_dir, keys, groups, rows)
-    write_tensorboard(sweep_dir, groups)
-    if not quiet:
-        print(table + note)
-    return rows
-
+from bnsweep.report import load_runs, report
 
 # ---------------------------------------------------------------------------------------------
 # running a sweep
@@ -482,11 +50,15 @@ def stopped(e: SweepStopped) -> int:
 def run_job(cfg: DictConfig) -> float:
     """One job of a sweep: a training run (with sweep.vectorize, all seeds of a point) whose
     failure is recorded, not raised. A refused job (its folder holds another run, or is in use)
-    writes nothing into that folder; the sweep lists it at its end.
+    writes nothing into that folder; the sweep lists it at its end. A line says when the job
+    starts (with the sweep's ETA) and one how it ended.
 
     Returns the best validation accuracy (the objective of search sweepers such as Optuna;
     vectorized: the mean over the seeds), NaN for a failed or refused run.
     """
+    from hydra.core.hydra_config import HydraConfig
+
+    from bnsweep import terminal
     from bnsweep.files import DamagedFile, FolderInUse, is_no_space, remove_unstarted
     from bnsweep.runs import RunRefused
     from bnsweep.train import USER_ERRORS, no_space_message, run
@@ -500,17 +72,26 @@ def run_job(cfg: DictConfig) -> float:
     if cfg.get("resume") and not vectorize:
         _use_existing_folder(cfg)
     run_dir = Path(cfg.run_dir)
+    num = HydraConfig.get().job.num if HydraConfig.initialized() else 0
+    total, parallel, before = _invocation(run_dir.parent)
+    print(terminal.job_start(num, total, run_dir.name, terminal.eta(before, total, parallel)),
+          flush=True)  # fmt: skip
     threads = cfg.get("threads") or threads_per_job()
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
     started = time.time()
-    status, error, value = "finished", None, math.nan
+    status, error, value, results = "finished", None, math.nan, []
     try:
         result = run(cfg)
         value = result["val/acc_best"]
-        status = "diverged" if result.get("diverged") else "finished"
+        results = result.get("members") or [result]
+        skipped = result.get("skipped")  # vectorized; a plain run: its metrics.json is older
+        if skipped if skipped is not None else (run_dir / "metrics.json").stat().st_mtime < started:
+            status = "skipped"
+        elif any(r.get("diverged") for r in results):
+            status = "diverged"
     except (RunRefused, FolderInUse, DamagedFile) as e:
         status, error = "refused", str(e)
         print(f"refused: {e}", file=sys.stderr)
@@ -531,8 +112,24 @@ def run_job(cfg: DictConfig) -> float:
     finally:
         if fresh and (hydra_dir != run_dir or status == "refused"):
             remove_unstarted(hydra_dir)  # Hydra's new folder, unused: no stray folder
-    _log_job(run_dir, status, error, time.time() - started)
+    seconds = time.time() - started
+    _log_job(run_dir, status, error, seconds)
+    print(terminal.job_end(num, total, status, seconds, results, error), flush=True)
     return value
+
+
+def _invocation(sweep_dir: Path) -> tuple[int | None, int, list[dict[str, Any]]]:
+    """This invocation's job count and parallel jobs (its start line in jobs.jsonl) and the
+    jobs it has finished so far."""
+    path = sweep_dir / JOBS_LOG
+    if not path.exists():
+        return None, 1, []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if "invocation" in line]
+    if not starts:
+        return None, 1, []
+    start = lines[starts[-1]]
+    return start.get("jobs"), start.get("parallel", 1), [j for j in lines[starts[-1] + 1 :] if "run" in j]
 
 
 def _use_existing_folder(cfg: DictConfig) -> None:
@@ -558,13 +155,14 @@ def _log_job(run_dir: Path, status: str, error: str | None, seconds: float) -> N
 
 
 def jobs_since(sweep_dir: Path, offset: int) -> list[dict[str, Any]]:
-    """The jobs.jsonl entries written after byte ``offset`` (this invocation's jobs)."""
+    """The jobs.jsonl entries of jobs written after byte ``offset`` (this invocation's)."""
     path = Path(sweep_dir) / JOBS_LOG
     if not path.exists():
         return []
     with path.open("rb") as f:
         f.seek(offset)
-        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+        lines = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+    return [line for line in lines if "run" in line]
 
 
 def threads_per_job() -> int | None:
@@ -720,6 +318,9 @@ class SweepCallback(Callback):
         preflight(config, sweep_dir, self._lock)
         jobs = sweep_dir / JOBS_LOG
         self._jobs_offset = jobs.stat().st_size if jobs.exists() else 0
+        start = {"invocation": time.time(), "jobs": job_count(config), "parallel": _parallel(config)}
+        with jobs.open("a") as f:
+            f.write(json.dumps(start) + "\n")
         typed = _typed_command(config)
         with (sweep_dir / "command.txt").open("a") as f:  # a resume adds its line
             f.write(shlex.join([Path(sys.argv[0]).name, *typed]) + "\n")
@@ -741,6 +342,32 @@ def _release_workers(config: DictConfig) -> None:
     get_reusable_executor(reuse=True).shutdown(wait=False, kill_workers=True)
 
 
+def sweep_overrides(config: DictConfig) -> list[str]:
+    """The overrides Hydra's basic sweeper expands: the study preset's sweeper params, then
+    the command line's."""
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    return [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+
+
+def job_count(config: DictConfig) -> int | None:
+    """How many jobs the sweep launches: the basic sweeper's product of the swept lists, an
+    Optuna study's trials; None for another sweeper."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+    if target.endswith("BasicSweeper"):
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(sweep_overrides(config))
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+    return int(trials) if trials else None
+
+
+def _parallel(config: DictConfig) -> int:
+    n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None)
+    return max(1, int(n_jobs)) if n_jobs and n_jobs > 0 else (os.cpu_count() or 1 if n_jobs else 1)
+
+
 def _typed_command(config: DictConfig) -> list[str]:
     """What the user typed, before the seed fan-out (sweep.py records it in BNSWEEP_TYPED)."""
     typed = os.environ.get("BNSWEEP_TYPED")
@@ -757,6 +384,11 @@ def end_of_sweep(sweep_dir: Path, jobs: list[dict[str, Any]]) -> None:
         except OSError as e:
             print(f"error: the report could not be written in {sweep_dir}: {e.strerror or e}",
                   file=sys.stderr)  # fmt: skip
+    print(f"sweep folder  {sweep_dir}")
+    diverged = [r.path.name for r in runs if r.status == "finished" and r.metrics.get("diverged")]
+    if diverged:
+        print(f"diverged: {len(diverged)} run(s), counted but left out of the means: "
+              + " ".join(diverged))  # fmt: skip
     refused = [j for j in jobs if j["status"] == "refused"]
     failed = [r.path.name for r in runs if r.status == "failed"]
     if refused:
@@ -768,16 +400,3 @@ def end_of_sweep(sweep_dir: Path, jobs: list[dict[str, Any]]) -> None:
         raise SystemExit(1)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bnsweep.report <sweep dir>``: (re)write a sweep folder's report."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m bnsweep.report", description=report.__doc__)
-    p.add_argument("sweep_dir", type=Path)
-    args = p.parse_args(argv)
-    try:
-        report(args.sweep_dir)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -209,6 +209,9 @@ def _train(cfg: DictConfig, run_dir: Path, import_s: float | None) -> dict[str, 
         trainer.save_checkpoint(last, weights_only=False)
         steps, epochs = trainer.global_step, trainer.current_epoch
     fit_time = time.time() - fit_start
+    weights = cfg.get("test_weights", "last")
+    if weights == "best":  # the best validation's weights, BN statistics included
+        module.load_state_dict(checkpoints.load(run_dir / "ckpt" / "best.ckpt")["state_dict"])
     trainer.test(module, datamodule=datamodule, verbose=False)
     tested = {k: float(v) for k, v in trainer.callback_metrics.items()}
     picked = choices(cfg)
@@ -228,6 +231,7 @@ def _train(cfg: DictConfig, run_dir: Path, import_s: float | None) -> dict[str, 
         "train/loss": h["train/loss"][-1] if h["train/loss"] else None,
         "test/acc": tested.get("test/acc"),
         "test/loss": tested.get("test/loss"),
+        "test_weights": weights,
         "steps": steps,
         "epochs": epochs,
         "wall_time_s": round(time.time() - start, 3),  # of this process (a resume: since it)
@@ -277,9 +281,15 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 def main(cfg: DictConfig, import_s: float | None = None) -> float | None:
     """Entry point of train.py: run, and turn input errors into one line and exit status 2,
     a full disk into one line and exit status 1."""
+    from bnsweep.terminal import finished_block, run_block
+
     run_dir = Path(cfg.run_dir)
+    started = time.time()
     try:
-        return run(cfg, import_s)["val/acc_best"]
+        metrics = run(cfg, import_s)
+        skipped = (run_dir / "metrics.json").stat().st_mtime < started
+        print((finished_block if skipped else run_block)(run_dir, metrics))
+        return metrics["val/acc_best"]
     except USER_ERRORS as e:
         remove_unstarted(run_dir)
         print(f"error: {e}", file=sys.stderr)

@@ -254,14 +254,21 @@ class MemberCheckpoints(ValidationCheckpoints):
 def run_point(cfg: DictConfig) -> dict[str, Any]:
     """A sweep job with sweep.vectorize: every seed of the point; for search sweepers such as
     Optuna, the point's val/acc_best is the mean over its seeds."""
-    best = [r["val/acc_best"] for r in run_members(cfg)]
-    return {"val/acc_best": sum(best) / len(best) if None not in best else None}
+    members, trained = _run_members(cfg)
+    best = [r["val/acc_best"] for r in members]
+    return {"val/acc_best": sum(best) / len(best) if None not in best else None,
+            "members": members, "skipped": not trained}  # fmt: skip
 
 
 def run_members(cfg: DictConfig) -> list[dict[str, Any]]:
     """Train every seed in ``cfg.seeds`` of this point together; returns each member's metrics
     (those a resume finds finished are returned as they are). Every member's folder is locked
     and claimed as an independent run's is."""
+    return _run_members(cfg)[0]
+
+
+def _run_members(cfg: DictConfig) -> tuple[list[dict[str, Any]], list[int]]:
+    """run_members' metrics, and the seeds it trained (not found finished)."""
     validate(cfg)
     seeds = check_vectorize(cfg)
     job_dir = Path(cfg.run_dir)
@@ -292,7 +299,7 @@ def run_members(cfg: DictConfig) -> list[dict[str, Any]]:
     job_dir.mkdir(parents=True, exist_ok=True)
     write_json(job_dir / "members.json", {"seeds": seeds,
                "runs": [Path(cfgs[s].run_dir).name for s in seeds]})  # fmt: skip
-    return [results[s] for s in seeds]
+    return [results[s] for s in seeds], todo
 
 
 def _resume_checkpoint(cfgs: list[DictConfig], net: StackedNet, job_dir: Path) -> Path | None:
@@ -371,6 +378,10 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
     fit_time = time.time() - fit_start
     if resume_from is not None:
         resume_from.unlink(missing_ok=True)
+    weights = cfgs[0].get("test_weights", "last")
+    if weights == "best":  # each member's best validation weights, BN statistics included
+        best = [checkpoints.load(d / "ckpt" / "best.ckpt")["state_dict"] for d in dirs]
+        net.load_member_state_dicts([{k.removeprefix("net."): v for k, v in b.items()} for b in best])
     trainer.test(module, datamodule=data, verbose=False)
     wall = time.time() - start
     results = []
@@ -392,6 +403,7 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
             "train/loss": h["train/loss"][-1] if h["train/loss"] else None,
             "test/acc": test_acc,
             "test/loss": test_loss,
+            "test_weights": weights,
             "steps": module.end_step(m),
             "epochs": epochs,
             # this member's share of the job (the job's own times beside it)

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_sweep import read_summary, sweep_dir_of
 
 from bnsweep.data import MNISTDataModule
-from bnsweep.sweep import DRIFT_SKIP
+from bnsweep.report import DRIFT_SKIP
 from bnsweep.train import build, run
 
 Q = [15.0, 50.0, 85.0]

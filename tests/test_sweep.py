@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bnsweep.cli import default_seeds, parse_seeds, sweep_argv
-from bnsweep.sweep import report
+from bnsweep.report import report
 
 SHORT = [
     "data.train_size=1000",
@@ -75,6 +75,23 @@ def test_two_points_two_seeds(cli, tmp_path):
             assert float(row[f"{col}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
     assert "| lenet_fc_bn2 |" in (sweep / "summary.md").read_text()
     assert "lenet_fc_bn2" in proc.stdout  # the table printed to the terminal too
+    # progress: a line as each job starts (with an ETA once one job has run) and as it ends
+    lines = proc.stdout.splitlines()
+    assert "job 1/4 · 0_model=lenet_bn1,seed=0 · ETA after the first job" in lines
+    assert any(line.startswith("job 3/4 · 2_model=lenet_fc_bn2,seed=0 · ETA ") for line in lines)
+    ends = [line for line in lines if line.startswith("job 4/4 finished in ")]
+    last = json.loads((sweep / "3_model=lenet_fc_bn2,seed=1" / "metrics.json").read_text())
+    assert len(ends) == 1 and f"test acc {last['test/acc']:.4f}" in ends[0]
+    assert lines[-1] == f"sweep folder  {sweep.relative_to(tmp_path)}"  # as the user named it
+    # HPARAMS: one experiment for the sweep, every key with its domain over the runs
+    experiment = hparams_experiment(sweep / "aggregate")
+    infos = {i.name: i for i in experiment.hparam_infos}
+    assert list(infos) == ["model", "seed", "bn", "init.std", "optimizer.lr"]  # five: all ticked
+    assert infos["model"].differs and infos["seed"].differs and not infos["optimizer.lr"].differs
+    assert sorted(v.string_value for v in infos["model"].domain_discrete.values) == ["lenet_bn1", "lenet_fc_bn2"]
+    assert (infos["seed"].domain_interval.min_value, infos["seed"].domain_interval.max_value) == (0, 1)
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "val/acc_best", "test/acc", "test/loss"]
+    assert not any(hparams_experiment(run, required=False) for run in runs)  # runs: sessions only
     for png in ("val_acc.png", "train_acc.png"):
         image = matplotlib.image.imread(sweep / png)
         assert image.shape[0] > 100 and image.shape[1] > 100
@@ -82,14 +99,15 @@ def test_two_points_two_seeds(cli, tmp_path):
         assert "val/acc" in scalars(run)
     aggregates = [p for p in (sweep / "aggregate").iterdir() if p.is_dir()]
     assert sorted(p.name for p in aggregates) == ["model=lenet_bn1", "model=lenet_fc_bn2"]
-    for agg in aggregates:
-        assert {"val/acc_mean", "val/acc_lower", "val/acc_upper"} <= scalars(agg)
+    for agg in aggregates:  # in a category of their own, apart from the runs' scalars
+        assert {"points/val_acc_mean", "points/val_acc_lower", "points/val_acc_upper",
+                "points/train_acc_mean"} <= scalars(agg)  # fmt: skip
     # mean curve of the aggregate run = mean over the two seeds at each validation step
     acc = EventAccumulator(str(sweep / "aggregate" / "model=lenet_fc_bn2"))
     acc.Reload()
     mine = [json.loads((p / "metrics.json").read_text()) for p in runs]
     mine = [m for m in mine if m["choices"]["model"] == "lenet_fc_bn2"]
-    for event in acc.Scalars("val/acc_mean"):
+    for event in acc.Scalars("points/val_acc_mean"):
         i = mine[0]["history"]["val_step"].index(event.step)
         assert event.value == pytest.approx(
             statistics.fmean(m["history"]["val/acc"][i] for m in mine), abs=1e-6
@@ -113,7 +131,7 @@ def test_event_writer_writes_what_torchs_summary_writer_writes(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import custom_scalars
 
-    from bnsweep.sweep import AGGREGATE_LAYOUT
+    from bnsweep.report import AGGREGATE_LAYOUT
     from bnsweep.tensorboard import EventWriter, custom_scalars_summary
 
     as_torch = {c: {t: [k, tags] for t, (k, tags) in charts.items()} for c, charts in AGGREGATE_LAYOUT.items()}
@@ -122,22 +140,37 @@ def test_event_writer_writes_what_torchs_summary_writer_writes(tmp_path):
     values = [(3, 0.25), (10, 0.5), (20, 1e-7), (21, -3.75)]
     with EventWriter(tmp_path / "ours") as w:
         for step, v in values:
-            w.add_scalar("val/acc_mean", v, step)
+            w.add_scalar("points/val_acc_mean", v, step)
         w.add_custom_scalars(AGGREGATE_LAYOUT)
     with SummaryWriter(str(tmp_path / "torch")) as w:
         for step, v in values:
-            w.add_scalar("val/acc_mean", v, step)
+            w.add_scalar("points/val_acc_mean", v, step)
         w.add_custom_scalars(as_torch)
     read = {}
     for name in ("ours", "torch"):
         acc = EventAccumulator(str(tmp_path / name))
         acc.Reload()
-        scalars_read = [(e.step, e.value) for e in acc.Scalars("val/acc_mean")]
+        scalars_read = [(e.step, e.value) for e in acc.Scalars("points/val_acc_mean")]
         (layout,) = acc.Tensors("custom_scalars__config__")
         read[name] = scalars_read, layout.tensor_proto.SerializeToString()
     assert read["ours"] == read["torch"]
     assert [s for s, _ in read["ours"][0]] == [3, 10, 20, 21]
     assert [v for _, v in read["ours"][0]] == pytest.approx([v for _, v in values], rel=1e-7)
+
+
+def hparams_experiment(logdir: Path, required: bool = True):
+    """The HPARAMS experiment proto in a run's event files (None if there is none)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for f in sorted(logdir.glob("events.out.tfevents.*")):
+        for ev in EventFileLoader(str(f)).Load():
+            for v in ev.summary.value:
+                if v.tag == "_hparams_/experiment":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    return data.experiment
+    assert not required, f"no HPARAMS experiment in {logdir}"
+    return None
 
 
 def test_init_std_sweep_verbatim(cli, tmp_path):
@@ -146,6 +179,11 @@ def test_init_std_sweep_verbatim(cli, tmp_path):
     sweep = sweep_dir_of(tmp_path)
     rows = read_summary(sweep)
     assert [r["init.std"] for r in rows] == ["0.0001", "0.1"]
+    # the swept number as an interval in HPARAMS; lenet has no BN layer: bn is 'none'
+    infos = {i.name: i for i in hparams_experiment(sweep / "aggregate").hparam_infos}
+    interval = infos["init.std"].domain_interval
+    assert (interval.min_value, interval.max_value) == (0.0001, 0.1) and infos["init.std"].differs
+    assert [v.string_value for v in infos["bn"].domain_discrete.values] == ["none"]
     assert all(r["n_finished"] == "3" and r["seeds"] == "0 1 2" for r in rows)  # default seeds
     assert matplotlib.image.imread(sweep / "final_acc_vs_init_std.png").shape[0] > 100
 
@@ -206,7 +244,8 @@ def test_aggregation_rules(tmp_path):
     assert m["steps_to_98_mean"] == 100 and m["val_acc_std"] == 0.0
     assert w["wall_time_s_mean"] == 10.5
     md = (tmp_path / "summary.md").read_text()
-    assert "2 / 1 / 0" in md and "300 ± 0 (1/2)" in md and "left out of the means" in md
+    assert "2 / 1 / 0" in md and "300 (1/2)" in md and "left out of the means" in md
+    assert "| 0.9900 (n = 1) |" in md  # one seed: no spread to show
 
 
 def test_report_on_an_empty_folder_says_so(tmp_path):

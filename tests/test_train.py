@@ -28,7 +28,7 @@ METRIC_KEYS = {
     "status", "seed", "choices", "overrides", "val/acc", "val/acc_best", "val/loss", "train/acc",
     "train/loss", "test/acc", "test/loss", "steps", "epochs", "wall_time_s", "device", "history",
     "diverged", "diverged_step", "resumed_from_step", "fit_time_s", "startup_s", "hparams",
-    "import_s",
+    "import_s", "test_weights",
 }  # fmt: skip
 
 
@@ -63,6 +63,16 @@ def test_train_cli_short_run(cli, tmp_path):
     for noise in ("Tip:", "litlogger", "litmodels", "GPU available", "TPU available", "LeafSpec",
                   "max_steps=40` reached"):  # fmt: skip
         assert noise not in proc.stdout + proc.stderr, noise
+    # the run ends with a block that says where it is, what it scored and how long it took
+    m = json.loads(next((tmp_path / "outputs" / "train").glob("*/metrics.json")).read_text())
+    best_at = m["history"]["val_step"][m["history"]["val/acc"].index(m["val/acc_best"])]
+    block = proc.stdout.strip().splitlines()[-4:]
+    assert block[0] == f"run folder  {next((tmp_path / 'outputs' / 'train').iterdir())}"
+    assert block[1] == (f"test        acc {m['test/acc']:.4f}   loss {m['test/loss']:.4f}   with "
+                        "the last weights (test_weights=last; =best tests the best validation's)")  # fmt: skip
+    assert block[2] == (f"validation  acc {m['val/acc']:.4f} at the end (step 40), best "
+                        f"{m['val/acc_best']:.4f} at step {best_at}")  # fmt: skip
+    assert block[3].startswith("time        ") and m["test_weights"] == "last"
     (run_dir,) = (tmp_path / "outputs" / "train").iterdir()
     assert "lenet_fc_bn2_window_s0" in run_dir.name  # a readable TensorBoard run name
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -109,6 +119,31 @@ def test_train_cli_short_run(cli, tmp_path):
     for name in ("last.ckpt", "best.ckpt"):
         ckpt = torch.load(run_dir / "ckpt" / name, weights_only=True, map_location="cpu")
         assert "net.conv1.bn.window_mean" in ckpt["state_dict"]
+
+
+def test_test_weights_best_scores_the_best_validations_weights(make_cfg, tmp_path, mnist_dir):
+    """test_weights=best: the test set is scored with ckpt/best.ckpt's weights (its BN
+    statistics included): the accuracy those weights get on the test images, recomputed here."""
+    from bnsweep.data import MNISTDataModule
+
+    # lr 0.5 with SGD: the validation accuracy moves up and down, so the best is not the last
+    cfg = make_cfg("model=lenet_fc_bn2", "optimizer=sgd", "optimizer.lr=0.5", "logger=none",
+                   "data.train_size=2000", "trainer.max_epochs=null", "trainer.max_steps=80",
+                   "trainer.val_check_interval=10", "trainer.check_val_every_n_epoch=null",
+                   "trainer.limit_val_batches=1", "trainer.limit_test_batches=2", "test_weights=best")  # fmt: skip
+    m = run(cfg)
+    assert m["test_weights"] == "best"
+    best = torch.load(tmp_path / "run" / "ckpt" / "best.ckpt", weights_only=True)
+    assert best["global_step"] != m["steps"]  # a run whose best validation is not its last
+    module, _ = build(cfg)
+    module.load_state_dict(best["state_dict"])
+    module.eval()
+    dm = MNISTDataModule(root=str(mnist_dir), download=False)
+    dm.setup()
+    x, y = dm.tensors["x_test"][:2000], dm.tensors["y_test"][:2000]
+    with torch.no_grad():
+        acc = (module(x).argmax(1) == y).float().mean().item()
+    assert m["test/acc"] == pytest.approx(acc, abs=1e-6)
 
 
 def test_training_epoch_means_equal_a_replay_of_the_same_steps(make_cfg, tmp_path):

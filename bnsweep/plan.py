@@ -1,0 +1,112 @@
+"""``python sweep.py … --dry-run``: the jobs a sweep command would run, each one's run folder
+and a rough time, without running anything (no folder is made)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from bnsweep.architectures import COST_MS
+from bnsweep.cli import CONF, is_sweep
+from bnsweep.config import ConfigError, training_batches, validate
+from bnsweep.terminal import duration
+
+
+@dataclass
+class Job:
+    num: int
+    folder: str
+    runs: list[str]  # the run folders it writes (a vectorized job: one per seed)
+    seconds: float | None
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose("sweep", overrides=list(overrides), return_hydra_config=True)
+
+
+def estimate(cfg: DictConfig) -> float | None:
+    """Seconds one run of cfg takes on this project's 2-core CPU, roughly: training and
+    evaluated samples × the architecture's cost (COST_MS). None for an unknown network."""
+    cost = COST_MS.get(OmegaConf.select(cfg, "model._target_", default=""))
+    if cost is None:
+        return None
+    train_ms, eval_ms = cost
+    steps = training_batches(cfg)
+    samples = steps * cfg.data.batch_size
+    t = cfg.trainer
+    every = t.get("val_check_interval")
+    if isinstance(every, int):
+        validations = max(steps // every, 1)
+    else:
+        per_epoch = max(training_batches(OmegaConf.merge(cfg, {"trainer": {"max_epochs": 1,
+                        "max_steps": -1}})), 1)  # fmt: skip
+        validations = max(steps // per_epoch, 1)
+    val_images = cfg.data.val_size or 10000
+    limit = t.get("limit_val_batches")
+    if isinstance(limit, int):
+        val_images = min(val_images, limit * cfg.data.eval_batch_size)
+    evaluated = validations * val_images + 10000
+    return samples * train_ms / 1000 + evaluated * eval_ms / 1000 + 0.5
+
+
+def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
+    """The sweep's config (its fixed settings) and its jobs, in Hydra's order and numbering."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if not a.startswith("-")]
+    base = _compose([o for o in overrides if not is_sweep(o.split("=", 1)[-1])])
+    validate(base)
+    params = OmegaConf.select(base, "hydra.sweeper.params", default=None) or {}
+    if not str(base.hydra.sweeper._target_).endswith("BasicSweeper"):
+        return base, []
+    swept = [f"{k}={v}" for k, v in params.items()] + overrides
+    parsed = OverridesParser.create().parse_overrides(swept)
+    jobs = []
+    for num, job in enumerate(j for batch in BasicSweeper.split_arguments(parsed, None) for j in batch):
+        cfg = _compose(job)
+        folder = f"{num}_{cfg.hydra.job.override_dirname}"
+        seeds = list(cfg.seeds) if cfg.sweep.vectorize else [cfg.seed]
+        runs = [f"{folder}{'' if folder.endswith('_') else ','}seed={s}" for s in seeds] \
+            if cfg.sweep.vectorize else [folder]  # fmt: skip
+        once = estimate(cfg)
+        jobs.append(Job(num, folder, runs, once * len(seeds) if once is not None else None))
+    return base, jobs
+
+
+def dry_run(args: Sequence[str]) -> int:
+    """Print what ``python sweep.py args`` would run; exit status 2 for a bad value."""
+    import sys
+
+    try:
+        base, jobs = plan(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sweep_dir = base.hydra.sweep.dir
+    study = base.hydra.runtime.choices.get("study", "custom")
+    if not jobs:
+        trials = OmegaConf.select(base, "hydra.sweeper.n_trials", default="?")
+        print(f"study={study}: a search of {trials} trials ({base.hydra.sweeper._target_}); its "
+              f"jobs are chosen as it runs, into {sweep_dir}/")  # fmt: skip
+        return 0
+    runs = sum(len(j.runs) for j in jobs)
+    print(f"study={study}: {len(jobs)} jobs, {runs} runs, into {sweep_dir}/ (the time in the "
+          "folder's name is the launch's)")  # fmt: skip
+    width = max(len(j.folder) for j in jobs)
+    for j in jobs:
+        took = f"≈ {duration(j.seconds)}" if j.seconds is not None else "time unknown"
+        extra = f"  runs: {', '.join(j.runs)}" if len(j.runs) > 1 else ""
+        print(f"  {j.folder:<{width}}  {took}{extra}")
+    known = [j.seconds for j in jobs if j.seconds is not None]
+    if known:
+        total = sum(known) + 6
+        print(f"about {duration(total)} one after another on a 2-core CPU like the project's "
+              f"(rough: samples × each network's measured cost); hydra/launcher=joblib "
+              f"hydra.launcher.n_jobs=2 runs 2 at a time; a GPU is far faster")  # fmt: skip
+    return 0

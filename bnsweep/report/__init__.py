@@ -1,0 +1,116 @@
+"""A sweep folder's report: summary.csv / summary.md (mean ± sample std over seeds per point),
+PNG plots, and TensorBoard aggregates (``python -m bnsweep.report <sweep folder>``).
+
+Imports no torch and no Lightning (nor does anything it imports): a sweep's own process, which
+writes the report at the end, never pays for them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bnsweep.files import atomic_write
+from bnsweep.report.aggregate import AGGREGATE_LAYOUT, write_tensorboard
+from bnsweep.report.plots import plot
+from bnsweep.report.runs import Run, group_by_point, load_run_folders, load_runs
+from bnsweep.report.summary import DRIFT_SKIP, markdown_table, summarize, write_csv
+
+__all__ = ["AGGREGATE_LAYOUT", "DRIFT_SKIP", "Run", "load_runs", "main", "report"]
+
+
+def settings_of(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's ``report`` settings (conf/sweep.yaml), from the config Hydra saved in its
+    folder; none for a folder without one."""
+    saved = Path(sweep_dir) / "multirun.yaml"
+    if not saved.exists():
+        return {}
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.select(OmegaConf.load(saved), "report", default=None)
+    return OmegaConf.to_container(node, resolve=False) if node is not None else {}
+
+
+def report(
+    out_dir: Path | str,
+    quiet: bool = False,
+    runs: Sequence[Run] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """summary.csv / summary.md, plots and TensorBoard aggregates in ``out_dir``, of the runs
+    in it (a sweep folder) or of ``runs``; ``settings``: the sweep's ``report`` keys (default:
+    those the sweep was run with)."""
+    out_dir = Path(out_dir)
+    runs = load_runs(out_dir) if runs is None else list(runs)
+    if not runs:
+        raise FileNotFoundError(f"no runs (*/metrics.json) in {out_dir}")
+    settings = settings_of(out_dir) if settings is None else settings
+    keys, rows = summarize(runs)
+    groups = group_by_point(runs)
+    table = markdown_table(keys, rows)
+    excluded = sum(not r.ok for r in runs)
+    note = (
+        f"\n{len(runs)} runs in {len(rows)} points; mean ± sample std over the seeds that finished"
+        + (
+            f"; {excluded} diverged or failed runs are counted but left out of the means"
+            if excluded
+            else ""
+        )
+        + ".\n"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / "summary.csv", rows)
+    atomic_write(
+        out_dir / "summary.md", f"# Sweep summary: {out_dir.resolve().name}\n\n" + table + note
+    )
+    plot(out_dir, keys, groups, rows, settings)
+    write_tensorboard(out_dir, groups, keys)
+    if not quiet:
+        print(table + note)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bnsweep.report <sweep folder>``: (re)write a sweep folder's report;
+    ``python -m bnsweep.report --runs <run folder> ... --out <folder>``: a report comparing
+    chosen runs (train.py's, say), written into a folder of its own."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bnsweep.report", description=main.__doc__)
+    p.add_argument("sweep_dir", type=Path, nargs="?", help="a sweep folder")
+    p.add_argument("--runs", type=Path, nargs="+", help="run folders to compare")
+    p.add_argument("--out", type=Path, help="where the report of --runs goes")
+    p.add_argument("--ylim", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="y-range of val_acc.png (default: the sweep's report.val_acc_ylim)")  # fmt: skip
+    args = p.parse_args(argv)
+    settings = {"val_acc_ylim": list(args.ylim)} if args.ylim else None
+    try:
+        if args.runs:
+            return _compare(args.runs, args.out, settings)
+        if args.sweep_dir is None:
+            p.error("give a sweep folder, or --runs <run folders> --out <folder>")
+        if not (args.sweep_dir / "command.txt").is_file() and any(args.sweep_dir.glob("*/metrics.json")):
+            print(f"error: {args.sweep_dir} is not a sweep folder (no command.txt in it); to "
+                  "compare runs: python -m bnsweep.report --runs <run folders> --out <folder>",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        report(args.sweep_dir, settings=settings)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _compare(folders: Sequence[Path], out: Path | None, settings: dict[str, Any] | None) -> int:
+    if out is None:
+        print("error: --runs needs --out <folder> for the report", file=sys.stderr)
+        return 2
+    if (out / "command.txt").exists() or (out / "metrics.json").exists():
+        print(f"error: --out {out} is a sweep or run folder; choose a folder of its own",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    runs = load_run_folders(folders)
+    report(out, runs=runs, settings=settings or {})
+    return 0

@@ -1,0 +1,7 @@
+"""python -m bnsweep.report <sweep folder>: (re)write a sweep folder's report."""
+
+import sys
+
+from bnsweep.report import main
+
+sys.exit(main())

@@ -1,0 +1,166 @@
+"""Per point: seeds finished / diverged / failed and mean ± sample std of every reported
+metric; as rows (summary.csv) and as a Markdown table (summary.md, printed)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bnsweep.files import atomic_write
+from bnsweep.report.runs import Run, group_by_point, swept_keys
+
+THRESHOLDS = (0.97, 0.98)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1); std 0 for a single value, NaN for none."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def first_reaching(history: dict[str, list[float]], threshold: float, axis: str) -> float | None:
+    """The first validation step (or epoch) at which val/acc ≥ threshold; None if never."""
+    for x, acc in zip(history.get(axis, []), history.get("val/acc", [])):
+        if acc >= threshold:
+            return x
+    return None
+
+
+COLUMNS = [  # (summary column, metric key in metrics.json or a derived name)
+    ("val_acc", "val/acc"),
+    ("val_acc_best", "val/acc_best"),
+    ("test_acc", "test/acc"),
+    ("train_loss", "train/loss"),
+    ("val_loss", "val/loss"),
+    ("steps_to_97", "steps_to_97"),
+    ("steps_to_98", "steps_to_98"),
+    ("epochs_to_97", "epochs_to_97"),
+    ("epochs_to_98", "epochs_to_98"),
+    ("wall_time_s", "wall_time_s"),
+]
+
+
+# the first part of training that a percentile's drift leaves out (the paper's 1k of 50k steps)
+DRIFT_SKIP = 0.02
+
+
+def drift(history: dict[str, list[float]], key: str) -> float | None:
+    """Max − min of a recorded series (a percentile of a pre-activation) over the validations
+    after the first DRIFT_SKIP of training: how far the distribution moves while training."""
+    steps, values = history.get("val_step", []), history.get(key, [])
+    if not steps or not values:
+        return None
+    kept = [v for s, v in zip(steps, values) if s >= DRIFT_SKIP * steps[-1]]
+    return max(kept) - min(kept) if kept else None
+
+
+def percentile_keys(history: dict[str, list[float]]) -> list[str]:
+    """The pre-activation percentile series a run recorded (``percentiles`` in the config)."""
+    return [k for k in history if k.startswith("preact/")]
+
+
+def drift_column(key: str) -> str:
+    """preact/fc3_u0/p50 → fc3_u0_p50_drift"""
+    return key.removeprefix("preact/").replace("/", "_") + "_drift"
+
+
+def run_values(run: Run) -> dict[str, float | None]:
+    m, h = run.metrics, run.metrics.get("history", {})
+    out = {key: m.get(key) for _, key in COLUMNS if "/" in key or key == "wall_time_s"}
+    for t in THRESHOLDS:
+        pct = round(t * 100)
+        out[f"steps_to_{pct}"] = first_reaching(h, t, "val_step")
+        out[f"epochs_to_{pct}"] = first_reaching(h, t, "val_epoch")
+    for key in percentile_keys(h):
+        out[drift_column(key)] = drift(h, key)
+    return out
+
+
+def summarize(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per point: swept keys, seeds finished / diverged / failed, mean ± std columns."""
+    keys = swept_keys(runs)
+    rows = []
+    for point, members in group_by_point(runs).items():
+        good = [r for r in members if r.ok]
+        row: dict[str, Any] = dict(point)
+        row["seeds"] = " ".join(str(r.metrics.get("seed")) for r in sorted(good, key=_seed))
+        row["n_finished"] = len(good)
+        row["n_diverged"] = sum(r.metrics.get("diverged", False) for r in members)
+        row["n_failed"] = sum(r.status == "failed" for r in members)
+        values = [run_values(r) for r in good]
+        extra = [k for k in dict.fromkeys(k for v in values for k in v) if k.endswith("_drift")]
+        for col, key in [*COLUMNS, *((k, k) for k in extra)]:
+            present = [v[key] for v in values if v.get(key) is not None]
+            row[f"{col}_mean"], row[f"{col}_std"] = mean_std(present)
+            if col.startswith(("steps_to", "epochs_to")):
+                row[f"{col}_n"] = len(present)  # seeds that reached it
+        rows.append(row)
+    rows.sort(key=lambda r: tuple(_sort_key(r[k]) for k in keys))
+    return keys, rows
+
+
+def _seed(r: Run) -> int:
+    return int(r.metrics.get("seed", 0))
+
+
+def _sort_key(value: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(value))
+    except ValueError:
+        return (1, value)
+
+
+def _fmt(mean: float, std: float, digits: int = 4, n: int = 2) -> str:
+    """``0.9862 ± 0.0022``; one seed has no spread: ``0.9862 (n = 1)``."""
+    if math.isnan(mean):
+        return "—"
+    if n == 1:
+        return f"{mean:.{digits}f} (n = 1)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
+    head = [*keys, "seeds ok / div / fail", "val acc (final)", "val acc (best)", "test acc",
+            "train loss", "steps to 97%", "steps to 98%", "wall s/run"]  # fmt: skip
+    # medians' drift only (the CSV has every percentile's)
+    drifts = [c.removesuffix("_mean") for c in dict.fromkeys(k for r in rows for k in r)
+              if c.endswith("_p50_drift_mean")]  # fmt: skip
+    head += [f"{c.removesuffix('_drift')} drift" for c in drifts]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+
+        def reach(col: str, r: dict[str, Any] = r) -> str:
+            n, total = r[f"{col}_n"], r["n_finished"]
+            if n == 0:
+                return "never"
+            cell = f"{r[f'{col}_mean']:.0f}" + (f" ± {r[f'{col}_std']:.0f}" if n > 1 else "")
+            return cell if n == total else f"{cell} ({n}/{total})"
+
+        cells = [str(r[k]) for k in keys]
+        cells.append(f"{r['n_finished']} / {r['n_diverged']} / {r['n_failed']}")
+        n = r["n_finished"]
+        cells += [
+            _fmt(r[f"{c}_mean"], r[f"{c}_std"], n=n)
+            for c in ("val_acc", "val_acc_best", "test_acc", "train_loss")
+        ]
+        cells += [reach("steps_to_97"), reach("steps_to_98")]
+        cells.append(_fmt(r["wall_time_s_mean"], r["wall_time_s_std"], 1, n=n))
+        cells += [_fmt(r.get(f"{c}_mean", math.nan), r.get(f"{c}_std", math.nan), 3, n=n)
+                  for c in drifts]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, out.getvalue())
