@@ -7,9 +7,11 @@ from bnsweep.nn.batchnorm import (
     BatchNorm2d,
     make_batchnorm,
     make_torch_batchnorm,
+    norm_layers,
     recompute_population_stats,
 )
 from bnsweep.nn.cnn import InitCNN
+from bnsweep.nn.estimators import Estimator, register
 from bnsweep.nn.init import glorot_uniform, normal, torch_default, truncated_normal
 from bnsweep.nn.layers import (
     Block,
@@ -17,7 +19,6 @@ from bnsweep.nn.layers import (
     block_names,
     capture_preactivations,
     count_parameters,
-    norm_layers,
 )
 from bnsweep.nn.lenet import LeNet
 from bnsweep.nn.mlp import MLP
@@ -25,6 +26,7 @@ from bnsweep.nn.mlp import MLP
 __all__ = [
     "ESTIMATORS",
     "MLP",
+    "Estimator",
     "BatchNorm",
     "BatchNorm1d",
     "BatchNorm2d",
@@ -40,6 +42,7 @@ __all__ = [
     "normal",
     "norm_layers",
     "recompute_population_stats",
+    "register",
     "make_torch_batchnorm",
     "torch_default",
     "truncated_normal",

@@ -17,33 +17,30 @@ Alg. 2 (inference): y = γ / √(Var[x] + ε) · x + (β − γ E[x] / √(Var[x
 Var[x] estimated from training batches. `running_var` always stores the *unbiased* estimate
 m/(m−1)·σ²_B, as torch.nn.BatchNorm does, so state dicts move between the two layers.
 
-The estimator of (E[x], Var[x]) is the axis the studies sweep:
-
-- ``momentum``: exponential moving average, torch's convention new = (1 − m)·old + m·batch.
-- ``cumulative``: the plain average over every training batch since the last reset (torch's
-  ``momentum=None``). Not Alg. 2, which averages the statistics of the final network: this
-  average keeps those of the early weights, and lags on short runs.
-- ``window``: the average of the last k training batches (k = ``window``); before k batches
-  have been seen it averages those seen. The last k batch statistics are buffers, so a
-  checkpoint keeps the window.
-
-Whatever the estimator, ``running_mean`` / ``running_var`` hold the current estimate, and eval
-mode reads only them.
+The estimator of (E[x], Var[x]) is the axis the studies sweep: an object from
+``bnsweep.nn.estimators`` (``momentum``, ``window``, ``cumulative``, or one registered there),
+chosen by name. Whatever the estimator, ``running_mean`` / ``running_var`` hold the current
+estimate, and eval mode reads only them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from bnsweep.nn.layers import norm_layers
+from bnsweep.nn.estimators import (
+    ESTIMATORS,
+    Cumulative,
+    Estimator,
+    check_momentum,
+    check_window,
+    make_estimator,
+)
 
-Estimator = Literal["momentum", "window", "cumulative"]
-ESTIMATORS: tuple[str, ...] = ("momentum", "window", "cumulative")
 _SHAPE_NAMES = {2: "(N, C)", 4: "(N, C, H, W)"}
 
 
@@ -58,15 +55,16 @@ class _BatchNormTrain(torch.autograd.Function):
     much as a small kernel, and each fresh full-size buffer more. So the forward makes two
     buffers (torch's kernel makes one): the centred input d = x − μ_B, which is saved for the
     backward, and the output, whose buffer first holds d² for the variance (a two-pass mean and
-    variance from plain sums; torch's ``var_mean`` over (N, H, W) is ~10× slower than a sum
+    variance from plain sums; torch's ``var_mean`` over (N, H, W) is much slower than a sum
     there). The backward makes one buffer, g·d, and builds the input gradient in it. (An
     ``addcmul`` whose first operand is a broadcast per-channel vector is avoided: on the CPU
-    it took 4.4 ms on (64, 6, 28, 28), where a ``mul`` and an ``add_`` take 0.06 ms.)
+    it is far slower than a ``mul`` and an ``add_``.)
 
     At the FC shapes, (64, 120), each op costs more than its arithmetic, so the op count is
-    kept down: per-channel vectors broadcast against (N, C) input without a ``view`` (~3 µs
-    each), and the scalars 1/m, ε and −1/m are 0-dim tensors made once per (m, ε, device,
-    dtype) (a tensor-scalar op wraps its Python number on every call: ~8 µs against ~3.5).
+    kept down: per-channel vectors broadcast against (N, C) input without a ``view``, and the
+    scalars 1/m, ε and −1/m are 0-dim tensors made once per (m, ε, device, dtype) (a
+    tensor-scalar op wraps its Python number on every call). The measurements behind each
+    choice: docs/benchmarks.md, "Why the code is shaped so".
     """
 
     @staticmethod
@@ -89,7 +87,7 @@ class _BatchNormTrain(torch.autograd.Function):
             scale = invstd if weight is None else invstd * weight  # γ/σ per channel
             torch.mul(d, per_channel(scale), out=y)
             if bias is not None:
-                y.add_(per_channel(bias))  # (an addcmul with a broadcast β is ~70× slower here)
+                y.add_(per_channel(bias))  # (an addcmul with a broadcast β: far slower)
         ctx.save_for_backward(d, invstd, weight)
         ctx.neg_inv_m = neg_inv_m
         ctx.mark_non_differentiable(mean, var)
@@ -168,9 +166,8 @@ def _constants(m: int, eps: float, like: Tensor) -> tuple[Tensor | float, ...]:
 
 def _channel_sum(t: Tensor) -> Tensor:
     """Σ over every dim but the channels (dim 1): (N, C) -> (C,); (N, C, H, W) summed over
-    H·W first (a contiguous inner reduction), then over N. On the CPU that is 2× faster than
-    one ``sum((0, 2, 3))`` at (64, 16, 12, 12), and faster than ``mean``, which the forward
-    took before (77 µs against 37 at (64, 6, 28, 28)).
+    H·W first (a contiguous inner reduction), then over N: on the CPU faster than one
+    ``sum((0, 2, 3))`` and than ``mean`` (docs/benchmarks.md).
 
     Under torch.compile the layer writes nothing into a buffer it has read (no ``out=``, no
     in-place ops on the activations): inductor fuses the passes itself, and on CUDA (torch
@@ -192,8 +189,14 @@ class BatchNorm(nn.Module):
     """Batch normalization over (N, C) or (N, C, H, W) input; see the module docstring.
 
     Interface, parameter and buffer names follow ``torch.nn.BatchNorm1d/2d``; ``estimator``
-    (``momentum`` | ``window`` | ``cumulative``) and ``window`` choose how the inference
-    statistics are estimated. ``momentum=None`` means ``cumulative``, as in torch.
+    (a registered name, or an Estimator) chooses how the inference statistics are estimated,
+    and reads its options from the keywords (``momentum``, ``window``, or a registered
+    estimator's own). ``momentum=None`` means ``cumulative``, as in torch.
+
+    ``members`` > 1 makes the layer S = members stacked layers over S·C channels (see
+    ``bnsweep.nn.stacked``): each member's batch statistics are computed on its own block of
+    channels, as its own layer computes them, unless ``fused`` (one pass over all S·C, on a GPU
+    by default); running statistics and eval are channel-wise, which is exact either way.
     """
 
     _expected_dims: tuple[int, ...] = (2, 4)
@@ -205,32 +208,38 @@ class BatchNorm(nn.Module):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
-        estimator: Estimator = "momentum",
+        estimator: str | Estimator = "momentum",
         window: int = 5,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        members: int = 1,
+        fused: bool | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
         if not _is_number(eps) or not eps > 0:
             raise ValueError(f"eps must be a number > 0, got {eps!r}")
-        if estimator not in ESTIMATORS:
+        if not isinstance(estimator, Estimator) and estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
         if momentum is None:
-            estimator = "cumulative"
-        elif not _is_number(momentum) or not 0 <= momentum <= 1:
-            raise ValueError(f"momentum must be a number in [0, 1] or None, got {momentum!r}")
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be a positive integer, got {window!r}")
+            estimator = "cumulative" if not isinstance(estimator, Estimator) else estimator
+        else:
+            check_momentum(momentum)  # torch's keywords, checked whatever the estimator
+        check_window(window)
+        if not isinstance(estimator, Estimator):
+            estimator = make_estimator(estimator, {"momentum": momentum, "window": window, **options})
+        elif options:
+            raise ValueError(f"unexpected options {sorted(options)} beside an Estimator object")
         self.num_features = num_features
         self._fold_cache: tuple | None = None  # eval (scale, shift) and what they were made from
         self.eps = float(eps)
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        self.estimator = estimator
-        self.window = window
+        self.stats = estimator  # how the inference statistics are estimated
+        self.members, self.fused = members, fused
         factory = {"device": device, "dtype": dtype}
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
@@ -244,24 +253,25 @@ class BatchNorm(nn.Module):
             self.register_buffer(
                 "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
             )
-            if estimator == "window":
-                # the last k batch means and unbiased variances, a ring indexed by batch count
-                self.register_buffer("window_mean", torch.zeros(window, num_features, **factory))
-                self.register_buffer("window_var", torch.zeros(window, num_features, **factory))
+            for name, shape in estimator.shapes(num_features).items():  # the estimator's own
+                self.register_buffer(name, torch.zeros(shape, **factory))
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
         self.reset_parameters()
 
+    @property
+    def estimator(self) -> str:
+        """The estimator's name (``layer.stats`` is the estimator)."""
+        return self.stats.name
+
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
             self.running_mean.zero_()
             self.running_var.fill_(1)
             self.num_batches_tracked.zero_()
-            if self.estimator == "window":
-                self.window_mean.zero_()
-                self.window_var.zero_()
+            self.stats.reset(self._buffers)
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -274,7 +284,7 @@ class BatchNorm(nn.Module):
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}, estimator={self.estimator}"
         )
-        return s + (f", window={self.window}" if self.estimator == "window" else "")
+        return s + self.stats.extra_repr()
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() not in self._expected_dims:
@@ -290,8 +300,8 @@ class BatchNorm(nn.Module):
             )
 
     # The hot paths below read parameters and buffers from ``_parameters`` / ``_buffers``:
-    # nn.Module's ``__getattr__`` costs ~1.8 µs per access, which at the FC shapes was a tenth
-    # of the layer's time in eval.
+    # nn.Module's ``__getattr__`` costs, per access, a noticeable part of the layer's time in
+    # eval at the FC shapes (docs/benchmarks.md).
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -311,9 +321,20 @@ class BatchNorm(nn.Module):
         return y
 
     def _batch_stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(y, batch mean, biased batch variance) of a training-mode batch."""
+        """(y, batch mean, biased batch variance) of a training-mode batch; member by member
+        when the layer stacks S members (see the class docstring)."""
         params = self._parameters
-        return batch_norm_train(x, params["weight"], params["bias"], self.eps)
+        s = self.members
+        if s == 1 or self.fused or (self.fused is None and x.is_cuda):
+            return batch_norm_train(x, params["weight"], params["bias"], self.eps)
+        ws = params["weight"].chunk(s) if self.affine else [None] * s
+        bs = params["bias"].chunk(s) if self.affine else [None] * s
+        parts = [
+            batch_norm_train(xm.contiguous(), w, b, self.eps)
+            for xm, w, b in zip(x.chunk(s, 1), ws, bs)
+        ]
+        y, mean, var = zip(*parts)
+        return torch.cat(y, 1), torch.cat(mean), torch.cat(var)
 
     def _normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         # Alg. 2 folded into one affine op: y = x·scale + shift, per channel
@@ -352,38 +373,11 @@ class BatchNorm(nn.Module):
         return scale, shift
 
     def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor) -> None:
-        # the statistics are non-differentiable outputs of the training function, so these
-        # in-place updates record no graph without a no_grad context (which cost ~25 µs a call)
+        # the statistics are non-differentiable outputs of the training function, so the
+        # estimator's in-place updates record no graph without a no_grad context (which costs)
         buffers = self._buffers
-        running_mean, running_var = buffers["running_mean"], buffers["running_var"]
-        count = buffers["num_batches_tracked"]
-        count.add_(1)
-        if self.estimator == "momentum":
-            running_mean.lerp_(mean, self.momentum)
-            running_var.lerp_(var_unbiased, self.momentum)
-        elif self.estimator == "cumulative":
-            # average over n batches: new = old + (batch − old)/n, without a host sync
-            w = count.to(mean.dtype).reciprocal()
-            running_mean.lerp_(mean, w)
-            running_var.lerp_(var_unbiased, w)
-        else:
-            window_mean, window_var = buffers["window_mean"], buffers["window_var"]
-            slot = torch.remainder(count - 1, self.window).view(1)
-            window_mean.index_copy_(0, slot, mean.view(1, -1))
-            window_var.index_copy_(0, slot, var_unbiased.view(1, -1))
-            # unfilled slots are zero, so sum / min(n, k) is the mean of those seen
-            seen = count.clamp(max=self.window).to(mean.dtype)
-            torch.div(window_mean.sum(0), seen, out=running_mean)
-            torch.div(window_var.sum(0), seen, out=running_var)
-
-    @torch.no_grad()
-    def _fill_window_from_running(self) -> None:
-        """Make the window agree with running_mean/var: the slots of the batches seen hold them."""
-        seen = int(min(self.num_batches_tracked.item(), self.window))
-        self.window_mean.zero_()
-        self.window_var.zero_()
-        self.window_mean[:seen] = self.running_mean
-        self.window_var[:seen] = self.running_var
+        buffers["num_batches_tracked"].add_(1)
+        self.stats.update(buffers, mean, var_unbiased)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -391,19 +385,19 @@ class BatchNorm(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        # A state dict from torch.nn.BatchNorm has no window: rebuild it from the loaded running
-        # statistics, so the estimate continues from where torch left it.
-        window_keys = [prefix + "window_mean", prefix + "window_var"]
+        # A state dict from torch.nn.BatchNorm lacks the estimator's own buffers (the window):
+        # rebuild them from the loaded running statistics, so the estimate continues from there
+        own = [prefix + name for name in self.stats.own_buffers]
         if (
-            self.estimator == "window"
+            own
             and self.track_running_stats
             and prefix + "running_mean" in state_dict
-            and not any(k in state_dict for k in window_keys)
+            and not any(k in state_dict for k in own)
         ):
-            for k in window_keys:
+            for k in own:
                 if k in missing_keys:
                     missing_keys.remove(k)
-            self._fill_window_from_running()
+            self.stats.from_running(self._buffers)
 
 
 class BatchNorm1d(BatchNorm):
@@ -416,6 +410,12 @@ class BatchNorm2d(BatchNorm):
     """Our layer restricted to (N, C, H, W) input, like torch.nn.BatchNorm2d."""
 
     _expected_dims = (4,)
+
+
+def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The normalisation layers of a model by qualified name (ours or torch's)."""
+    kinds = (BatchNorm, nn.modules.batchnorm._BatchNorm)
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
 
 
 def make_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> BatchNorm:
@@ -443,12 +443,12 @@ def recompute_population_stats(
     if not norms:
         return 0
     was_training = {m: m.training for m in model.modules()}
-    saved = [(m, m.momentum, getattr(m, "estimator", None)) for m in norms]
+    saved = [(m, m.momentum, getattr(m, "stats", None)) for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # torch's layer: cumulative average
         if isinstance(m, BatchNorm):
-            m.estimator = "cumulative"
+            m.stats = Cumulative()
     model.eval()
     for m in norms:
         m.train()
@@ -459,12 +459,11 @@ def recompute_population_stats(
             model(x.to(device) if device is not None else x)
             n += 1
     finally:
-        for m, momentum, estimator in saved:
+        for m, momentum, stats in saved:
             m.momentum = momentum
-            if estimator is not None:
-                m.estimator = estimator
-            if estimator == "window":
-                m._fill_window_from_running()  # the window now holds the population estimate
+            if stats is not None:
+                m.stats = stats
+                stats.from_running(m._buffers)  # its own buffers now hold the population estimate
         for m, training in was_training.items():
             m.train(training)
     return n

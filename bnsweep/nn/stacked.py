@@ -18,7 +18,8 @@ is its independent gradient, and elementwise optimizers (SGD, Adam, Adagrad) ste
 exactly as alone.
 
 Every stacked tensor keeps the members along one dimension, blocked: parameters, running
-statistics and optimizer state along dim 0, the window estimator's ring (k, S·C) along dim 1;
+statistics and optimizer state along dim 0, an estimator's own buffers along the dim it names
+(the window's ring (k, S·C): dim 1);
 0-d tensors (``num_batches_tracked``, Adam's ``step``) are shared. ``member_state`` and
 ``stack_states`` convert state dicts between one stacked network and S plain ones.
 """
@@ -32,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor, nn
 
-from bnsweep.nn.batchnorm import BatchNorm, batch_norm_train
+from bnsweep.nn.batchnorm import BatchNorm
+from bnsweep.nn.estimators import stack_dim
 
 # parameter-free layers that act per channel, hence per member, in the blocked layout
 PER_CHANNEL = (
     nn.Sigmoid, nn.ReLU, nn.Tanh, nn.Identity, nn.Flatten, nn.AvgPool2d, nn.MaxPool2d,
 )  # fmt: skip
-_RING = ("window_mean", "window_var")  # (k, C) buffers: members along dim 1
 
 
 class StackedConv2d(nn.Module):
@@ -126,28 +127,6 @@ class StackedDropout(nn.Module):
         return x * torch.cat(masks, 1).div_(1 - self.p)
 
 
-class _MemberStats:
-    """Mixed into our BN layer over S·C channels: each member's batch statistics computed on
-    its own block, as its independent layer computes them (unless fused, see StackedConv2d);
-    running statistics and eval stay channel-wise over all S·C channels, which is exact."""
-
-    members: int
-    fused: bool | None
-
-    def _batch_stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.fused or (self.fused is None and x.is_cuda):
-            return super()._batch_stats(x)
-        s = self.members
-        ws = self.weight.chunk(s) if self.affine else [None] * s
-        bs = self.bias.chunk(s) if self.affine else [None] * s
-        parts = [
-            batch_norm_train(xm.contiguous(), w, b, self.eps)
-            for xm, w, b in zip(x.chunk(s, 1), ws, bs)
-        ]
-        y, mean, var = zip(*parts)
-        return torch.cat(y, 1), torch.cat(mean), torch.cat(var)
-
-
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward hands on a contiguous gradient: a member's slice of the stacked
     gradient is strided, and torch's BN backward would reduce it in another order."""
@@ -191,40 +170,42 @@ class _TorchMemberStats:
         return torch.cat(ys, 1)
 
 
-_MEMBER_CLASSES: dict[type, type] = {}
+class _TorchMemberBatchNorm1d(_TorchMemberStats, nn.BatchNorm1d):
+    pass
 
 
-def _member_class(cls: type) -> type:
-    if cls not in _MEMBER_CLASSES:
-        mixin = _MemberStats if issubclass(cls, BatchNorm) else _TorchMemberStats
-        _MEMBER_CLASSES[cls] = type(f"Stacked{cls.__name__}", (mixin, cls), {})
-    return _MEMBER_CLASSES[cls]
+class _TorchMemberBatchNorm2d(_TorchMemberStats, nn.BatchNorm2d):
+    pass
 
 
 def _stack_norm(norms: Sequence[nn.Module], fused: bool | None) -> nn.Module:
-    """One BN layer over S·C channels, holding the S members' parameters and statistics: a
-    subclass of the members' own class whose training forward works member by member."""
+    """One BN layer over S·C channels, holding the S members' parameters and statistics: our
+    layer with ``members=S`` (each member's batch statistics on its own block), or torch's
+    layer whose training forward runs member by member. Each tensor is the members' tensors
+    concatenated along its channels' dim (an estimator's own buffer names its dim)."""
     first = norms[0]
-    stacked = copy.deepcopy(first)
-    stacked.__class__ = _member_class(type(first))
-    stacked.members, stacked.fused = len(norms), fused
-    if isinstance(first, BatchNorm):
-        stacked._fold_cache = None
     s, c = len(norms), first.num_features
-    stacked.num_features = s * c
+    common = {"eps": first.eps, "momentum": first.momentum, "affine": first.affine,
+              "track_running_stats": first.track_running_stats}  # fmt: skip
+    if isinstance(first, BatchNorm):
+        stacked = type(first)(s * c, estimator=copy.copy(first.stats), members=s, fused=fused,
+                              **common)  # fmt: skip
+    else:
+        spatial = isinstance(first, nn.BatchNorm2d)
+        stacked = (_TorchMemberBatchNorm2d if spatial else _TorchMemberBatchNorm1d)(s * c, **common)
+        stacked.members, stacked.fused = s, fused
     for name, t in [*first.named_parameters(recurse=False), *first.named_buffers(recurse=False)]:
         if t is None:
             continue
         if t.dim() == 0:  # num_batches_tracked: the members count the same batches
             value = t.detach().clone()
         else:
-            dim = 1 if name in _RING else 0
-            value = torch.cat([getattr(m, name).detach() for m in norms], dim)
+            value = torch.cat([getattr(m, name).detach() for m in norms], stack_dim(name))
         if isinstance(t, nn.Parameter):
             setattr(stacked, name, nn.Parameter(value))
         else:
             setattr(stacked, name, value)
-    return stacked
+    return stacked.train(first.training)
 
 
 def _stack_module(
@@ -310,7 +291,7 @@ def stack_inputs(xs: Sequence[Tensor]) -> Tensor:
 
 
 def _member_dim(key: str) -> int:
-    return 1 if key.rsplit(".", 1)[-1] in _RING else 0
+    return stack_dim(key.rsplit(".", 1)[-1])
 
 
 def member_view(t: Tensor, key: str, m: int, members: int) -> Tensor:
