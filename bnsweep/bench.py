@@ -114,10 +114,11 @@ def run_sweep(args: list[str], out: Path) -> tuple[float, list[dict]]:
 
 def timed_sweep(n: int, launcher: list[str], out: Path) -> tuple[float, list[float], int]:
     """``run_sweep`` of n short runs (n seeds of one point): its wall seconds, each job's, and
-    how many of them paid a process start-up (the first run of each worker process)."""
+    how many process start-ups they paid (the processes that ran them)."""
     seeds = ",".join(str(s) for s in range(n))
     wall, runs = run_sweep([f"seeds=[{seeds}]", *SHORT_RUN, *launcher], out)
-    startups = sum(r.get("startup_s") is not None for r in runs)
+    jobs = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
+    startups = len({j["pid"] for j in jobs})  # one start-up per process that ran jobs
     return wall, [r["wall_time_s"] for r in runs], startups
 
 

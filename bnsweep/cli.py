@@ -53,10 +53,13 @@ def vectorized(argv: Sequence[str], conf: Path = CONF) -> bool:
     return bool(_preset_value(argv, "sweep.vectorize", conf))
 
 
-def always_excluded(conf: Path = CONF) -> list[str]:
-    """Keys that never name a run folder (besides the fixed, unswept overrides): sweep.yaml's."""
-    keys = OmegaConf.load(conf / "sweep.yaml").hydra.job.config.override_dirname.exclude_keys
-    return list(keys)
+def always_excluded() -> list[str]:
+    """Keys that never name a run folder (besides the fixed, unswept overrides)."""
+    from bnsweep.keys import FOLDER_NAME_EXCLUDED
+
+    return list(FOLDER_NAME_EXCLUDED)
+
+
 SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
 
 
@@ -168,7 +171,7 @@ def register_resolvers() -> None:
 
 def skip_mode_probe() -> None:
     """Hydra composes the whole config once only to read ``hydra.mode`` before composing it
-    again to run (~0.1 s of every start here). train.py sets no mode (the probe finds none)
+    again to run (a tenth of a second of every start: docs/benchmarks.md). train.py sets no mode (the probe finds none)
     and sweep.py always passes --multirun, so the probe cannot change which way Hydra runs:
     it answers None, as it does for train.py, and Hydra goes by --multirun."""
     from hydra._internal.hydra import Hydra

@@ -18,12 +18,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnsweep.files import atomic_write, read_json, write_json
+from bnsweep.keys import LOCATION, computes
+from bnsweep.record import METRICS, read_record
 
-RUN_CONFIG, METRICS = "run_config.json", "metrics.json"
+RUN_CONFIG = "run_config.json"
 
-# settings that do not change what a run computes: never compared, never naming a point
-NOT_COMPARED = ("run_dir", "resume", "threads", "sweep", "seeds", "hydra", "logger", "report")
-LOCATION_KEYS = ("data.root", "data.download", "data.cache", "trainer.enable_progress_bar")
 
 
 class RunRefused(FileExistsError):
@@ -34,8 +33,8 @@ class RunRefused(FileExistsError):
 def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     """A resolved config (a run_config.json) without the settings that do not change what the
     run computes (where its files and the data live, how it is logged and launched)."""
-    out = {k: v for k, v in snapshot.items() if k not in NOT_COMPARED}
-    for dotted in LOCATION_KEYS:
+    out = {k: v for k, v in snapshot.items() if computes(k)}
+    for dotted in LOCATION:
         group, key = dotted.split(".")
         if isinstance(out.get(group), dict) and key in out[group]:
             out[group] = {k: v for k, v in out[group].items() if k != key}
@@ -85,9 +84,8 @@ def claim(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
             f"{run_dir} holds a run of another config ({differences(old, snapshot)}); "
             "resume with the settings it was started with, or use another folder"
         )
-    metrics_file = run_dir / METRICS
-    if metrics_file.exists():
-        metrics = read_json(metrics_file)
+    if (run_dir / METRICS).exists():
+        metrics = read_record(run_dir)
         if not resume:
             raise RunRefused(
                 f"{run_dir} already holds a run; refusing to overwrite it (resume=true skips a "

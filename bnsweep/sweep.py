@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from bnsweep.files import atomic_write, write_json
+from bnsweep.record import failed_record, read_record, write_record
 from bnsweep.report import load_runs, report
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def _log_job(run_dir: Path, status: str, error: str | None, seconds: float) -> N
     """A line in the sweep folder's jobs.jsonl (appended: one short write per job, whole even
     when jobs end side by side)."""
     line = json.dumps({"run": run_dir.name, "status": status, "error": error,
-                       "seconds": round(seconds, 3), "at": time.time()})  # fmt: skip
+                       "seconds": round(seconds, 3), "at": time.time(), "pid": os.getpid()})  # fmt: skip
     with contextlib.suppress(OSError), (run_dir.parent / JOBS_LOG).open("a") as f:
         f.write(line + "\n")
 
@@ -182,15 +183,12 @@ def _record_failure(run_dir: Path, cfg: DictConfig, message: str, tb: str) -> No
     """traceback.txt and a failed metrics.json, never over a finished run's metrics."""
     from bnsweep.train import overrides
 
-    metrics = run_dir / "metrics.json"
     with contextlib.suppress(ValueError, OSError):
-        if json.loads(metrics.read_text()).get("status") == "finished":
+        if read_record(run_dir).get("status") == "finished":
             return
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "traceback.txt", tb)
-    write_json(metrics, {
-        "status": "failed", "error": message, "seed": cfg.get("seed"), "overrides": overrides(),
-    })  # fmt: skip
+    write_record(run_dir, failed_record(message, cfg.get("seed"), overrides()))
 
 
 def preflight(cfg: DictConfig, sweep_dir: Path, lock_holder: list) -> None:
@@ -228,7 +226,7 @@ def sweep_settings(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """key -> {"swept": bool, "value": text} for every setting the command line or the study
     preset gives, except those that do not change what runs compute (bnsweep.runs)."""
     from bnsweep.cli import is_sweep
-    from bnsweep.runs import LOCATION_KEYS, NOT_COMPARED
+    from bnsweep.keys import SEED, computes
 
     given: dict[str, str] = {}
     hydra = cfg.hydra
@@ -239,9 +237,8 @@ def sweep_settings(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             key, value = text.split("=", 1)
             given[key.lstrip("+~")] = value
     given["study"] = str(hydra.runtime.choices.get("study", "custom"))
-    skip = {"seed", *NOT_COMPARED, *LOCATION_KEYS}
     return {k: {"swept": is_sweep(v), "value": v} for k, v in sorted(given.items())
-            if k not in skip and not k.startswith(("hydra.", "hydra/"))}  # fmt: skip
+            if k == "study" or (k != SEED and computes(k))}  # fmt: skip
 
 
 def _check_resume(cfg: DictConfig, sweep_dir: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,13 @@ from bnsweep.files import (
     FolderLock,
     is_no_space,
     remove_unstarted,
-    write_json,
 )
+from bnsweep.keys import HPARAM_KEYS, computes
 from bnsweep.lit import BNStatsLogger, LitClassifier
 from bnsweep.nn import norm_layers
+from bnsweep.record import finished_record, write_record
 from bnsweep.runs import RunRefused, claim
 from bnsweep.runtime import hydra_verbose, quiet_lightning, tune_allocator
-
-HPARAM_KEYS = (
-    "model", "bn", "bn.momentum", "bn.window", "bn.eps", "init", "init.std", "optimizer",
-    "optimizer.lr", "data", "data.batch_size", "seed",
-)  # fmt: skip
 
 
 def process_age() -> float | None:
@@ -67,14 +64,12 @@ def hparams(cfg: DictConfig, picked: dict[str, str], net: torch.nn.Module) -> di
     """What the HPARAMS tab shows of a run: group choices, the numbers swept most often, and
     every key its command line set (so a sweep's swept keys are there). A network without a
     BN layer records ``bn: none`` and no bn.* key."""
-    from bnsweep.runs import LOCATION_KEYS, NOT_COMPARED
-
     given = [o.split("=", 1)[0].lstrip("+~") for o in overrides() if "=" in o]
     keys = [*HPARAM_KEYS, *(k for k in given if k not in HPARAM_KEYS)]
     has_bn = bool(norm_layers(net))
     out: dict[str, Any] = {}
     for key in keys:
-        if key in LOCATION_KEYS or key.split(".")[0] in NOT_COMPARED:
+        if not computes(key):
             continue  # where files go, how it runs: no hyper-parameter
         if not has_bn and (key == "bn" or key.startswith("bn.")):
             continue
@@ -145,8 +140,8 @@ def make_trainer(
         extra["enable_progress_bar"] = _interactive()
     if t.get("deterministic") is None:
         # deterministic kernels on the CPU. On a GPU only when asked (trainer.deterministic=true:
-        # seeded runs then repeat exactly, tested on an H100), as they cost there: one epoch of
-        # lenet_fc_bn2 took 8.5 s against 5.6 s
+        # seeded runs then repeat exactly, tested on an H100), as they cost there (about 1.5× an
+        # epoch's time: docs/benchmarks.md)
         extra["deterministic"] = on_cpu
     t = {k: v for k, v in t.items() if k != "compile"}  # ours (LitClassifier), not Lightning's
     return instantiate(
@@ -159,14 +154,14 @@ def make_trainer(
     )
 
 
-def run(cfg: DictConfig, import_s: float | None = None) -> dict[str, Any]:
-    """Train, validate and test one configuration; returns the metrics written to metrics.json.
+def run(cfg: DictConfig, process: ProcessStart | None = None) -> dict[str, Any]:
+    """Train, validate and test one configuration; returns the record written to metrics.json.
 
     The run folder is locked while the run lasts. With ``resume=true`` a finished run in
     ``run_dir`` is returned as it is, and an interrupted one continues from its newest readable
     checkpoint (``ckpt/last.ckpt``, else ``ckpt/prev.ckpt``), saved at every validation.
-    ``import_s``: how long this process took to import torch and Lightning (recorded beside
-    the start-up of a process's first run: what of the start-up is bnsweep's own).
+    ``process``: given by an entry point whose process exists for this run (train.py), which
+    then records its start-up (process start to the first training step) and import time.
     """
     validate(cfg)
     tune_allocator()
@@ -175,12 +170,11 @@ def run(cfg: DictConfig, import_s: float | None = None) -> dict[str, Any]:
     with FolderLock(run_dir, "run folder"):
         if (finished := claim(run_dir, cfg)) is not None:
             return finished
-        return _train(cfg, run_dir, import_s)
+        return _train(cfg, run_dir, process)
 
 
-def _train(cfg: DictConfig, run_dir: Path, import_s: float | None) -> dict[str, Any]:
+def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None) -> dict[str, Any]:
     start = time.time()
-    started_after = process_age() if _first_run_of_process() else None
     quiet_lightning(hydra_verbose())
     try:
         module, datamodule = build(cfg)
@@ -215,41 +209,28 @@ def _train(cfg: DictConfig, run_dir: Path, import_s: float | None) -> dict[str, 
     trainer.test(module, datamodule=datamodule, verbose=False)
     tested = {k: float(v) for k, v in trainer.callback_metrics.items()}
     picked = choices(cfg)
-    h = module.history
-    result = {
-        "status": "finished",
-        "diverged": module.diverged_step is not None,
-        "diverged_step": module.diverged_step,
-        "seed": cfg.seed,
-        "choices": picked,
-        "overrides": overrides(),
-        "val/acc": h["val/acc"][-1] if h["val/acc"] else None,
-        "val/acc_best": max(h["val/acc"], default=None),
-        "val/loss": h["val/loss"][-1] if h["val/loss"] else None,
-        # the last epoch's training metrics (a partial epoch when stopped mid-epoch)
-        "train/acc": h["train/acc"][-1] if h["train/acc"] else None,
-        "train/loss": h["train/loss"][-1] if h["train/loss"] else None,
-        "test/acc": tested.get("test/acc"),
-        "test/loss": tested.get("test/loss"),
-        "test_weights": weights,
-        "steps": steps,
-        "epochs": epochs,
-        "wall_time_s": round(time.time() - start, 3),  # of this process (a resume: since it)
-        "fit_time_s": round(fit_time, 3),  # trainer.fit: training and its validations
-        # process start (imports, config, data) to the first training step: one run per process
-        "startup_s": round(module.first_step_at - start + started_after, 3)
-        if module.first_step_at is not None and started_after is not None
-        else None,
-        # of that start-up, importing torch, Lightning and the rest (train.py's first run)
-        "import_s": round(import_s, 3) if import_s is not None and started_after is not None else None,
-        "resumed_from_step": module.resumed_from_step,
-        "device": str(trainer.strategy.root_device),
-        "history": h,
-    }
-    result["hparams"] = hparams(cfg, picked, module.net)
-    log_final(trainer.loggers, result["hparams"])
-    write_json(run_dir / "metrics.json", result)
-    return result
+    record = finished_record(
+        seed=cfg.seed,
+        history=module.history,
+        test=(tested.get("test/acc"), tested.get("test/loss")),
+        test_weights=weights,
+        steps=steps,
+        epochs=epochs,
+        diverged_step=module.diverged_step,
+        choices=picked,
+        overrides=overrides(),
+        times={
+            "wall_time_s": round(time.time() - start, 3),  # of this process (a resume: since it)
+            "fit_time_s": round(fit_time, 3),  # trainer.fit: training and its validations
+            **startup_times(process, module.first_step_at),
+        },
+        resumed_from_step=module.resumed_from_step,
+        device=str(trainer.strategy.root_device),
+        hparams=hparams(cfg, picked, module.net),
+    )
+    log_final(trainer.loggers, record["hparams"])
+    write_record(run_dir, record)
+    return record
 
 
 def log_final(loggers: list, hp: dict[str, Any]) -> None:
@@ -262,14 +243,28 @@ def log_final(loggers: list, hp: dict[str, Any]) -> None:
             logger.close()
 
 
-_started_a_run = False
+@dataclass(frozen=True)
+class ProcessStart:
+    """When the process of a run started (time.time()) and how long it took to import torch
+    and Lightning: train.py's, whose process exists for its one run."""
+
+    at: float
+    import_s: float | None = None
+
+    @classmethod
+    def now(cls, import_s: float | None = None) -> ProcessStart | None:
+        age = process_age()
+        return cls(time.time() - age, import_s) if age is not None else None
 
 
-def _first_run_of_process() -> bool:
-    """True once per process: later runs (a sweep's basic launcher) reuse its imports."""
-    global _started_a_run
-    first, _started_a_run = not _started_a_run, True
-    return first
+def startup_times(process: ProcessStart | None, first_step_at: float | None) -> dict[str, Any]:
+    """startup_s (process start to the first training step) and import_s (of it, importing
+    torch, Lightning and the rest), for a run that opened its process; None otherwise (a
+    sweep's jobs share their worker processes)."""
+    if process is None or first_step_at is None:
+        return {"startup_s": None, "import_s": None}
+    imported = round(process.import_s, 3) if process.import_s is not None else None
+    return {"startup_s": round(first_step_at - process.at, 3), "import_s": imported}
 
 
 # errors that are the user's input, not a bug: reported in one line, exit status 2
@@ -286,7 +281,7 @@ def main(cfg: DictConfig, import_s: float | None = None) -> float | None:
     run_dir = Path(cfg.run_dir)
     started = time.time()
     try:
-        metrics = run(cfg, import_s)
+        metrics = run(cfg, ProcessStart.now(import_s))
         skipped = (run_dir / "metrics.json").stat().st_mtime < started
         print((finished_block if skipped else run_block)(run_dir, metrics))
         return metrics["val/acc_best"]

@@ -29,11 +29,11 @@ from bnsweep.config import check_vectorize, refusal, validate
 from bnsweep.files import FolderLock, remove_unstarted, write_json
 from bnsweep.lit import LitMembers
 from bnsweep.nn.stacked import StackedNet, member_state, member_view, stack_inputs, stack_states
+from bnsweep.record import finished_record, write_record
 from bnsweep.runs import claim, config_snapshot, find_run
 from bnsweep.runtime import hydra_verbose, quiet_lightning, tune_allocator
 from bnsweep.train import (
     USER_ERRORS,
-    _first_run_of_process,
     build_net,
     choices,
     hparams,
@@ -42,7 +42,7 @@ from bnsweep.train import (
     make_trainer,
     overrides,
     percentile_config,
-    process_age,
+    startup_times,
 )
 
 
@@ -330,7 +330,6 @@ def _resume_checkpoint(cfgs: list[DictConfig], net: StackedNet, job_dir: Path) -
 def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]:
     tune_allocator()
     start = time.time()
-    started_after = process_age() if _first_run_of_process() else None
     quiet_lightning(hydra_verbose())
     seeds = [int(c.seed) for c in cfgs]
     nets, generators = [], []
@@ -386,40 +385,30 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
     wall = time.time() - start
     results = []
     for m, c in enumerate(cfgs):
-        h, diverged = module.history[m], module.diverged_step[m]
-        test_acc, test_loss = module.test_metrics[m]
         picked = choices(c)
-        result = {
-            "status": "finished",
-            "diverged": diverged is not None,
-            "diverged_step": diverged,
-            "seed": c.seed,
-            "choices": picked,
-            "overrides": [*overrides(), f"seed={c.seed}"],
-            "val/acc": h["val/acc"][-1] if h["val/acc"] else None,
-            "val/acc_best": max(h["val/acc"], default=None),
-            "val/loss": h["val/loss"][-1] if h["val/loss"] else None,
-            "train/acc": h["train/acc"][-1] if h["train/acc"] else None,
-            "train/loss": h["train/loss"][-1] if h["train/loss"] else None,
-            "test/acc": test_acc,
-            "test/loss": test_loss,
-            "test_weights": weights,
-            "steps": module.end_step(m),
-            "epochs": epochs,
-            # this member's share of the job (the job's own times beside it)
-            "wall_time_s": round(wall / len(cfgs), 3),
-            "fit_time_s": round(fit_time / len(cfgs), 3),
-            "job_wall_time_s": round(wall, 3),
-            "vectorized_seeds": seeds,
-            "startup_s": round(module.first_step_at - start + started_after, 3)
-            if module.first_step_at is not None and started_after is not None
-            else None,
-            "resumed_from_step": module.resumed_from_step,
-            "device": str(trainer.strategy.root_device),
-            "history": h,
-        }
-        result["hparams"] = hparams(c, picked, nets[m])
-        log_final(module.member_loggers[m], result["hparams"])
-        write_json(Path(c.run_dir) / "metrics.json", result)
-        results.append(result)
+        record = finished_record(
+            seed=c.seed,
+            history=module.history[m],
+            test=module.test_metrics[m],
+            test_weights=weights,
+            steps=module.end_step(m),
+            epochs=epochs,
+            diverged_step=module.diverged_step[m],
+            choices=picked,
+            overrides=[*overrides(), f"seed={c.seed}"],
+            times={
+                # this member's share of the job (the job's own times beside it)
+                "wall_time_s": round(wall / len(cfgs), 3),
+                "fit_time_s": round(fit_time / len(cfgs), 3),
+                "job_wall_time_s": round(wall, 3),
+                "vectorized_seeds": seeds,
+                **startup_times(None, module.first_step_at),  # a sweep's job: none recorded
+            },
+            resumed_from_step=module.resumed_from_step,
+            device=str(trainer.strategy.root_device),
+            hparams=hparams(c, picked, nets[m]),
+        )
+        log_final(module.member_loggers[m], record["hparams"])
+        write_record(Path(c.run_dir), record)
+        results.append(record)
     return results

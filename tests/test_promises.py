@@ -201,9 +201,7 @@ def test_a_kill_after_training_ended_resumes_to_the_same_metrics(
         raise KeyboardInterrupt("killed")
 
     if killed_at == "metrics.json":
-        write = bnsweep.train.write_json
-        monkeypatch.setattr(bnsweep.train, "write_json",
-                            lambda path, obj: killed() if path.name == "metrics.json" else write(path, obj))  # fmt: skip
+        monkeypatch.setattr(bnsweep.train, "write_record", lambda run_dir, record: killed())
     else:
         save = LitClassifier.on_save_checkpoint
         monkeypatch.setattr(LitClassifier, "on_save_checkpoint",
@@ -233,14 +231,10 @@ def test_a_kill_after_a_vectorized_job_ended_resumes_to_the_same_metrics(
                                      "model=lenet_fc_bn2", "seeds=[0,1]", *SHORT, *extra])  # fmt: skip
 
     whole = run_members(cfg("whole"))
-    write = bnsweep.vectorize.write_json
+    def killed_at_metrics(run_dir, record):  # the kill comes as metrics.json is written
+        raise KeyboardInterrupt("killed")
 
-    def killed_at_metrics(path, obj):
-        if path.name == "metrics.json":
-            raise KeyboardInterrupt("killed")
-        write(path, obj)
-
-    monkeypatch.setattr(bnsweep.vectorize, "write_json", killed_at_metrics)
+    monkeypatch.setattr(bnsweep.vectorize, "write_record", killed_at_metrics)
     with pytest.raises(KeyboardInterrupt):
         run_members(cfg("job"))
     monkeypatch.undo()

@@ -28,7 +28,7 @@ METRIC_KEYS = {
     "status", "seed", "choices", "overrides", "val/acc", "val/acc_best", "val/loss", "train/acc",
     "train/loss", "test/acc", "test/loss", "steps", "epochs", "wall_time_s", "device", "history",
     "diverged", "diverged_step", "resumed_from_step", "fit_time_s", "startup_s", "hparams",
-    "import_s", "test_weights",
+    "import_s", "test_weights", "schema",
 }  # fmt: skip
 
 

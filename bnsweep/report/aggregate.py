@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from bnsweep.keys import HPARAMS_SHOWN
 from bnsweep.report.plots import curves
 from bnsweep.report.runs import Run, point_label
 
@@ -22,12 +23,6 @@ AGGREGATE_LAYOUT = {
     },
     "bnsweep: every run": {"val/acc": ("Multiline", [r"^val/acc$"])},
 }
-
-# what the HPARAMS tab shows besides the swept keys and the seed. TensorBoard ticks five
-# hyper-parameters at first, those that differ between runs first, then the rest by name: with
-# these, a sweep of one key shows it, the seed and these four.
-HPARAMS_SHOWN = ("model", "bn", "init.std", "optimizer.lr")
-
 
 def steps_per_epoch(run: Run) -> float | None:
     """Training steps of one epoch, from the run's validation history (step / epoch)."""

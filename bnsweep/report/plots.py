@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bnsweep.report.runs import Run, point_label
-from bnsweep.report.summary import _sort_key, mean_std, percentile_keys
+from bnsweep.report.summary import mean_std, percentile_keys, sort_key
 
 
 def curves(
@@ -24,7 +24,7 @@ def curves(
 
 def finished_points(groups: dict) -> list[tuple[tuple, list[Run]]]:
     """(point, its finished runs) for every point with any, in the order of the summary rows."""
-    ordered = sorted(groups.items(), key=lambda g: tuple(_sort_key(v) for _, v in g[0]))
+    ordered = sorted(groups.items(), key=lambda g: tuple(sort_key(v) for _, v in g[0]))
     return [(point, good) for point, m in ordered if (good := [r for r in m if r.ok])]
 
 
@@ -83,7 +83,7 @@ def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, An
     tracked = any(percentile_keys(r.metrics["history"]) for m in groups.values() for r in m if r.ok)
     if tracked:
         written.append(plot_percentiles(sweep_dir, groups))
-    numeric = [k for k in keys if all(_sort_key(r[k])[0] == 0 for r in rows)]
+    numeric = [k for k in keys if all(sort_key(r[k])[0] == 0 for r in rows)]
     for key in numeric:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         others = [k for k in keys if k != key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -9,15 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# overrides that never define a point
-NOT_SWEPT = ("seed", "seeds", "run_dir", "study", "resume", "threads", "sweep.vectorize")
+from bnsweep.keys import defines_a_point
 
 
 @dataclass
 class Run:
     path: Path
     metrics: dict[str, Any]
-    params: dict[str, str] = field(default_factory=dict)  # override key -> value, seed excluded
+    # what tells this run's point from others: option picked per config group (model=…) and
+    # every leaf of its resolved config (init.std=…), seed and launch keys left out
+    settings: dict[str, Any] = field(default_factory=dict)
+    # how the command line wrote each key it set (labels read as typed: init.std=1e-4)
+    typed: dict[str, str] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -27,15 +31,63 @@ class Run:
     def ok(self) -> bool:
         return self.status == "finished" and not self.metrics.get("diverged", False)
 
+    def shown(self, key: str) -> str:
+        """A key's value as a label shows it: as typed, else the option's name or the value."""
+        if key in self.typed:
+            return self.typed[key]
+        value = self.settings.get(key, "")
+        return value if isinstance(value, str) else json.dumps(value)
+
 
 def _parse_override(text: str) -> tuple[str, str] | None:
     if "=" not in text:
         return None
     key, value = text.split("=", 1)
     key = key.lstrip("+~")
-    if key in NOT_SWEPT or key.startswith("hydra"):
+    if not defines_a_point(key):
         return None
     return key, value
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _settings(folder: Path, metrics: dict[str, Any], typed: dict[str, str]) -> dict[str, Any]:
+    """The run's group options and resolved config leaves (run_config.json); a folder without
+    a readable one (a failed run's, an old one) falls back to its command line's overrides."""
+    from bnsweep.files import DamagedFile, read_json
+    from bnsweep.runs import RUN_CONFIG, comparable
+
+    try:
+        config = comparable(read_json(folder / RUN_CONFIG))
+    except (OSError, DamagedFile):
+        return dict(typed)
+    follows = _interpolated(folder)
+    # a failed run's record names no options: those its command line picked stand for them
+    choices = metrics.get("choices") or {k: v for k, v in typed.items() if "." not in k}
+    picked = {k: v for k, v in choices.items() if defines_a_point(k)}
+    leaves = {k: v for k, v in _flat(config).items() if defines_a_point(k) and k not in follows}
+    return {**picked, **leaves}
+
+
+def _interpolated(folder: Path) -> set[str]:
+    """The config leaves that follow another key (``data.seed: ${seed}``, init.bias following
+    init.std), from the unresolved config the run was claimed with: they tell no point apart
+    of their own (the key they follow does)."""
+    from omegaconf import OmegaConf
+
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False)
+    except Exception:  # noqa: BLE001 (no such file, or not YAML: nothing is known to follow)
+        return set()
+    return {k for k, v in _flat(raw).items() if isinstance(v, str) and "${" in v}
 
 
 def load_runs(sweep_dir: Path) -> list[Run]:
@@ -45,35 +97,50 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 
 def load_run_folders(folders: Iterable[Path]) -> list[Run]:
     """The runs in these folders (those without a metrics.json are left out)."""
-    from bnsweep.files import DamagedFile, read_json
+    from bnsweep.files import DamagedFile
+    from bnsweep.record import METRICS, read_record
 
     runs = []
     for folder in folders:
-        f = Path(folder) / "metrics.json"
+        f = Path(folder) / METRICS
         if not f.is_file():
             continue
         try:
-            metrics = read_json(f)
+            metrics = read_record(folder)
         except DamagedFile as e:
             print(f"warning: skipped {f}: it is damaged{str(e).removeprefix(str(f) + ' is damaged')}",
                   file=sys.stderr)  # fmt: skip
             continue
-        params = dict(p for o in metrics.get("overrides", []) if (p := _parse_override(o)))
-        runs.append(Run(f.parent, metrics, params))
+        typed = dict(p for o in metrics.get("overrides", []) if (p := _parse_override(o)))
+        runs.append(Run(f.parent, metrics, _settings(Path(folder), metrics, typed), typed))
     return runs
 
 
+def _group_of(key: str, runs: Sequence[Run]) -> str | None:
+    """The config group a leaf key lies under (``model`` for ``model.bn``), when the runs pick
+    an option of that group."""
+    group = key.split(".")[0]
+    return group if group != key and any(group in r.metrics.get("choices", {}) for r in runs) else None
+
+
 def swept_keys(runs: Sequence[Run]) -> list[str]:
-    """Keys whose value differs between runs, in the order the overrides name them."""
-    keys: dict[str, set[str]] = {}
-    for r in runs:
-        for k, v in r.params.items():
-            keys.setdefault(k, set()).add(v)
-    for r in runs:  # a key some runs lack is swept too
-        for k in keys:
-            if k not in r.params:
-                keys[k].add("")
-    return [k for k, values in keys.items() if len(values) > 1]
+    """The keys whose value differs between runs: a group's option (model), or a leaf of the
+    config (init.std) that differs between runs picking the same option of its group (the
+    leaves an option brings, model.bn of lenet_bn1, are told by the option). In the order the
+    command lines name them, then by name."""
+    keys = dict.fromkeys(k for r in runs for k in r.settings)
+    swept = []
+    for k in keys:
+        group = _group_of(k, runs)
+        by_option: dict[str, set[str]] = defaultdict(set)  # option of k's group -> k's values
+        for r in runs:
+            if k in r.settings:
+                option = json.dumps(r.settings.get(group)) if group else ""
+                by_option[option].add(json.dumps(r.settings[k], sort_keys=True))
+        if any(len(v) > 1 for v in by_option.values()):
+            swept.append(k)
+    order = {k: i for i, k in enumerate(k for r in runs for k in r.typed)}
+    return sorted(swept, key=lambda k: (order.get(k, len(order)), k))
 
 
 def point_label(point: tuple[tuple[str, str], ...]) -> str:
@@ -81,8 +148,10 @@ def point_label(point: tuple[tuple[str, str], ...]) -> str:
 
 
 def group_by_point(runs: Sequence[Run]) -> dict[tuple[tuple[str, str], ...], list[Run]]:
+    """Runs by point: equal values of every swept key (all of a point's seeds)."""
     keys = swept_keys(runs)
-    groups: dict[tuple[tuple[str, str], ...], list[Run]] = defaultdict(list)
+    groups: dict[str, list[Run]] = defaultdict(list)  # by the values, canonically written
     for r in runs:
-        groups[tuple((k, r.params.get(k, "")) for k in keys)].append(r)
-    return dict(groups)
+        groups[json.dumps([r.settings.get(k) for k in keys], sort_keys=True)].append(r)
+    return {tuple((k, members[0].shown(k) if k in members[0].settings else "") for k in keys):
+            members for members in groups.values()}  # fmt: skip

@@ -101,7 +101,7 @@ def summarize(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
             if col.startswith(("steps_to", "epochs_to")):
                 row[f"{col}_n"] = len(present)  # seeds that reached it
         rows.append(row)
-    rows.sort(key=lambda r: tuple(_sort_key(r[k]) for k in keys))
+    rows.sort(key=lambda r: tuple(sort_key(r[k]) for k in keys))
     return keys, rows
 
 
@@ -109,7 +109,7 @@ def _seed(r: Run) -> int:
     return int(r.metrics.get("seed", 0))
 
 
-def _sort_key(value: str) -> tuple[int, float | str]:
+def sort_key(value: str) -> tuple[int, float | str]:
     try:
         return (0, float(value))
     except ValueError:

@@ -1,0 +1,42 @@
+"""The config keys that are not hyper-parameters of what a run computes, in one place.
+
+Every list that treats keys specially derives from these: which settings two runs are compared
+on (``bnsweep.runs``), which never name a run folder (sweep.py's ``exclude_keys``), which never
+define a sweep point (the report), and which the HPARAMS tab shows. Light (no imports): the
+sweep process and the report use it.
+"""
+
+from __future__ import annotations
+
+SEED = "seed"
+# top-level keys saying how a run is launched, logged and reported, not what it computes
+LAUNCH = ("seeds", "study", "threads", "run_dir", "resume", "sweep", "hydra", "logger", "report")
+# keys saying where the data and files live, or how progress is displayed
+LOCATION = ("data.root", "data.download", "data.cache", "trainer.enable_progress_bar")
+# what the HPARAMS tab records of every run, besides the keys its command line set
+HPARAM_KEYS = (
+    "model", "bn", "bn.momentum", "bn.window", "bn.eps", "init", "init.std", "optimizer",
+    "optimizer.lr", "data", "data.batch_size", SEED,
+)  # fmt: skip
+# ticked in the sweep's HPARAMS experiment after the swept keys and the seed (TensorBoard
+# ticks the first five hyper-parameters by default)
+HPARAMS_SHOWN = ("model", "bn", "init.std", "optimizer.lr")
+
+
+def computes(key: str) -> bool:
+    """Whether a (dotted) key can change what a run computes: False for LAUNCH and LOCATION
+    keys (and those below them), True for the seed and every other key."""
+    key = key.lstrip("+~")
+    return key.split(".")[0].split("/")[0] not in LAUNCH and key not in LOCATION
+
+
+def defines_a_point(key: str) -> bool:
+    """Whether a key's value tells sweep points apart (the seed does not: it repeats a point)."""
+    return key != SEED and computes(key)
+
+
+# keys that never name a run folder (sweep.py adds the overrides fixed for the whole sweep): the
+# launch keys a command line sets and the location keys
+FOLDER_NAME_EXCLUDED = (
+    "seeds", "study", "threads", "run_dir", *LOCATION[:3], "resume", "sweep.vectorize",
+)  # fmt: skip
