@@ -93,8 +93,8 @@ def _cache_file(spec: DatasetSpec, stamp: dict[str, list]) -> Path:
 
 def _read_cache(path: Path, stamp: dict[str, list]) -> dict[str, Tensor] | None:
     """The cached arrays, if the index matches the sources and the bytes their sha256 (taken
-    from the verified arrays when the cache was made: a changed byte is noticed, ~30 ms for
-    MNIST here); else None, and the caller decodes the sources again."""
+    from the verified arrays when the cache was made: a changed byte is noticed, at a cost the
+    bench's data row shows); else None, and the caller decodes the sources again."""
     try:
         info = json.loads(path.with_suffix(".json").read_text())
         if info.get("version") != CACHE_VERSION or info.get("sources") != stamp:

@@ -16,11 +16,38 @@ from torchmetrics.classification import MulticlassAccuracy
 from bnsweep.nn import block_names, capture_preactivations, norm_layers
 
 
-def _epoch_sums_to_device(module: pl.LightningModule) -> None:
-    """Epoch sums read from a mid-epoch checkpoint come on the CPU: on the training device once
-    the model is there (on_fit_start runs after the checkpoint was read and the model moved)."""
-    if module._epoch_sums is not None:
-        module._epoch_sums = module._epoch_sums.to(module.device)
+class EpochSums:
+    """Σ loss·n and Σ correct over the steps of this epoch so far, summed on the device (no
+    host sync a step): (2,) for one run, (S, 2) for S members. Kept in checkpoints, so that a
+    run saved mid-epoch keeps its epoch means whole."""
+
+    def __init__(self) -> None:
+        self.sums: Tensor | None = None
+        self.n = 0
+
+    def add(self, sums: Tensor, n: int) -> None:
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.n += n
+
+    def means(self) -> list:
+        """[loss, acc] (per member: [[loss, acc], …]), batch-size-weighted over the steps."""
+        return (self.sums / self.n).tolist()
+
+    def clear(self) -> None:
+        self.sums, self.n = None, 0
+
+    def to(self, device: torch.device) -> None:
+        """Sums read from a mid-epoch checkpoint come on the CPU: on the training device once
+        the model is there (on_fit_start runs after the checkpoint was read and the model
+        moved)."""
+        if self.sums is not None:
+            self.sums = self.sums.to(device)
+
+    def state(self) -> dict:
+        return {"epoch_sums": self.sums, "epoch_n": self.n}
+
+    def load(self, saved: Mapping) -> None:
+        self.sums, self.n = saved.get("epoch_sums"), saved.get("epoch_n", 0)
 
 
 class LitClassifier(pl.LightningModule):
@@ -60,8 +87,7 @@ class LitClassifier(pl.LightningModule):
         self.track = _percentile_spec(net, percentiles) if percentiles else None
         self.history = _new_history(self.track)
         self._tracked: list[Tensor] = []
-        self._epoch_sums: Tensor | None = None  # (Σ loss·n, Σ correct) of this epoch so far
-        self._epoch_n = 0
+        self._sums = EpochSums()
         # trainer.compile: the training forward through torch.compile, the same parameters; kept
         # out of the module tree, so state dicts, hooks and evaluation use the plain network
         self._compiled: dict[str, Callable] = {"net": torch.compile(net)} if compile else {}
@@ -83,23 +109,22 @@ class LitClassifier(pl.LightningModule):
             self.diverged_step = self.global_step
             self.trainer.should_stop = True
             return None
-        # the epoch means, summed on the device without a host sync; Lightning's self.log costs
-        # ~1.7 ms a call on a CPU (it moves its result state every call), so it runs only on
-        # the steps the loggers write (trainer.log_every_n_steps)
+        # the epoch means, summed on the device without a host sync; Lightning's self.log is
+        # costly on a CPU (it moves its result state every call), so it runs only on the steps
+        # the loggers write (trainer.log_every_n_steps)
         with torch.no_grad():
             correct = (logits.argmax(1) == y).sum()
             sums = torch.stack([loss.detach() * len(y), correct.to(loss.dtype)])
-            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
-            self._epoch_n += len(y)
+            self._sums.add(sums, len(y))
         if _logging_step(self):
             self.log("train/loss_step", loss.detach(), prog_bar=True)
             self.log("train/acc_step", correct / len(y), prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if self._epoch_n:  # the batch-size-weighted means over the steps of this epoch
-            loss, acc = (self._epoch_sums / self._epoch_n).tolist()
-            self._epoch_sums, self._epoch_n = None, 0
+        if self._sums.n:  # the batch-size-weighted means over the steps of this epoch
+            loss, acc = self._sums.means()
+            self._sums.clear()
             self.log_dict({"train/loss_epoch": loss, "train/acc_epoch": acc})
             self.history["train_epoch"].append(self._epochs_done())
             self.history["train/acc"].append(acc)
@@ -146,7 +171,7 @@ class LitClassifier(pl.LightningModule):
                 self.log(key, v)
 
     def on_fit_start(self) -> None:
-        _epoch_sums_to_device(self)
+        self._sums.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # what a resumed run needs to continue exactly: its curves so far and the RNG its
@@ -155,8 +180,7 @@ class LitClassifier(pl.LightningModule):
         checkpoint["bnsweep"] = {
             "history": self.history,
             "rng": torch.get_rng_state(),
-            "epoch_sums": self._epoch_sums,  # a run saved mid-epoch keeps its epoch means whole
-            "epoch_n": self._epoch_n,
+            **self._sums.state(),
             "fit_done": self.fit_done,
             "diverged_step": self.diverged_step,
         }
@@ -171,7 +195,7 @@ class LitClassifier(pl.LightningModule):
             torch.set_rng_state(saved["rng"])
             if "cuda_rng" in saved and torch.cuda.is_available():  # resumed on a GPU, or not
                 torch.cuda.set_rng_state(saved["cuda_rng"])
-            self._epoch_sums, self._epoch_n = saved.get("epoch_sums"), saved.get("epoch_n", 0)
+            self._sums.load(saved)
             self.fit_done = saved.get("fit_done", False)
             self.diverged_step = saved.get("diverged_step", self.diverged_step)
             for acc in self.history["val/acc"]:
@@ -241,14 +265,22 @@ class BNStatsLogger(pl.Callback):
         )
         if tb is None:
             return
-        step = trainer.global_step
-        for name, layer in norm_layers(pl_module.net).items():
-            block = name.rsplit(".", 1)[0]
-            if getattr(layer, "running_mean", None) is not None:
-                histogram(tb, f"bn/{block}/running_mean", layer.running_mean, step)
-                histogram(tb, f"bn/{block}/running_var", layer.running_var, step)
-            if block in pre:
-                histogram(tb, f"preact/{block}", pre[block], step)
+        bn_dashboards(tb, pl_module.net, pre, trainer.global_step)
+
+
+def bn_dashboards(tb, net: nn.Module, pre: Mapping[str, Tensor], step: int, member: int = 0,
+                  members: int = 1) -> None:  # noqa: ANN001 (a SummaryWriter)  # fmt: skip
+    """Per BN layer of ``net``, the histograms of its running mean and variance and of its
+    block's pre-activations ``pre`` (the nonlinearity's input on one validation batch); of
+    member ``member`` where ``net`` stacks ``members`` (member-blocked channels)."""
+    for name, layer in norm_layers(net).items():
+        block = name.rsplit(".", 1)[0]
+        if getattr(layer, "running_mean", None) is not None:
+            mean, var = layer.running_mean.view(members, -1), layer.running_var.view(members, -1)
+            histogram(tb, f"bn/{block}/running_mean", mean[member], step)
+            histogram(tb, f"bn/{block}/running_var", var[member], step)
+        if block in pre:
+            histogram(tb, f"preact/{block}", pre[block].unflatten(1, (members, -1))[:, member], step)
 
 
 def histogram(tb, tag: str, values: Tensor, step: int) -> None:  # noqa: ANN001 (SummaryWriter)
@@ -314,8 +346,7 @@ class LitMembers(pl.LightningModule):
         self.resumed_from_step: int | None = None
         self.first_step_at: float | None = None
         self.final_validation = False  # the run's last validation: diverged members report too
-        self._epoch_sums: Tensor | None = None  # (S, 2): Σ loss·n, Σ correct per member
-        self._epoch_n = 0
+        self._sums = EpochSums()  # (S, 2): Σ loss·n, Σ correct per member
         self._eval: list[Tensor] = []  # per batch (S, 2): Σ loss·n, Σ correct
         self._eval_n = 0
         self._tracked: list[Tensor] = []  # per batch (S, values) of the tracked unit
@@ -328,7 +359,7 @@ class LitMembers(pl.LightningModule):
         # generators seeded as seed_everything seeds an independent run's CUDA RNG (torch's fused
         # CUDA dropout draws differently, so there the masks are the member's own, not the bits
         # of an independent run's). Runs after the model moved and a checkpoint was read.
-        _epoch_sums_to_device(self)
+        self._sums.to(self.device)
         gens = self.net.generators
         if gens and gens[0].device != self.device:
             gens[:] = [torch.Generator(self.device).manual_seed(s) for s in self.seeds]
@@ -371,8 +402,7 @@ class LitMembers(pl.LightningModule):
         with torch.no_grad():
             correct = (logits.argmax(2) == y).sum(0)  # (S,)
             sums = torch.stack([losses.detach() * n, correct.to(losses.dtype)], 1)  # (S, 2)
-            self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
-            self._epoch_n += n
+            self._sums.add(sums, n)
         if _logging_step(self):
             values = torch.stack([losses.detach(), correct / n], 1).tolist()
             for m in active:
@@ -405,12 +435,12 @@ class LitMembers(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._record_epoch(self.active())
-        self._epoch_sums, self._epoch_n = None, 0
+        self._sums.clear()
 
     def _record_epoch(self, members: list[int]) -> None:
-        if not self._epoch_n:
+        if not self._sums.n:
             return
-        means = (self._epoch_sums / self._epoch_n).tolist()
+        means = self._sums.means()
         for m in members:
             loss, acc = means[m]
             h = self.history[m]
@@ -493,19 +523,11 @@ class LitMembers(pl.LightningModule):
         and pre-activation histograms on the first validation batch."""
         writers = [next((lg.experiment for lg in lgs if hasattr(lg.experiment, "add_histogram")),
                         None) for lgs in self.member_loggers]  # fmt: skip
-        norms = norm_layers(self.net.net)
-        if not norms or not any(writers):
+        if not norm_layers(self.net.net) or not any(writers):
             return
-        s, step = self.members, self.global_step
         for m, tb in enumerate(writers):
-            if tb is None or self.diverged_step[m] is not None:
-                continue
-            for name, layer in norms.items():
-                block = name.rsplit(".", 1)[0]
-                if getattr(layer, "running_mean", None) is not None:
-                    histogram(tb, f"bn/{block}/running_mean", layer.running_mean.view(s, -1)[m], step)
-                    histogram(tb, f"bn/{block}/running_var", layer.running_var.view(s, -1)[m], step)
-                histogram(tb, f"preact/{block}", pre[block].unflatten(1, (s, -1))[:, m], step)
+            if tb is not None and self.diverged_step[m] is None:
+                bn_dashboards(tb, self.net.net, pre, self.global_step, m, self.members)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_batch(*batch)
@@ -535,8 +557,7 @@ class LitMembers(pl.LightningModule):
         checkpoint["bnsweep"] = {
             "history": self.history,
             "rng": [g.get_state() for g in self.net.generators],
-            "epoch_sums": self._epoch_sums,
-            "epoch_n": self._epoch_n,
+            **self._sums.state(),
             "diverged_step": self.diverged_step,
             "frozen": self.frozen,
             "fit_done": self.fit_done,
@@ -554,7 +575,7 @@ class LitMembers(pl.LightningModule):
         saved = checkpoint["bnsweep"]
         self.history = saved["history"]
         self._saved_rng = saved["rng"]  # set in on_fit_start, on the training device
-        self._epoch_sums, self._epoch_n = saved["epoch_sums"], saved["epoch_n"]
+        self._sums.load(saved)
         self.diverged_step = saved["diverged_step"]
         self.frozen = saved["frozen"]
         self.fit_done = saved.get("fit_done", False)

@@ -3,7 +3,7 @@ loggers, written so that a resumed run keeps everything the interrupted one logg
 
 Lightning's own CSVLogger, resumed into a folder whose metrics.csv has other columns than the
 resumed part logs, rewrote the file with the new columns only: the earlier history was lost.
-Its TensorBoardLogger needs torch.utils.tensorboard (~0.1 s of every run's start-up here),
+Its TensorBoardLogger needs torch.utils.tensorboard (a tenth of a second of every start-up),
 writes an HPARAMS experiment into every run (TensorBoard then takes one run's keys for the
 whole sweep) and an ``epoch`` scalar that holds Lightning's integer epoch counter.
 """
@@ -30,19 +30,18 @@ def _number(value: Any) -> float:
     return float(value.item()) if hasattr(value, "item") else float(value)
 
 
-class TensorBoard(Logger):
-    """Event files in ``save_dir``: the scalars logged, the histograms of the BN dashboards
-    (``experiment.add_histogram``) and, from ``log_hyperparams``, the run's HPARAMS session."""
+class _FolderLogger(Logger):
+    """A logger writing into one folder, ``save_dir``, with no name or version subfolders."""
 
-    def __init__(self, save_dir: str | Path, flush_secs: int = 120) -> None:
+    _name = ""
+
+    def __init__(self, save_dir: str | Path) -> None:
         super().__init__()
         self._save_dir = Path(save_dir)
-        self._flush_secs = flush_secs
-        self._writer: EventWriter | None = None
 
     @property
     def name(self) -> str:
-        return ""
+        return self._name
 
     @property
     def version(self) -> str:
@@ -55,6 +54,16 @@ class TensorBoard(Logger):
     @property
     def log_dir(self) -> str:
         return str(self._save_dir)
+
+
+class TensorBoard(_FolderLogger):
+    """Event files in ``save_dir``: the scalars logged, the histograms of the BN dashboards
+    (``experiment.add_histogram``) and, from ``log_hyperparams``, the run's HPARAMS session."""
+
+    def __init__(self, save_dir: str | Path, flush_secs: int = 120) -> None:
+        super().__init__(save_dir)
+        self._flush_secs = flush_secs
+        self._writer: EventWriter | None = None
 
     @property
     def experiment(self) -> EventWriter:
@@ -86,32 +95,17 @@ class TensorBoard(Logger):
             self._writer = None
 
 
-class CSV(Logger):
+class CSV(_FolderLogger):
     """``save_dir/metrics.csv``: one row per logging call, the columns the union of the keys
     logged; a resumed run's rows are appended to the file's, under the union of both headers.
     Written whole (atomically) at each save. ``log_hyperparams`` writes ``hparams.yaml``."""
 
+    _name = "csv"
+
     def __init__(self, save_dir: str | Path) -> None:
-        super().__init__()
-        self._save_dir = Path(save_dir)
+        super().__init__(save_dir)
         self._rows: list[dict[str, Any]] | None = None  # the file's rows, then this run's
         self._keys: dict[str, None] = {}
-
-    @property
-    def name(self) -> str:
-        return "csv"
-
-    @property
-    def version(self) -> str:
-        return ""
-
-    @property
-    def save_dir(self) -> str:
-        return str(self._save_dir)
-
-    @property
-    def log_dir(self) -> str:
-        return str(self._save_dir)
 
     @property
     def experiment(self) -> CSV:
