@@ -42,6 +42,15 @@ def numbers_of(sweep: Path) -> list[dict[str, str]]:
     ]
 
 
+def scalars(run_dir: Path) -> set[str]:
+    """The scalar tags of a run folder's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
 def tree(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` by relative path -> sha256 of its bytes (mode and contents:
     what 'left exactly as it was' means)."""

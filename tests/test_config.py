@@ -57,19 +57,31 @@ def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
                     "csv": {"CSV"}, "none": set()}[option]  # fmt: skip
         assert kinds == expected
     if group == "bn":
-        net = instantiate(cfg.model, norm=instantiate(cfg.bn, _partial_=True))
-        assert norm_layers(net) == {}  # the default model, lenet, has no BN
         net = instantiate(
             make_cfg("model=lenet_fc_bn2", f"bn={option}").model, norm=instantiate(cfg.bn)
         )
-        layers = list(norm_layers(net).values())
-        assert len(layers) == 4
+        layers = norm_layers(net)  # one BN per listed layer, as wide as that layer's output
+        widths = {"conv1.bn": 6, "conv2.bn": 16, "fc1.bn": 120, "fc2.bn": 84}
+        assert {k: m.num_features for k, m in layers.items()} == widths
+        layers = list(layers.values())
         if option == "torch":
             assert all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers)
         else:
             assert all(isinstance(m, BatchNorm) and m.estimator == option for m in layers)
     if group == "model":
-        assert count_parameters(module.net) > 80_000
+        assert count_parameters(module.net) == PARAMETERS[option]
+
+
+# trainable parameters, by hand from the architectures (REFERENCES.md §1, §3, §2): weights +
+# biases of each layer, plus γ and β (2·C) per BN layer
+_LENET = (1 * 6 * 25 + 6) + (6 * 16 * 9 + 16) + (576 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+_CNN = (1 * 32 * 25 + 32) + (32 * 64 * 25 + 64) + (3136 * 1024 + 1024) + (1024 * 10 + 10)
+_MLP = (784 * 100 + 100) + 2 * (100 * 100 + 100) + (100 * 10 + 10)
+PARAMETERS = {
+    "lenet": _LENET, "lenet_bn1": _LENET + 2 * 6, "lenet_bn2": _LENET + 2 * (6 + 16),
+    "lenet_fc_bn1": _LENET + 2 * (6 + 16 + 120), "lenet_fc_bn2": _LENET + 2 * (6 + 16 + 120 + 84),
+    "cnn": _CNN, "cnn_bn": _CNN + 2 * (32 + 64), "mlp": _MLP, "mlp_bn": _MLP + 2 * 300,
+}  # fmt: skip
 
 
 def test_init_std_and_bias_are_overridable_from_the_default_config(make_cfg):

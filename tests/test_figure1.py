@@ -9,8 +9,8 @@ import matplotlib.image
 import pytest
 import torch
 from conftest import compose_cfg
+from helpers import read_summary, sweep_dir_of
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_sweep import read_summary, sweep_dir_of
 
 from bnsweep.data import MNISTDataModule
 from bnsweep.report import DRIFT_SKIP

@@ -11,7 +11,7 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from test_vectorize import (
+from stacking import (
     accuracy_on_test_set,
     assert_members_evaluate_as_alone,
     killed_at_step,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import ROOT
-from test_sweep import SHORT, numbers_of, read_summary, sweep_dir_of
+from helpers import SHORT, numbers_of, read_summary, sweep_dir_of
 
 TEST_CONF = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
 
