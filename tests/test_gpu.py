@@ -172,7 +172,8 @@ def test_an_interrupted_gpu_run_resumes_mid_epoch(tmp_path, mnist_dir, monkeypat
     """Killed at step 25 of a 40-step epoch, resumed from the step-20 checkpoint on the GPU: the
     epoch sums read from the checkpoint (on the CPU) join the GPU's, and the run reports what
     the uninterrupted one reports (CNN with BN and dropout: the CUDA generators' states too)."""
-    from bnsweep.lit import LitClassifier, LitMembers
+    from bnsweep.lit import LitClassifier
+    from bnsweep.members import LitMembers
     from bnsweep.train import run
     from bnsweep.vectorize import run_members
 

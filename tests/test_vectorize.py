@@ -324,7 +324,7 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on(tmp_path, mnist_di
 def test_an_interrupted_vectorized_job_resumes_from_its_members_checkpoints(
     tmp_path, mnist_dir, monkeypatch
 ):
-    from bnsweep.lit import LitMembers
+    from bnsweep.members import LitMembers
     from bnsweep.vectorize import run_members
 
     # the CNN with BN and dropout: the resumed members draw the masks the whole run draws

@@ -25,8 +25,6 @@ estimate, and eval mode reads only them.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,149 +38,13 @@ from bnsweep.nn.estimators import (
     check_window,
     make_estimator,
 )
+from bnsweep.nn.functional import batch_constants, batch_norm_train
 
 _SHAPE_NAMES = {2: "(N, C)", 4: "(N, C, H, W)"}
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-class _BatchNormTrain(torch.autograd.Function):
-    """Training-mode normalisation with the paper's closed-form backward.
-
-    Written for the CPU's memory traffic: each full-size pass over the batch costs about as
-    much as a small kernel, and each fresh full-size buffer more. So the forward makes two
-    buffers (torch's kernel makes one): the centred input d = x − μ_B, which is saved for the
-    backward, and the output, whose buffer first holds d² for the variance (a two-pass mean and
-    variance from plain sums; torch's ``var_mean`` over (N, H, W) is much slower than a sum
-    there). The backward makes one buffer, g·d, and builds the input gradient in it. (An
-    ``addcmul`` whose first operand is a broadcast per-channel vector is avoided: on the CPU
-    it is far slower than a ``mul`` and an ``add_``.)
-
-    At the FC shapes, (64, 120), each op costs more than its arithmetic, so the op count is
-    kept down: per-channel vectors broadcast against (N, C) input without a ``view``, and the
-    scalars 1/m, ε and −1/m are 0-dim tensors made once per (m, ε, device, dtype) (a
-    tensor-scalar op wraps its Python number on every call). The measurements behind each
-    choice: docs/benchmarks.md, "Why the code is shaped so".
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-        m = x.numel() // x.shape[1]
-        inv_m, eps_t, neg_inv_m, _ = _constants(m, eps, x)
-        per_channel = _per_channel(x)
-        mean = _channel_sum(x).mul_(inv_m)  # (C,)
-        d = x - per_channel(mean)
-        if torch.compiler.is_compiling():  # out of place: see _channel_sum's note
-            var = _channel_sum(d * d) * inv_m
-            invstd = (var + eps_t).rsqrt()
-            scale = invstd if weight is None else invstd * weight
-            y = d * per_channel(scale)
-            y = y if bias is None else y + per_channel(bias)
-        else:
-            y = torch.mul(d, d)  # the output's buffer, holding d² until the variance is taken
-            var = _channel_sum(y).mul_(inv_m)  # (C,): biased, from the centred values
-            invstd = torch.add(var, eps_t).rsqrt_()
-            scale = invstd if weight is None else invstd * weight  # γ/σ per channel
-            torch.mul(d, per_channel(scale), out=y)
-            if bias is not None:
-                y.add_(per_channel(bias))  # (an addcmul with a broadcast β: far slower)
-        ctx.save_for_backward(d, invstd, weight)
-        ctx.neg_inv_m = neg_inv_m
-        ctx.mark_non_differentiable(mean, var)
-        ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) grads
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
-        if grad_y is None:  # the output is not in the graph (grads are not materialised)
-            return None, None, None, None
-        d, invstd, weight = ctx.saved_tensors
-        grad_y = grad_y.contiguous()  # a slice of a larger gradient: sum in the usual order
-        per_channel = _per_channel(d)
-        traced = torch.compiler.is_compiling()  # out of place: see _channel_sum's note
-        sum_g = _channel_sum(grad_y)  # (C,) = ∂ℓ/∂β
-        buf = grad_y * d if traced else torch.mul(grad_y, d)
-        sum_g_xhat = _channel_sum(buf) * invstd if traced else _channel_sum(buf).mul_(invstd)
-        # (C,) = Σ g·x̂ = ∂ℓ/∂γ
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            scale = invstd if weight is None else weight * invstd  # γ/σ per channel
-            # ∂ℓ/∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂)) = scale·g + coef·d + shift per channel
-            k = scale * ctx.neg_inv_m
-            coef = k * invstd * sum_g_xhat
-            shift = k * sum_g
-            if traced:
-                grad_x = grad_y * per_channel(scale) + per_channel(shift) + d * per_channel(coef)
-            else:  # built in the g·d buffer
-                torch.mul(grad_y, per_channel(scale), out=buf).add_(per_channel(shift))
-                grad_x = buf.addcmul_(d, per_channel(coef))
-        if weight is not None:
-            grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
-            grad_b = sum_g if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
-
-
-def _as_is(t: Tensor) -> Tensor:
-    return t
-
-
-def _as_channels(t: Tensor) -> Tensor:
-    return t.view(1, -1, 1, 1)
-
-
-def _per_channel(x: Tensor) -> Callable[[Tensor], Tensor]:
-    """How a (C,) vector broadcasts against x: as it is for (N, C), viewed as (1, C, 1, 1) for
-    (N, C, H, W)."""
-    return _as_is if x.dim() == 2 else _as_channels
-
-
-_CONSTANTS: dict[tuple, tuple[Tensor, ...]] = {}
-_FULL_PRECISION = (torch.float32, torch.float64)
-
-
-def _constants(m: int, eps: float, like: Tensor) -> tuple[Tensor | float, ...]:
-    """(1/m, ε, −1/m, m/(m − 1)) as 0-dim tensors on ``like``'s device and dtype, made once per
-    key; m/(m − 1) turns the biased batch variance into the unbiased one (inf for m = 1).
-    Plain numbers under torch.compile (the graph takes them as constants) and for dtypes below
-    float32, which keep the tensor-scalar arithmetic (in float32) rather than a 1/m rounded to
-    their precision first (in float16, 1/50176 is subnormal)."""
-    compiling = torch.compiler.is_compiling()
-    key = (m, eps, like.device, like.dtype)
-    if not compiling:
-        found = _CONSTANTS.get(key)
-        if found is not None:  # the common case
-            return found
-    made = (1.0 / m, eps, -1.0 / m, m / (m - 1) if m > 1 else math.inf)
-    if compiling or like.dtype not in _FULL_PRECISION:
-        return made
-    if len(_CONSTANTS) > 256:  # many batch sizes: start over rather than grow
-        _CONSTANTS.clear()
-    found = tuple(torch.tensor(v, device=like.device, dtype=like.dtype) for v in made)
-    _CONSTANTS[key] = found
-    return found
-
-
-def _channel_sum(t: Tensor) -> Tensor:
-    """Σ over every dim but the channels (dim 1): (N, C) -> (C,); (N, C, H, W) summed over
-    H·W first (a contiguous inner reduction), then over N: on the CPU faster than one
-    ``sum((0, 2, 3))`` and than ``mean`` (docs/benchmarks.md).
-
-    Under torch.compile the layer writes nothing into a buffer it has read (no ``out=``, no
-    in-place ops on the activations): inductor fuses the passes itself, and on CUDA (torch
-    2.11) it compiled the buffer-reusing backward into gradients off by O(1)
-    (tests/test_batchnorm.py, tests/test_gpu.py); the CPU was unaffected."""
-    if t.dim() == 2:
-        return t.sum(0)
-    return t.flatten(2).sum(2).sum(0)
-
-
-def batch_norm_train(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Normalise with batch statistics. Returns (y, batch mean, biased batch variance)."""
-    return _BatchNormTrain.apply(x, weight, bias, eps)
 
 
 class BatchNorm(nn.Module):
@@ -317,7 +179,7 @@ class BatchNorm(nn.Module):
             )
         y, mean, var = self._batch_stats(x)
         if self.training and self.track_running_stats:
-            self._update_running_stats(mean, var.mul(_constants(m, self.eps, var)[3]))
+            self._update_running_stats(mean, var.mul(batch_constants(m, self.eps, var)[3]))
         return y
 
     def _batch_stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
