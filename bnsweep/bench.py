@@ -118,7 +118,7 @@ def timed_sweep(n: int, launcher: list[str], out: Path) -> tuple[float, list[flo
     seeds = ",".join(str(s) for s in range(n))
     wall, runs = run_sweep([f"seeds=[{seeds}]", *SHORT_RUN, *launcher], out)
     jobs = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
-    startups = len({j["pid"] for j in jobs})  # one start-up per process that ran jobs
+    startups = len({j["pid"] for j in jobs if "run" in j})  # one start-up per process that ran jobs
     return wall, [r["wall_time_s"] for r in runs], startups
 
 

@@ -51,6 +51,11 @@ def scalars(run_dir: Path) -> set[str]:
     return set(acc.Tags()["scalars"])
 
 
+def refused_with(proc: subprocess.CompletedProcess, message: str) -> bool:
+    """A refusal: exit status 2, and ``message`` the one line on stderr."""
+    return proc.returncode == 2 and proc.stderr.strip() == message
+
+
 def tree(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` by relative path -> sha256 of its bytes (mode and contents:
     what 'left exactly as it was' means)."""
