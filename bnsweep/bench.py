@@ -117,8 +117,9 @@ def timed_sweep(n: int, launcher: list[str], out: Path) -> tuple[float, list[flo
     how many process start-ups they paid (the processes that ran them)."""
     seeds = ",".join(str(s) for s in range(n))
     wall, runs = run_sweep([f"seeds=[{seeds}]", *SHORT_RUN, *launcher], out)
-    jobs = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
-    startups = len({j["pid"] for j in jobs if "run" in j})  # one start-up per process that ran jobs
+    from bnsweep.sweep import jobs_since
+
+    startups = len({j["pid"] for j in jobs_since(out, 0)})  # one per process that ran jobs
     return wall, [r["wall_time_s"] for r in runs], startups
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from bnsweep.architectures import COST_MS
 from bnsweep.cli import CONF, is_sweep
 from bnsweep.config import ConfigError, training_batches, validate
+from bnsweep.runs import member_dir
 from bnsweep.terminal import duration
 
 
@@ -72,8 +74,7 @@ def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
         cfg = _compose(job)
         folder = f"{num}_{cfg.hydra.job.override_dirname}"
         seeds = list(cfg.seeds) if cfg.sweep.vectorize else [cfg.seed]
-        runs = [f"{folder}{'' if folder.endswith('_') else ','}seed={s}" for s in seeds] \
-            if cfg.sweep.vectorize else [folder]  # fmt: skip
+        runs = [member_dir(Path(folder), s).name for s in seeds] if cfg.sweep.vectorize else [folder]
         once = estimate(cfg)
         jobs.append(Job(num, folder, runs, once * len(seeds) if once is not None else None))
     return base, jobs

@@ -19,9 +19,6 @@ from bnsweep.files import DamagedFile, read_json, write_json
 
 SCHEMA = 1
 METRICS = "metrics.json"
-# the history's lists: per validation, then per training epoch (and any tracked percentiles)
-HISTORY_KEYS = ("val_step", "val_epoch", "val/acc", "val/loss", "train_epoch", "train/acc",
-                "train/loss")  # fmt: skip
 
 
 def _last(values: Sequence[float]) -> float | None:

@@ -24,7 +24,6 @@ from bnsweep.record import METRICS, read_record
 RUN_CONFIG = "run_config.json"
 
 
-
 class RunRefused(FileExistsError):
     """A run that may not start in its folder; the message names the folder and why. The
     folder is left exactly as it was."""
@@ -119,6 +118,12 @@ def write_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
         hydra = HydraConfig.get()
         atomic_write(folder / "overrides.yaml", OmegaConf.to_yaml(hydra.overrides.task))
         atomic_write(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
+
+
+def member_dir(job_dir: Path, seed: int) -> Path:
+    """The folder an independent sweep gives this seed: ``3_model=lenet`` -> ``3_model=lenet,seed=0``."""
+    name = job_dir.name
+    return job_dir.parent / f"{name}{'' if name.endswith('_') else ','}seed={seed}"
 
 
 def runs_in(sweep_dir: Path) -> Iterator[Path]:

@@ -122,10 +122,7 @@ def run_job(cfg: DictConfig) -> float:
 def _invocation(sweep_dir: Path) -> tuple[int | None, int, list[dict[str, Any]]]:
     """This invocation's job count and parallel jobs (its start line in jobs.jsonl) and the
     jobs it has finished so far."""
-    path = sweep_dir / JOBS_LOG
-    if not path.exists():
-        return None, 1, []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = _jobs_log(sweep_dir)
     starts = [i for i, line in enumerate(lines) if "invocation" in line]
     if not starts:
         return None, 1, []
@@ -157,13 +154,17 @@ def _log_job(run_dir: Path, status: str, error: str | None, seconds: float) -> N
 
 def jobs_since(sweep_dir: Path, offset: int) -> list[dict[str, Any]]:
     """The jobs.jsonl entries of jobs written after byte ``offset`` (this invocation's)."""
+    return [line for line in _jobs_log(sweep_dir, offset) if "run" in line]
+
+
+def _jobs_log(sweep_dir: Path, offset: int = 0) -> list[dict[str, Any]]:
+    """The lines of a sweep folder's jobs.jsonl from byte ``offset`` on (none without one)."""
     path = Path(sweep_dir) / JOBS_LOG
     if not path.exists():
         return []
     with path.open("rb") as f:
         f.seek(offset)
-        lines = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
-    return [line for line in lines if "run" in line]
+        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
 
 
 def threads_per_job() -> int | None:

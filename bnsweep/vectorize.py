@@ -30,7 +30,7 @@ from bnsweep.member_checkpoints import MemberCheckpointIO, MemberCheckpoints, st
 from bnsweep.members import LitMembers
 from bnsweep.nn.stacked import StackedNet, stack_inputs
 from bnsweep.record import finished_record, write_record
-from bnsweep.runs import claim, config_snapshot, find_run
+from bnsweep.runs import claim, config_snapshot, find_run, member_dir
 from bnsweep.runtime import hydra_verbose, quiet_lightning, tune_allocator
 from bnsweep.train import (
     USER_ERRORS,
@@ -44,12 +44,6 @@ from bnsweep.train import (
     percentile_config,
     startup_times,
 )
-
-
-def member_dir(job_dir: Path, seed: int) -> Path:
-    """The folder an independent sweep gives this seed: ``3_model=lenet`` -> ``3_model=lenet,seed=0``."""
-    name = job_dir.name
-    return job_dir.parent / f"{name}{'' if name.endswith('_') else ','}seed={seed}"
 
 
 def member_config(cfg: DictConfig, seed: int, run_dir: Path) -> DictConfig:

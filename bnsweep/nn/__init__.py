@@ -1,7 +1,6 @@
 """Pure PyTorch core: our BatchNorm layer, the networks of the studies, weight init."""
 
 from bnsweep.nn.batchnorm import (
-    ESTIMATORS,
     BatchNorm,
     BatchNorm1d,
     BatchNorm2d,
@@ -11,7 +10,7 @@ from bnsweep.nn.batchnorm import (
     recompute_population_stats,
 )
 from bnsweep.nn.cnn import InitCNN
-from bnsweep.nn.estimators import Estimator, register
+from bnsweep.nn.estimators import ESTIMATORS, Estimator, register
 from bnsweep.nn.init import glorot_uniform, normal, torch_default, truncated_normal
 from bnsweep.nn.layers import (
     Block,

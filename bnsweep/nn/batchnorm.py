@@ -31,11 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from bnsweep.nn.estimators import (
-    ESTIMATORS,
     Cumulative,
     Estimator,
     check_momentum,
     check_window,
+    estimator_class,
     make_estimator,
 )
 from bnsweep.nn.functional import batch_constants, batch_norm_train
@@ -83,14 +83,15 @@ class BatchNorm(nn.Module):
             raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
         if not _is_number(eps) or not eps > 0:
             raise ValueError(f"eps must be a number > 0, got {eps!r}")
-        if not isinstance(estimator, Estimator) and estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+        named = not isinstance(estimator, Estimator)
+        if named:
+            estimator_class(estimator)  # an unknown name is refused first
         if momentum is None:
-            estimator = "cumulative" if not isinstance(estimator, Estimator) else estimator
+            estimator = "cumulative" if named else estimator  # torch's convention
         else:
             check_momentum(momentum)  # torch's keywords, checked whatever the estimator
         check_window(window)
-        if not isinstance(estimator, Estimator):
+        if named:
             estimator = make_estimator(estimator, {"momentum": momentum, "window": window, **options})
         elif options:
             raise ValueError(f"unexpected options {sorted(options)} beside an Estimator object")

@@ -75,11 +75,16 @@ def unregister(name: str) -> None:
     ESTIMATORS.pop(name, None)
 
 
-def make_estimator(name: Any, given: Mapping[str, Any]) -> Estimator:
-    """The estimator ``name`` with the options it reads from ``given`` (the layer's keywords)."""
+def estimator_class(name: Any) -> type[Estimator]:
+    """The registered estimator ``name``; a ValueError listing the registered ones otherwise."""
     if name not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {name!r}")
-    cls = ESTIMATORS[name]
+    return ESTIMATORS[name]
+
+
+def make_estimator(name: Any, given: Mapping[str, Any]) -> Estimator:
+    """The estimator ``name`` with the options it reads from ``given`` (the layer's keywords)."""
+    cls = estimator_class(name)
     return cls(**{k: given[k] for k in cls.options if k in given})
 
 
