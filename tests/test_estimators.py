@@ -105,3 +105,13 @@ def test_a_registered_estimator_runs_a_whole_training_run(toy, tmp_path, mnist_d
     assert metrics["status"] == "finished" and metrics["steps"] == 12
     state = load(tmp_path / "ckpt" / "last.ckpt")["state_dict"]
     assert all(v.eq(12).all() for k, v in state.items() if k.endswith("bn.toy_seen"))
+
+
+def test_an_estimator_whose_buffer_clashes_with_anothers_is_refused():
+    class Clash(Estimator):
+        name = "clash"
+        own_buffers = {"window_mean": 0}  # the window's ring is stacked along dim 1
+
+    with pytest.raises(ValueError, match=r"Clash's buffers \['window_mean'\] are Window's"):
+        register(Clash)
+    assert "clash" not in ESTIMATORS

@@ -67,6 +67,11 @@ def register(cls: type[Estimator]) -> type[Estimator]:
     """Class decorator: the estimator under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    for other in ESTIMATORS.values():  # a stacked buffer's dim is looked up by its name alone
+        clash = [b for b, d in cls.own_buffers.items() if other.own_buffers.get(b, d) != d]
+        if other.name != cls.name and clash:
+            raise ValueError(f"{cls.__name__}'s buffers {clash} are {other.__name__}'s, stacked "
+                             "along another dim; name them apart")  # fmt: skip
     ESTIMATORS[cls.name] = cls
     return cls
 
