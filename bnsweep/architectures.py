@@ -27,6 +27,10 @@ LAYERS: dict[str, Callable[[Mapping[str, Any]], tuple[str, ...]]] = {
 }
 
 
+# the model config's _target_ -> the nonlinearity its network has unless model.activation says
+OWN_ACTIVATION = {"bnsweep.nn.LeNet": "sigmoid", "bnsweep.nn.InitCNN": "relu", "bnsweep.nn.MLP": "sigmoid"}
+
+
 def layers_of(model: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The layer names of the network a model config builds; None for one not listed."""
     names = LAYERS.get(model.get("_target_", ""))

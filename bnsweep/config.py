@@ -49,7 +49,20 @@ def _percentiles(v: Any) -> bool:
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds: 32 bits
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-NORMALIZATIONS = ("scale", "standardize")
+NORMALIZATIONS = ("scale", "standardize", "per_pixel")
+ACTIVATIONS = ("sigmoid", "tanh", "relu")  # bnsweep.nn.layers.ACTIVATIONS
+POSITIONS = ("pre", "post")
+EVALUATE = ("running", "precise")
+# bn options without inference statistics (torch's GroupNorm / LayerNorm in BN's slot)
+NO_RUNNING_STATS = ("bnsweep.nn.make_group_norm", "bnsweep.nn.make_layer_norm")
+
+
+def _init_layers(v: Any) -> bool:
+    fields = {"std": lambda x: _finite(x) and x > 0, "bias": _finite, "truncated": lambda x: isinstance(x, bool)}
+    return isinstance(v, dict) and all(
+        isinstance(spec, dict) and spec and all(k in fields and fields[k](x) for k, x in spec.items())
+        for spec in v.values()
+    )
 
 # key -> (check, what is expected); keys absent from a config (e.g. bn.window for bn=momentum)
 # are skipped, and None is accepted where the key documents it as "off" (checks say so)
@@ -65,15 +78,36 @@ RULES: dict[str, Rule] = {
     ),
     "model.bn": (_strings, "a list of distinct layer names, e.g. [conv1,fc1]"),
     "model.dropout": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "bn.momentum": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "model.activation": (lambda v: v in ACTIVATIONS, f"one of {list(ACTIVATIONS)}"),
+    "model.bn_position": (lambda v: v in POSITIONS, f"one of {list(POSITIONS)}"),
+    "bn.momentum": (
+        lambda v: v is None or (_number(v) and 0 <= v <= 1),
+        "a number in [0, 1], or null (the cumulative average)",
+    ),
     "bn.window": (lambda v: _int(v) and v >= 1, "a positive integer"),
     "bn.eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "bn.ghost_batch_size": (lambda v: v is None or (_int(v) and v >= 1), "a positive integer"),
+    "bn.r_max": (lambda v: _finite(v) and v >= 1, "a finite number >= 1"),
+    "bn.d_max": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "bn.warmup": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "bn.r_max_steps": (lambda v: _int(v) and v >= 0, "an integer >= bn.warmup"),
+    "bn.d_max_steps": (lambda v: _int(v) and v >= 0, "an integer >= bn.warmup"),
+    "bn.groups": (lambda v: _int(v) and v >= 1, "a positive integer"),
+    "bn.precise_batches": (
+        lambda v: v is None or v == "all" or (_int(v) and v >= 1),
+        "null (off), a positive integer or all",
+    ),
+    "bn.evaluate": (lambda v: v in EVALUATE, f"one of {list(EVALUATE)}"),
+    "init.layers": (lambda v: v is None or _init_layers(v), "null or a mapping {LAYER: {std: S, bias: B, truncated: true|false}}"),
+    "init.gain": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "optimizer.initial_accumulator_value": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
     "init.std": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "init.bias": (lambda v: v is None or _finite(v), "a finite number"),
     "data.batch_size": (lambda v: _int(v) and v >= 2, "an integer >= 2 (BN needs 2 samples)"),
     "data.eval_batch_size": (lambda v: _int(v) and v >= 1, "a positive integer"),
     "data.normalize": (lambda v: v in NORMALIZATIONS, f"one of {list(NORMALIZATIONS)}"),
     "data.train_size": (lambda v: v is None or (_int(v) and v >= 2), "null or an integer >= 2"),
+    "data.drop_last": (lambda v: isinstance(v, bool), "true or false"),
     "optimizer.lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "optimizer.momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "optimizer.weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
@@ -102,6 +136,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {expected}, got {_shown(value)}")
     _check_split(cfg)
     _check_layers(cfg)
+    _check_variants(cfg)
     window = _value(cfg, "bn.window")
     if window is not _MISSING and window > (batches := training_batches(cfg)):
         raise ConfigError(
@@ -114,6 +149,45 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.accelerator={accelerator} but no CUDA GPU is available here "
             "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
         )
+
+
+def _check_variants(cfg: DictConfig) -> None:
+    """What the norm variants need of the rest of the config."""
+    for key in ("r_max_steps", "d_max_steps"):
+        end, warmup = _value(cfg, f"bn.{key}"), _value(cfg, "bn.warmup")
+        if end is not _MISSING and warmup is not _MISSING and end < warmup:
+            raise ConfigError(f"bn.{key} must be an integer >= bn.warmup ({warmup}), got {end}")
+    precise = _value(cfg, "bn.precise_batches")
+    precise = None if precise is _MISSING else precise
+    if _value(cfg, "bn.evaluate") == "precise" and precise is None:
+        raise ConfigError("bn.evaluate=precise needs bn.precise_batches (a positive integer or "
+                          "all), got bn.precise_batches=null")  # fmt: skip
+    target = OmegaConf.select(cfg, "bn._target_", default=None)
+    if precise is not None and target in NO_RUNNING_STATS:
+        raise ConfigError(f"bn.precise_batches={precise} needs a layer with inference "
+                          f"statistics; {target.rsplit('_', 2)[-2]} norm has none")  # fmt: skip
+    k = _value(cfg, "bn.ghost_batch_size")
+    if k is _MISSING or k is None:
+        return
+    batch = OmegaConf.select(cfg, "data.batch_size", default=64)
+    if batch % k:
+        raise ConfigError(f"bn.ghost_batch_size must divide data.batch_size ({batch}), got {k}")
+    tail = _last_batch(cfg)
+    if tail % k:
+        raise ConfigError(
+            f"bn.ghost_batch_size must divide every training batch, got {k}: the epoch's last "
+            f"batch has {tail} images; data.drop_last=true leaves it out"
+        )
+
+
+def _last_batch(cfg: DictConfig) -> int:
+    """The size of an epoch's last training batch (data.batch_size when all are full)."""
+    n = _train_size(cfg)
+    batch = OmegaConf.select(cfg, "data.batch_size", default=64)
+    if OmegaConf.select(cfg, "data.drop_last", default=False):
+        return batch
+    used = n - (n % batch == 1)  # a lone trailing sample is left out
+    return used % batch or batch
 
 
 def _value(cfg: DictConfig, key: str) -> Any:
@@ -163,16 +237,22 @@ def _train_count(cfg: DictConfig) -> int:
     return spec.train_count if spec is not None else DATASETS["mnist"].train_count
 
 
+def _train_size(cfg: DictConfig) -> int:
+    """How many images the training split holds."""
+    n = _train_count(cfg) - (OmegaConf.select(cfg, "data.val_size", default=0) or 0)
+    size = OmegaConf.select(cfg, "data.train_size", default=None)
+    return min(n, size) if size else n
+
+
 def training_batches(cfg: DictConfig) -> int:
     """How many training batches the run sees at most (Lightning's default of 1000 epochs where
     neither max_epochs nor max_steps limits it)."""
-    n = _train_count(cfg)
-    val = OmegaConf.select(cfg, "data.val_size", default=0) or 0
-    n = n - val
-    size = OmegaConf.select(cfg, "data.train_size", default=None)
-    n = min(n, size) if size else n
+    n = _train_size(cfg)
     batch = OmegaConf.select(cfg, "data.batch_size", default=64)
-    per_epoch = -(-(n - (n % batch == 1)) // batch)  # a lone trailing sample is left out
+    if OmegaConf.select(cfg, "data.drop_last", default=False):
+        per_epoch = n // batch
+    else:
+        per_epoch = -(-(n - (n % batch == 1)) // batch)  # a lone trailing sample is left out
     limit = OmegaConf.select(cfg, "trainer.limit_train_batches", default=None)
     if _int(limit):
         per_epoch = min(per_epoch, limit)
@@ -199,6 +279,16 @@ def check_vectorize(cfg: DictConfig) -> list[int]:
             f"trainer.gradient_clip_val={clip} clips by one norm over all members; it cannot be "
             "combined with sweep.vectorize=true"
         )
+    target = OmegaConf.select(cfg, "bn._target_", default=None)
+    if target in NO_RUNNING_STATS:
+        choice = target.rsplit("_", 2)[-2]
+        raise ConfigError(f"bn={choice} cannot be combined with sweep.vectorize=true (torch's "
+                          f"{'GroupNorm' if choice == 'group' else 'LayerNorm'} does not stack "
+                          "by member); run its seeds as separate jobs")  # fmt: skip
+    precise = OmegaConf.select(cfg, "bn.precise_batches", default=None)
+    if precise is not None:
+        raise ConfigError(f"bn.precise_batches={precise} cannot be combined with "
+                          "sweep.vectorize=true; run its seeds as separate jobs")  # fmt: skip
     return [int(s) for s in seeds]
 
 

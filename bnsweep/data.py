@@ -170,8 +170,9 @@ def load_raw(
 
 class Pixels:
     """uint8 images -> float32: pixels / 255, then, to standardize, minus the training split's
-    mean over its std. Elementwise, so a batch scaled when drawn holds the same floats as the
-    whole set scaled at once."""
+    mean over its std (one number each for ``standardize``, one per pixel for ``per_pixel``).
+    Elementwise, so a batch scaled when drawn holds the same floats as the whole set scaled at
+    once."""
 
     def __init__(self, mean: Tensor | None = None, std: Tensor | None = None) -> None:
         self.mean, self.std = mean, std
@@ -190,7 +191,8 @@ class Batches:
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 transform: Callable[[Tensor], Tensor] | None = None) -> None:  # fmt: skip
+                 transform: Callable[[Tensor], Tensor] | None = None,
+                 drop_last: bool = False) -> None:  # fmt: skip
         self.x, self.y, self.transform = x, y, transform or _as_is
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0
@@ -199,6 +201,8 @@ class Batches:
         n = len(y)
         # BN cannot train on a batch of one: a lone trailing sample is left out of the epoch
         self.n_used = n - 1 if shuffle and n % batch_size == 1 and n > 1 else n
+        if drop_last:  # every batch full: the epoch's last, short one is left out
+            self.n_used = n - n % batch_size
 
     batch_sampler = None  # with `sampler`, what Lightning looks for on a loader
 
@@ -278,7 +282,8 @@ class MNISTDataModule(pl.LightningDataModule):
     The 60k training images are split into train / validation (``val_size``) by a permutation
     seeded with ``seed``; the 10k test images are the test set. ``normalize``: ``scale``
     (pixels / 255, the BN-placement reference) or ``standardize`` (zero mean, unit std over the
-    training split). ``train_size`` keeps only the first that many training images (quick runs).
+    training split; ``per_pixel``: each pixel by its own mean and std, sklearn's StandardScaler).
+    ``drop_last`` leaves out each epoch's last, short training batch. ``train_size`` keeps only the first that many training images (quick runs).
     ``val_size=0`` trains on all 60k and validates on the test set (test accuracy over training,
     the protocol of the paper's Figure 1 and of the init-scale reference). ``cache``: keep the
     decoded files in the memory-mappable cache (``cache_dir()``) and load from it.
@@ -296,6 +301,7 @@ class MNISTDataModule(pl.LightningDataModule):
         download: bool = True,
         train_size: int | None = None,
         cache: bool = True,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         if name not in DATASETS:
@@ -309,6 +315,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.normalize, self.seed = val_size, normalize, seed
         self.download, self.train_size, self.cache = download, train_size, cache
+        self.drop_last = drop_last
         self.tensors: Mapping[str, Tensor] = {}
         self._raw: dict[str, Tensor] = {}  # the verified files, from prepare_data to setup
 
@@ -339,6 +346,10 @@ class MNISTDataModule(pl.LightningDataModule):
         if self.normalize == "standardize":
             scaled = pixels(x["x_train"])
             pixels = Pixels(scaled.mean(), scaled.std())
+        elif self.normalize == "per_pixel":  # sklearn's StandardScaler: per feature, std ddof 0,
+            scaled = pixels(x["x_train"]).double()  # a constant pixel divided by 1
+            std = scaled.std(0, correction=0)
+            pixels = Pixels(scaled.mean(0).float(), torch.where(std > 0, std, 1).float())
         labels = raw["train_labels"].long()
         y = {"y_train": labels[train_idx], "y_val": labels[val_idx],
              "y_test": raw["test_labels"].long()}  # fmt: skip
@@ -354,9 +365,13 @@ class MNISTDataModule(pl.LightningDataModule):
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> Batches:
         t = self.tensors
         return Batches(t.images[f"x_{split}"], t.labels[f"y_{split}"], batch_size, shuffle,
-                       seed=self.seed, transform=t.pixels)  # fmt: skip
+                       seed=self.seed, transform=t.pixels,
+                       drop_last=shuffle and self.drop_last)  # fmt: skip
 
     def train_dataloader(self) -> Batches:
+        """The training batches; a fresh loader starts at epoch 0 (``set_epoch`` moves it), and
+        its permutation is drawn from its own generator: reading one (PreciseBN's batches)
+        leaves the training's order and every RNG as they were."""
         return self._batches("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> Batches:

@@ -23,6 +23,21 @@ HPARAM_KEYS = (
 HPARAMS_SHOWN = ("model", "bn", "init.std", "optimizer.lr")
 
 
+# keys added after runs were first recorded, each with the value at which a config computes what
+# one without the key computed: a run config leaves them out at that value, so a sweep folder
+# made before the key existed still resumes (``bnsweep.runs.comparable``). So is model.activation
+# at the network's own nonlinearity (bnsweep.architectures.OWN_ACTIVATION).
+NEUTRAL = {
+    "model.bn_position": "pre", "bn.precise_batches": None,
+    "bn.evaluate": "running", "init.layers": None, "optimizer.initial_accumulator_value": 0.0,
+    "data.drop_last": False,
+}  # fmt: skip
+
+
+# bn keys the training loop reads, not the norm layer: PreciseBN's
+PRECISE_KEYS = ("precise_batches", "evaluate")
+
+
 def computes(key: str) -> bool:
     """Whether a (dotted) key can change what a run computes: False for LAUNCH and LOCATION
     keys (and those below them), True for the seed and every other key."""

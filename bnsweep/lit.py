@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -13,7 +14,13 @@ from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from bnsweep.nn import block_names, capture_preactivations, norm_layers
+from bnsweep.nn import (
+    batch_norms,
+    block_names,
+    capture_preactivations,
+    norm_layers,
+    recompute_population_stats,
+)
 
 
 class EpochSums:
@@ -61,6 +68,14 @@ class LitClassifier(pl.LightningModule):
     ``percentiles`` (``{layer: fc3, unit: 0, q: [15, 50, 85]}``) also records, at every
     validation, those percentiles of one unit's nonlinearity input (for a conv layer: one
     channel, all positions) over the whole validation set: the paper's Figure 1 (b, c).
+
+    ``precise`` (``{batches: K, evaluate: running}``) is PreciseBN (Wu & Johnson 2021): before
+    each validation and before the test the BN layers' statistics are recomputed with the
+    weights frozen over K training batches (``all``: an epoch), and every evaluated batch is
+    scored with both sets of statistics: ``val/acc`` and ``test/acc`` with those ``evaluate``
+    names, ``val/acc_<other>`` and ``test/acc_<other>`` with the others. The statistics the
+    layers keep in training are restored after each recomputation, and the recomputation draws
+    no random number, so training computes exactly what it computes without it.
     """
 
     def __init__(
@@ -70,6 +85,7 @@ class LitClassifier(pl.LightningModule):
         num_classes: int = 10,
         percentiles: Mapping | None = None,
         compile: bool = False,
+        precise: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -88,6 +104,13 @@ class LitClassifier(pl.LightningModule):
         self.history = new_history(self.track)
         self._tracked: list[Tensor] = []
         self.epoch_sums = EpochSums()
+        self.precise = dict(precise) if precise and precise.get("batches") is not None else None
+        if self.precise is not None:
+            self.other = "precise" if self.precise["evaluate"] == "running" else "running"
+            self.val_acc_other = MulticlassAccuracy(num_classes, average="micro")
+            self.test_acc_other = MulticlassAccuracy(num_classes, average="micro")
+        # (statistics the headline metrics use, the other statistics), while evaluating
+        self._eval_stats: tuple[list[Tensor], list[Tensor]] | None = None
         # trainer.compile: the training forward through torch.compile, the same parameters; kept
         # out of the module tree, so state dicts, hooks and evaluation use the plain network
         self._compiled: dict[str, Callable] = {"net": torch.compile(net)} if compile else {}
@@ -136,20 +159,65 @@ class LitClassifier(pl.LightningModule):
         loss(F.cross_entropy(logits, y), weight=len(y))
         acc(logits, y)
 
+    def _scored(self, x: Tensor, y: Tensor, other_acc: MulticlassAccuracy | None) -> Tensor:
+        """The logits of x with the headline statistics; with PreciseBN x is also scored with
+        the other statistics, into ``other_acc``."""
+        if self._eval_stats is None:
+            return self.net(x)
+        headline, other = self._eval_stats
+        layers = _stat_buffers(self.net)
+        _load(layers, other)
+        other_acc(self.net(x), y)
+        _load(layers, headline)
+        return self.net(x)
+
+    def _recompute(self) -> None:
+        """PreciseBN's statistics, computed now; the training's kept aside to be restored."""
+        if self.precise is None:
+            return
+        layers = _stat_buffers(self.net)
+        running = _copy(layers)
+        recompute_population_stats(self.net, self.precise_batches())
+        precise = _copy(layers)
+        _load(layers, running)
+        self._eval_stats = (precise, running) if self.other == "running" else (running, precise)
+
+    def _restore(self) -> None:
+        if self._eval_stats is not None:  # the training's statistics, as they were
+            _load(_stat_buffers(self.net), self._eval_stats[1 if self.other == "running" else 0])
+            self._eval_stats = None
+
+    def precise_batches(self) -> Iterable:
+        """PreciseBN's K training batches: the first K of the first epoch's order (the same at
+        every validation and after a resume), from a loader of their own (the training's order
+        and the RNGs are not touched)."""
+        loader = self.trainer.datamodule.train_dataloader()
+        k = self.precise["batches"]
+        return loader if k == "all" else itertools.islice(loader, k)
+
+    def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._recompute()
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
+        other = self.val_acc_other if self.precise is not None else None
         if self.track is None:
-            logits = self.net(x)
+            logits = self._scored(x, y, other)
         else:
             layer, unit = self.track["layer"], self.track["unit"]
             with capture_preactivations(self.net, [layer]) as pre:
-                logits = self.net(x)
+                logits = self._scored(x, y, other)
             self._tracked.append(pre[layer][:, unit].flatten())
         self._eval_step(y, logits, self.val_acc, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
+        self._restore()
         acc, loss = self.val_acc.compute(), self.val_loss.compute()
         self.val_acc.reset(), self.val_loss.reset()
+        if self.precise is not None:
+            other_acc = self.val_acc_other.compute()
+            self.val_acc_other.reset()
         if self.trainer.sanity_checking:
             self._tracked = []  # Lightning's sanity check is no validation of the run
             return
@@ -162,6 +230,10 @@ class LitClassifier(pl.LightningModule):
         h["val_epoch"].append(self._epochs_done())
         h["val/acc"].append(float(acc))
         h["val/loss"].append(float(loss))
+        if self.precise is not None:
+            key = f"val/acc_{self.other}"
+            h.setdefault(key, []).append(float(other_acc))
+            self.log(key, other_acc)
         if self.track is not None and self._tracked:
             values = torch.cat(self._tracked)
             self._tracked = []
@@ -205,13 +277,36 @@ class LitClassifier(pl.LightningModule):
         """Epochs of training so far, fractional when stopped or validated mid-epoch."""
         return self.global_step / max(self.trainer.num_training_batches, 1)
 
+    def on_test_epoch_start(self) -> None:
+        self._recompute()
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        self._eval_step(y, self.net(x), self.test_acc, self.test_loss)
+        other = self.test_acc_other if self.precise is not None else None
+        self._eval_step(y, self._scored(x, y, other), self.test_acc, self.test_loss)
 
     def on_test_epoch_end(self) -> None:
+        self._restore()
         self.log_dict({"test/acc": self.test_acc.compute(), "test/loss": self.test_loss.compute()})
         self.test_acc.reset(), self.test_loss.reset()
+        if self.precise is not None:
+            self.log(f"test/acc_{self.other}", self.test_acc_other.compute())
+            self.test_acc_other.reset()
+
+
+def _stat_buffers(net: nn.Module) -> list[Tensor]:
+    """Every buffer of the layers that keep inference statistics (running mean and variance,
+    the batch count, an estimator's own)."""
+    return [b for m in batch_norms(net).values() for b in m.buffers(recurse=False) if b is not None]
+
+
+def _copy(buffers: list[Tensor]) -> list[Tensor]:
+    return [b.detach().clone() for b in buffers]
+
+
+def _load(buffers: list[Tensor], values: list[Tensor]) -> None:
+    for b, v in zip(buffers, values):
+        b.copy_(v)
 
 
 def unit_percentiles(values: Tensor, q: list[float]) -> list[list[float]]:

@@ -40,11 +40,18 @@ def finished_record(
     resumed_from_step: int | None,
     device: str,
     hparams: Mapping[str, Any],
+    other: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The record of a run that trained to its end (or diverged): the final and best
     validation, the last epoch's training metrics (a partial epoch when stopped mid-epoch),
-    the test, and ``times`` (wall_time_s, fit_time_s, …) in the order given."""
+    the test, and ``times`` (wall_time_s, fit_time_s, …) in the order given. With PreciseBN,
+    ``other`` holds the test accuracy with the other statistics (``test/acc_precise`` or
+    ``test/acc_running``), and the last validation's is recorded beside it."""
     h = history
+    extra: dict[str, float | None] = {}
+    for key, value in (other or {}).items():  # test/acc_precise: and val/acc_precise before it
+        extra["val/" + key.split("/", 1)[1]] = _last(h.get("val/" + key.split("/", 1)[1], []))
+        extra[key] = value
     return {
         "schema": SCHEMA,
         "status": "finished",
@@ -60,6 +67,7 @@ def finished_record(
         "train/loss": _last(h["train/loss"]),
         "test/acc": test[0],
         "test/loss": test[1],
+        **extra,
         "test_weights": test_weights,
         "steps": steps,
         "epochs": epochs,

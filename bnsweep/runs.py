@@ -17,8 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bnsweep.architectures import OWN_ACTIVATION
 from bnsweep.files import atomic_write, read_json, write_json
-from bnsweep.keys import LOCATION, computes
+from bnsweep.keys import LOCATION, NEUTRAL, computes
 from bnsweep.record import METRICS, read_record
 
 RUN_CONFIG = "run_config.json"
@@ -31,13 +32,26 @@ class RunRefused(FileExistsError):
 
 def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     """A resolved config (a run_config.json) without the settings that do not change what the
-    run computes (where its files and the data live, how it is logged and launched)."""
+    run computes (where its files and the data live, how it is logged and launched), and
+    without the keys added later at their neutral value (``bnsweep.keys.NEUTRAL``), so a run
+    recorded before a key existed compares equal to the same run now."""
     out = {k: v for k, v in snapshot.items() if computes(k)}
     for dotted in LOCATION:
-        group, key = dotted.split(".")
-        if isinstance(out.get(group), dict) and key in out[group]:
-            out[group] = {k: v for k, v in out[group].items() if k != key}
+        _drop(out, dotted, lambda value: True)
+    for dotted, neutral in NEUTRAL.items():
+        _drop(out, dotted, lambda value, neutral=neutral: value == neutral)
+    model = out.get("model")
+    if isinstance(model, dict):  # its own nonlinearity, named
+        own = OWN_ACTIVATION.get(model.get("_target_"))
+        _drop(out, "model.activation", lambda value: own is not None and value == own)
     return out
+
+
+def _drop(config: dict[str, Any], dotted: str, when: Any) -> None:
+    group, key = dotted.split(".")
+    section = config.get(group)
+    if isinstance(section, dict) and key in section and when(section[key]):
+        config[group] = {k: v for k, v in section.items() if k != key}
 
 
 def config_snapshot(cfg: DictConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from bnsweep.files import (
     is_no_space,
     remove_unstarted,
 )
-from bnsweep.keys import HPARAM_KEYS, computes
+from bnsweep.keys import HPARAM_KEYS, PRECISE_KEYS, computes
 from bnsweep.lit import BNStatsLogger, LitClassifier
 from bnsweep.nn import norm_layers
 from bnsweep.record import finished_record, write_record
@@ -88,9 +88,23 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
     the run's dropout draws from.
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    net = instantiate(cfg.model, norm=instantiate(cfg.bn))
+    net = instantiate(cfg.model, norm=instantiate(layer_config(cfg)))
     instantiate(cfg.init)(net, generator=torch.Generator().manual_seed(cfg.seed))
     return net
+
+
+def layer_config(cfg: DictConfig) -> dict:
+    """cfg.bn without the keys the training loop reads (PreciseBN's): the norm factory's."""
+    bn = OmegaConf.to_container(cfg.bn, resolve=True)
+    return {k: v for k, v in bn.items() if k not in PRECISE_KEYS}
+
+
+def precise_config(cfg: DictConfig) -> dict | None:
+    """PreciseBN's settings ({batches, evaluate}), None when off."""
+    batches = OmegaConf.select(cfg, "bn.precise_batches", default=None)
+    if batches is None:
+        return None
+    return {"batches": batches, "evaluate": OmegaConf.select(cfg, "bn.evaluate", default="running")}
 
 
 def percentile_config(cfg: DictConfig) -> dict | None:
@@ -105,6 +119,7 @@ def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
         optimizer=instantiate(cfg.optimizer),
         percentiles=percentile_config(cfg),
         compile=bool(OmegaConf.select(cfg, "trainer.compile", default=False)),
+        precise=precise_config(cfg),
     )
     return module, instantiate(cfg.data)
 
@@ -213,6 +228,7 @@ def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None) -> dict
         seed=cfg.seed,
         history=module.history,
         test=(tested.get("test/acc"), tested.get("test/loss")),
+        other={k: v for k, v in tested.items() if k.startswith("test/acc_")},
         test_weights=weights,
         steps=steps,
         epochs=epochs,

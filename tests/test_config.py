@@ -11,8 +11,8 @@ from torch import nn
 
 from bnsweep.config import ConfigError, validate
 from bnsweep.data import MNISTDataModule
-from bnsweep.nn import BatchNorm, count_parameters, norm_layers
-from bnsweep.train import build, make_trainer
+from bnsweep.nn import BatchNorm, BatchRenorm, count_parameters, norm_layers
+from bnsweep.train import build, layer_config, make_trainer
 
 
 def options(group: str) -> list[str]:
@@ -27,8 +27,9 @@ def test_every_group_has_the_documented_options():
     assert set(options("model")) >= {
         "lenet", "lenet_bn1", "lenet_bn2", "lenet_fc_bn1", "lenet_fc_bn2", "cnn", "cnn_bn", "mlp", "mlp_bn"
     }  # fmt: skip
-    assert set(options("bn")) == {"momentum", "window", "cumulative", "torch"}
-    assert set(options("init")) == {"truncated_normal", "normal", "glorot", "torch"}
+    assert set(options("bn")) == {"momentum", "window", "cumulative", "torch", "population", "ghost",
+                                  "renorm", "group", "layer"}  # fmt: skip
+    assert set(options("init")) == {"truncated_normal", "normal", "glorot", "torch", "orthogonal"}
     assert set(options("optimizer")) == {"adam", "sgd", "adagrad"}
     assert set(options("data")) == {"mnist", "fashion_mnist"}
     assert {"default", "tensorboard", "csv"} <= set(options("logger"))
@@ -58,16 +59,24 @@ def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
         assert kinds == expected
     if group == "bn":
         net = instantiate(
-            make_cfg("model=lenet_fc_bn2", f"bn={option}").model, norm=instantiate(cfg.bn)
+            make_cfg("model=lenet_fc_bn2", f"bn={option}").model, norm=instantiate(layer_config(cfg))
         )
-        layers = norm_layers(net)  # one BN per listed layer, as wide as that layer's output
+        layers = norm_layers(net)  # one norm per listed layer, as wide as that layer's output
+
+        def width(m: nn.Module) -> int:
+            return getattr(m, "num_features", None) or getattr(m, "num_channels", None) or m.normalized_shape[0]
+
         widths = {"conv1.bn": 6, "conv2.bn": 16, "fc1.bn": 120, "fc2.bn": 84}
-        assert {k: m.num_features for k, m in layers.items()} == widths
-        layers = list(layers.values())
-        if option == "torch":
-            assert all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers)
-        else:
-            assert all(isinstance(m, BatchNorm) and m.estimator == option for m in layers)
+        assert {k: width(m) for k, m in layers.items()} == widths
+        kinds = {"torch": nn.modules.batchnorm._BatchNorm, "group": nn.GroupNorm,
+                 "layer": (nn.GroupNorm, nn.LayerNorm), "renorm": BatchRenorm}  # fmt: skip
+        assert all(isinstance(m, kinds.get(option, BatchNorm)) for m in layers.values())
+        if option in ("momentum", "window", "cumulative"):
+            assert all(m.estimator == option for m in layers.values())
+        if option == "layer":  # LayerNorm on the fc layers, GroupNorm(1, C) on the conv maps
+            assert isinstance(layers["fc1.bn"], nn.LayerNorm) and layers["conv1.bn"].num_groups == 1
+        if option == "ghost":
+            assert all(m.ghost_batch_size == 8 for m in layers.values())
     if group == "model":
         assert count_parameters(module.net) == PARAMETERS[option]
 
@@ -106,7 +115,7 @@ def test_seed_zero_is_a_seed(make_cfg):
     [
         (["bn=window", "bn.window=0"], "bn.window must be a positive integer, got 0"),
         (["bn=window", "bn.window=abc"], "bn.window must be a positive integer, got 'abc'"),
-        (["bn.momentum=1.5"], "bn.momentum must be a number in [0, 1], got 1.5"),
+        (["bn.momentum=1.5"], "bn.momentum must be a number in [0, 1], or null (the cumulative average), got 1.5"),
         (["bn.eps=0"], "bn.eps must be a finite number > 0, got 0"),
         (["init.std=-1"], "init.std must be a finite number > 0, got -1"),
         (

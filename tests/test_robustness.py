@@ -130,7 +130,7 @@ SWEEP_BAD_INPUT = [
     (["bn=window", "bn.window=0"], 2, "error: bn.window must be a positive integer, got 0"),
     (["init.std=-1"], 2, "error: init.std must be a finite number > 0, got -1"),
     # checked before any job, not once per job (or never)
-    (["data.normalize=foo"], 2, "error: data.normalize must be one of ['scale', 'standardize'], got 'foo'"),
+    (["data.normalize=foo"], 2, "error: data.normalize must be one of ['scale', 'standardize', 'per_pixel'], got 'foo'"),
     (["model=lenet_fc_bn2", "model.bn=[nonexistent_layer]"], 2,
      "error: model.bn of LeNet names unknown layer(s) ['nonexistent_layer']; choose from ['conv1', 'conv2', 'fc1', 'fc2']"),
     (["trainer.max_epochs=0"], 2, "error: trainer.max_epochs must be null, -1 (no limit) or an integer >= 1, got 0"),

@@ -243,7 +243,7 @@ def test_lenet_fc_bn2_reaches_97_percent_after_one_epoch(make_cfg, tmp_path):
 BAD_INPUT = [
     (["model=lenet9"], "Could not find 'model/lenet9'"),
     (["bn=window", "bn.window=0"], "error: bn.window must be a positive integer, got 0"),
-    (["bn.momentum=1.5"], "error: bn.momentum must be a number in [0, 1], got 1.5"),
+    (["bn.momentum=1.5"], "error: bn.momentum must be a number in [0, 1], or null (the cumulative average), got 1.5"),
     (["init.std=-1"], "error: init.std must be a finite number > 0, got -1"),
     (
         ["data.batch_size=0"],
@@ -267,7 +267,7 @@ BAD_INPUT = [
     (["model=lenet_fc_bn2", "model.bn=[nonexistent_layer]"],
      "error: model.bn of LeNet names unknown layer(s) ['nonexistent_layer']; choose from ['conv1', 'conv2', 'fc1', 'fc2']"),
     (["model.bn=conv1"], "error: model.bn must be a list of distinct layer names, e.g. [conv1,fc1], got 'conv1'"),
-    (["data.normalize=foo"], "error: data.normalize must be one of ['scale', 'standardize'], got 'foo'"),
+    (["data.normalize=foo"], "error: data.normalize must be one of ['scale', 'standardize', 'per_pixel'], got 'foo'"),
     (["model=cnn", "model.dropout=1.5"], "error: model.dropout must be a number in [0, 1), got 1.5"),
     (["init.std=inf"], "error: init.std must be a finite number > 0, got inf"),
     (["trainer.accelerator=tpu"], "error: trainer.accelerator must be one of ['auto', 'cpu', 'gpu', 'cuda'], got 'tpu'"),

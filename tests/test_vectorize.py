@@ -200,11 +200,17 @@ def _assert_equal_runs(member: dict, alone: dict) -> None:
         assert member[key] == alone[key], key
 
 
-@pytest.mark.parametrize("bn", ["momentum", "window", "cumulative"])
+# the estimators, and the variants of the training transform (ghost batches of 8 per member;
+# renorm past its warm-up, r and d clipped per member)
+VARIANTS = ["bn=momentum", "bn=window", "bn=cumulative", "bn=ghost",
+            "bn=renorm bn.warmup=50 bn.r_max_steps=150 bn.d_max_steps=100"]  # fmt: skip
+
+
+@pytest.mark.parametrize("bn", VARIANTS)
 def test_vectorized_lenet_fc_bn2_equals_independent_runs(tmp_path, mnist_dir, bn):
     from bnsweep.vectorize import run_members
 
-    overrides = ["model=lenet_fc_bn2", f"bn={bn}", *STEPS]
+    overrides = ["model=lenet_fc_bn2", *bn.split(), *STEPS]
     members = run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[0,1,2]", *overrides))
     assert [m["seed"] for m in members] == [0, 1, 2]
     for seed, member in zip((0, 1, 2), members):

@@ -4,14 +4,19 @@ from bnsweep.nn.batchnorm import (
     BatchNorm,
     BatchNorm1d,
     BatchNorm2d,
+    BatchRenorm,
+    batch_norms,
+    make_batch_renorm,
     make_batchnorm,
+    make_group_norm,
+    make_layer_norm,
     make_torch_batchnorm,
     norm_layers,
     recompute_population_stats,
 )
 from bnsweep.nn.cnn import InitCNN
 from bnsweep.nn.estimators import ESTIMATORS, Estimator, register
-from bnsweep.nn.init import glorot_uniform, normal, torch_default, truncated_normal
+from bnsweep.nn.init import glorot_uniform, normal, orthogonal, torch_default, truncated_normal
 from bnsweep.nn.layers import (
     Block,
     NormFactory,
@@ -29,6 +34,12 @@ __all__ = [
     "BatchNorm",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchRenorm",
+    "batch_norms",
+    "make_batch_renorm",
+    "make_group_norm",
+    "make_layer_norm",
+    "orthogonal",
     "Block",
     "InitCNN",
     "LeNet",

@@ -21,10 +21,18 @@ The estimator of (E[x], Var[x]) is the axis the studies sweep: an object from
 ``bnsweep.nn.estimators`` (``momentum``, ``window``, ``cumulative``, or one registered there),
 chosen by name. Whatever the estimator, ``running_mean`` / ``running_var`` hold the current
 estimate, and eval mode reads only them.
+
+Variants of the training transform:
+
+- Ghost BN (Hoffer, Hubara & Soudry 2017): ``ghost_batch_size=k`` normalises each of the N/k
+  virtual batches of k samples with its own statistics, and the estimator takes one update per
+  virtual batch, in order. k = N is the layer above.
+- Batch renormalization (Ioffe 2017, Alg. 1): ``BatchRenorm``, below.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -45,6 +53,10 @@ _SHAPE_NAMES = {2: "(N, C)", 4: "(N, C, H, W)"}
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class BatchNorm(nn.Module):
@@ -76,11 +88,17 @@ class BatchNorm(nn.Module):
         dtype: torch.dtype | None = None,
         members: int = 1,
         fused: bool | None = None,
+        ghost_batch_size: int | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+        if ghost_batch_size is not None and not (_is_int(ghost_batch_size) and ghost_batch_size >= 1):
+            raise ValueError(
+                f"bn.ghost_batch_size must be a positive integer, got {ghost_batch_size!r}"
+            )
+        self.ghost_batch_size = ghost_batch_size
         if not _is_number(eps) or not eps > 0:
             raise ValueError(f"eps must be a number > 0, got {eps!r}")
         named = not isinstance(estimator, Estimator)
@@ -147,7 +165,13 @@ class BatchNorm(nn.Module):
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}, estimator={self.estimator}"
         )
-        return s + self.stats.extra_repr()
+        s += self.stats.extra_repr()
+        return s + (f", ghost_batch_size={self.ghost_batch_size}" if self.ghost_batch_size else "")
+
+    def variant_options(self) -> dict[str, Any]:
+        """The keywords beyond torch's and the estimator that make this layer what it is (a
+        stacked copy is built with them)."""
+        return {"ghost_batch_size": self.ghost_batch_size}
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() not in self._expected_dims:
@@ -172,32 +196,57 @@ class BatchNorm(nn.Module):
         use_batch_stats = self.training or not self.track_running_stats
         if not use_batch_stats:
             return self._normalize_with(x, buffers["running_mean"], buffers["running_var"])
-        m = x.numel() // x.shape[1]
+        n = x.shape[0]
+        # ghost batches in training; eval without running statistics normalises the whole batch
+        k = (self.ghost_batch_size or n) if self.training else n
+        if k and n % k:
+            raise ValueError(
+                f"bn.ghost_batch_size={k} must divide the training batch, got a batch of {n}"
+            )
+        m = x.numel() // x.shape[1] // (n // k) if n else 0  # values per channel and batch
         if m < 2 and self.training:
             raise ValueError(
                 f"{type(self).__name__} needs more than 1 value per channel when training, "
                 f"got input of shape {tuple(x.shape)}"
+                + (f" in batches of {k}" if k != n else "")
             )
-        y, mean, var = self._batch_stats(x)
+        y, stats = self._batch_stats(x, k)
         if self.training and self.track_running_stats:
-            self._update_running_stats(mean, var.mul(batch_constants(m, self.eps, var)[3]))
+            correction = batch_constants(m, self.eps, x)[3]
+            for mean, var in stats:  # one estimator update per (ghost) batch, in order
+                self._update_running_stats(mean, var.mul(correction))
         return y
 
-    def _batch_stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(y, batch mean, biased batch variance) of a training-mode batch; member by member
-        when the layer stacks S members (see the class docstring)."""
-        params = self._parameters
+    def _batch_stats(self, x: Tensor, k: int) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """(y, [(batch mean, biased batch variance) of each batch of k samples]) of a
+        training-mode forward; member by member when the layer stacks S members (see the class
+        docstring)."""
+        params, buffers = self._parameters, self._buffers
         s = self.members
-        if s == 1 or self.fused or (self.fused is None and x.is_cuda):
-            return batch_norm_train(x, params["weight"], params["bias"], self.eps)
-        ws = params["weight"].chunk(s) if self.affine else [None] * s
-        bs = params["bias"].chunk(s) if self.affine else [None] * s
-        parts = [
-            batch_norm_train(xm.contiguous(), w, b, self.eps)
-            for xm, w, b in zip(x.chunk(s, 1), ws, bs)
-        ]
-        y, mean, var = zip(*parts)
-        return torch.cat(y, 1), torch.cat(mean), torch.cat(var)
+        whole = s == 1 or self.fused or (self.fused is None and x.is_cuda)
+        tensors = [params["weight"], params["bias"], buffers["running_mean"], buffers["running_var"]]
+        if not whole:  # each member's parameters and statistics: its block of channels
+            tensors = [[None] * s if t is None else t.chunk(s) for t in tensors]
+        parts = []
+        for xg in x.split(k) if k < x.shape[0] else (x,):
+            if whole:
+                parts.append(self._train_block(xg, *tensors))
+                continue
+            blocks = [
+                self._train_block(xm.contiguous(), *member)
+                for xm, *member in zip(xg.chunk(s, 1), *tensors)
+            ]
+            y, mean, var = zip(*blocks)
+            parts.append((torch.cat(y, 1), torch.cat(mean), torch.cat(var)))
+        y = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
+        return y, [(mean, var) for _, mean, var in parts]
+
+    def _train_block(
+        self, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+        running_mean: Tensor | None, running_var: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """(y, mean, biased var) of one batch of one member's channels (Alg. 1)."""
+        return batch_norm_train(x, weight, bias, self.eps)
 
     def _normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         # Alg. 2 folded into one affine op: y = x·scale + shift, per channel
@@ -275,15 +324,150 @@ class BatchNorm2d(BatchNorm):
     _expected_dims = (4,)
 
 
+class BatchRenorm(BatchNorm):
+    """Batch renormalization (Ioffe 2017, Alg. 1): training normalises with the batch
+    statistics and corrects towards the running ones,
+
+        σ_B = √(σ²_B + ε),  σ = √(running_var + ε)
+        r = clip(σ_B / σ, 1/r_max, r_max),  d = clip((μ_B − μ) / σ, −d_max, d_max)
+        x̂ = (x − μ_B) / σ_B · r + d,  y = γ x̂ + β
+
+    with r and d constants of the backward (stop-gradient); inference is BN's. r_max = 1,
+    d_max = 0 is BN, and the layer computes BN's function then. The paper's schedule, in
+    training steps t (the layer's ``num_batches_tracked``): plain BN for ``warmup`` steps, then
+    r_max grows linearly from 1 to ``r_max`` by step ``r_max_steps`` and d_max from 0 to
+    ``d_max`` by step ``d_max_steps``.
+
+    One difference from the paper: its running σ is a moving average of σ_B; here σ comes from
+    ``running_var``, the estimator's estimate of the variance (any estimator can be used).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *args: Any,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        warmup: int = 5000,
+        r_max_steps: int = 40000,
+        d_max_steps: int = 25000,
+        **kwargs: Any,
+    ) -> None:
+        checks = [
+            ("r_max", r_max, _is_number(r_max) and math.isfinite(r_max) and r_max >= 1,
+             "a finite number >= 1"),
+            ("d_max", d_max, _is_number(d_max) and math.isfinite(d_max) and d_max >= 0,
+             "a finite number >= 0"),
+            ("warmup", warmup, _is_int(warmup) and warmup >= 0, "an integer >= 0"),
+        ]  # fmt: skip
+        for key, end in (("r_max_steps", r_max_steps), ("d_max_steps", d_max_steps)):
+            checks.append((key, end, _is_int(end) and _is_int(warmup) and end >= warmup,
+                           f"an integer >= bn.warmup ({warmup!r})"))  # fmt: skip
+        for key, value, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"bn.{key} must be {expected}, got {value!r}")
+        if kwargs.get("ghost_batch_size") is not None:
+            raise ValueError("bn.ghost_batch_size cannot be combined with bn=renorm")
+        if kwargs.get("track_running_stats") is False:
+            raise ValueError("bn=renorm needs running statistics (track_running_stats=true)")
+        super().__init__(num_features, *args, **kwargs)
+        self.r_max, self.d_max = float(r_max), float(d_max)
+        self.warmup, self.r_max_steps, self.d_max_steps = warmup, r_max_steps, d_max_steps
+
+    def variant_options(self) -> dict[str, Any]:
+        return {"r_max": self.r_max, "d_max": self.d_max, "warmup": self.warmup,
+                "r_max_steps": self.r_max_steps, "d_max_steps": self.d_max_steps}  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + "".join(f", {k}={v}" for k, v in self.variant_options().items())
+
+    def limits(self, step: int) -> tuple[float, float]:
+        """(r_max, d_max) at training step ``step`` (0 for the first), by the schedule."""
+
+        def ramp(end: int) -> float:
+            if step < self.warmup:
+                return 0.0
+            return 1.0 if end <= self.warmup else min(1.0, (step - self.warmup) / (end - self.warmup))
+
+        return 1 + (self.r_max - 1) * ramp(self.r_max_steps), self.d_max * ramp(self.d_max_steps)
+
+    def _batch_stats(self, x: Tensor, k: int) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        # the step this batch trains: the count of batches the statistics have seen so far
+        self._limits = self.limits(int(self._buffers["num_batches_tracked"]))
+        return super()._batch_stats(x, k)
+
+    def _train_block(
+        self, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+        running_mean: Tensor | None, running_var: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        r_max, d_max = self._limits
+        if r_max == 1 and d_max == 0:  # r = 1, d = 0: BN itself, by its own function
+            return batch_norm_train(x, weight, bias, self.eps)
+        dims = (0,) if x.dim() == 2 else (0, 2, 3)
+        shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
+        mean = x.mean(dims)
+        var = (x - mean.view(shape)).square().mean(dims)  # biased
+        std = (var + self.eps).sqrt()
+        with torch.no_grad():
+            sigma = (running_var + self.eps).sqrt()
+            r = (std / sigma).clamp(1 / r_max, r_max)
+            d = ((mean - running_mean) / sigma).clamp(-d_max, d_max)
+        xhat = (x - mean.view(shape)) / std.view(shape) * r.view(shape) + d.view(shape)
+        y = xhat if weight is None else xhat * weight.view(shape) + bias.view(shape)
+        return y, mean.detach(), var.detach()
+
+
+class BatchRenorm1d(BatchRenorm):
+    _expected_dims = (2,)
+
+
+class BatchRenorm2d(BatchRenorm):
+    _expected_dims = (4,)
+
+
+# torch's normalisation layers used as baselines in BN's slot (bn=group, bn=layer)
+BASELINES = (nn.GroupNorm, nn.LayerNorm)
+
+
 def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The normalisation layers of a model by qualified name (ours or torch's)."""
-    kinds = (BatchNorm, nn.modules.batchnorm._BatchNorm)
+    """The normalisation layers of a model by qualified name: ours, torch's BN, and the
+    GroupNorm / LayerNorm baselines."""
+    kinds = (BatchNorm, nn.modules.batchnorm._BatchNorm, *BASELINES)
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def batch_norms(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers of a model that keep inference statistics (ours and torch's BN)."""
+    return {name: m for name, m in norm_layers(model).items()
+            if getattr(m, "running_mean", None) is not None}  # fmt: skip
 
 
 def make_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> BatchNorm:
     """Norm-layer factory used by the networks: our layer, 2d for conv maps, 1d otherwise."""
     return (BatchNorm2d if spatial else BatchNorm1d)(num_features, **kwargs)
+
+
+def make_batch_renorm(num_features: int, spatial: bool, **kwargs: Any) -> BatchRenorm:
+    """Batch renormalization in BN's slot (bn=renorm)."""
+    return (BatchRenorm2d if spatial else BatchRenorm1d)(num_features, **kwargs)
+
+
+def make_group_norm(num_features: int, spatial: bool, groups: int = 2, eps: float = 1e-5) -> nn.Module:
+    """torch.nn.GroupNorm in BN's slot (bn=group): each sample normalised over each group of
+    num_features/groups channels (and their positions); γ, β per channel."""
+    if not _is_int(groups) or groups < 1 or num_features % groups:
+        raise ValueError(
+            f"bn.groups must be a positive integer dividing the channels of every normalised "
+            f"layer, got {groups!r} for a layer of {num_features}"
+        )
+    return nn.GroupNorm(groups, num_features, eps=eps)
+
+
+def make_layer_norm(num_features: int, spatial: bool, eps: float = 1e-5) -> nn.Module:
+    """Layer norm in BN's slot (bn=layer): each sample normalised over all its features. For
+    (N, C) input torch.nn.LayerNorm(C); for conv maps torch.nn.GroupNorm(1, C), which is
+    LayerNorm over (C, H, W) with one γ, β per channel (the input size is not known here)."""
+    return nn.GroupNorm(1, num_features, eps=eps) if spatial else nn.LayerNorm(num_features, eps=eps)
 
 
 def make_torch_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> nn.Module:
@@ -302,7 +486,7 @@ def recompute_population_stats(
     all batches (the cumulative estimator). Dropout is switched off during the pass. Each layer's
     estimator and the model's train/eval mode are restored afterwards. Returns the batch count.
     """
-    norms = list(norm_layers(model).values())
+    norms = list(batch_norms(model).values())
     if not norms:
         return 0
     was_training = {m: m.training for m in model.modules()}

@@ -8,11 +8,13 @@ from torch import Tensor, nn
 
 from bnsweep.architectures import INIT_CNN
 from bnsweep.nn.layers import Block, NormFactory, as_images, make_norms
+from bnsweep.nn.layers import activation as _activation
 
 
 class InitCNN(nn.Module):
     """conv1 32@5×5 SAME → ReLU → max-pool 2 → conv2 64@5×5 SAME → ReLU → max-pool 2 →
-    fc1 3136→1024 → ReLU → dropout → fc2 10 logits; ``bn`` ⊆ {conv1, conv2, fc1}."""
+    fc1 3136→1024 → ReLU → dropout → fc2 10 logits; ``bn`` ⊆ {conv1, conv2, fc1};
+    ``activation`` replaces the ReLU, ``bn_position="post"`` puts BN after it."""
 
     LAYERS = INIT_CNN
 
@@ -22,14 +24,18 @@ class InitCNN(nn.Module):
         norm: NormFactory | None = None,
         dropout: float = 0.5,
         num_classes: int = 10,
+        activation: str = "relu",
+        bn_position: str = "pre",
     ) -> None:
         super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout!r}")
         on = make_norms(bn, self.LAYERS, norm, "InitCNN")
+        act = _activation(activation)
 
         def block(name: str, affine: nn.Module, features: int, spatial: bool) -> Block:
-            return Block(affine, nn.ReLU(), norm(features, spatial) if name in on else None)
+            norm_layer = norm(features, spatial) if name in on else None
+            return Block(affine, type(act)(), norm_layer, bn_position)
 
         self.conv1 = block("conv1", nn.Conv2d(1, 32, 5, padding=2), 32, True)  # -> (N, 32, 28, 28)
         self.pool1 = nn.MaxPool2d(2)  # -> (N, 32, 14, 14)

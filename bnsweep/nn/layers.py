@@ -13,19 +13,41 @@ from torch import Tensor, nn
 NormFactory = Callable[[int, bool], nn.Module]
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
+POSITIONS = ("pre", "post")
+
+
+def activation(name: str) -> nn.Module:
+    """The nonlinearity ``model.activation`` names."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"model.activation must be one of {list(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+def check_position(position: str) -> None:
+    if position not in POSITIONS:
+        raise ValueError(f"model.bn_position must be one of {list(POSITIONS)}, got {position!r}")
+
+
 class Block(nn.Sequential):
-    """affine → [norm] → act: BN sits between the affine layer and the nonlinearity (§3.2).
+    """affine → [norm] → act (``position="pre"``: BN between the affine layer and the
+    nonlinearity, the paper's §3.2), or affine → act → [norm] (``"post"``: BN after it).
 
     Children are named ``affine``, ``bn`` (only when normalised) and ``act``, so the input of
     ``act`` is the layer's pre-activation whatever the placement.
     """
 
-    def __init__(self, affine: nn.Module, act: nn.Module, norm: nn.Module | None = None) -> None:
+    def __init__(
+        self, affine: nn.Module, act: nn.Module, norm: nn.Module | None = None, position: str = "pre"
+    ) -> None:
         super().__init__()
+        check_position(position)
         self.affine = affine
-        if norm is not None:
+        if norm is not None and position == "pre":
             self.bn = norm
         self.act = act
+        if norm is not None and position == "post":
+            self.bn = norm
 
 
 def make_norms(
@@ -142,7 +164,11 @@ def as_images(x: Tensor) -> Tensor:
 
 
 __all__ = [
+    "ACTIVATIONS",
+    "POSITIONS",
     "AvgPool2d",
+    "activation",
+    "check_position",
     "Block",
     "NormFactory",
     "as_images",

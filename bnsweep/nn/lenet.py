@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from bnsweep.architectures import LENET
 from bnsweep.nn.layers import AvgPool2d, Block, NormFactory, as_images, make_norms
+from bnsweep.nn.layers import activation as _activation
 
 
 class LeNet(nn.Module):
@@ -21,13 +22,20 @@ class LeNet(nn.Module):
     LAYERS = LENET
 
     def __init__(
-        self, bn: Sequence[str] = (), norm: NormFactory | None = None, num_classes: int = 10
+        self,
+        bn: Sequence[str] = (),
+        norm: NormFactory | None = None,
+        num_classes: int = 10,
+        activation: str = "sigmoid",
+        bn_position: str = "pre",
     ) -> None:
         super().__init__()
         on = make_norms(bn, self.LAYERS, norm, "LeNet")
+        act = _activation(activation)  # checked before any layer is built
 
         def block(name: str, affine: nn.Module, features: int, spatial: bool) -> Block:
-            return Block(affine, nn.Sigmoid(), norm(features, spatial) if name in on else None)
+            norm_layer = norm(features, spatial) if name in on else None
+            return Block(affine, type(act)(), norm_layer, bn_position)
 
         # padding=2 on the 28×28 input is the reference's zero-padding to 32×32, then a valid conv
         self.conv1 = block("conv1", nn.Conv2d(1, 6, 5, padding=2), 6, True)  # -> (N, 6, 28, 28)

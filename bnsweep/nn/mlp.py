@@ -8,12 +8,15 @@ from torch import Tensor, nn
 
 from bnsweep.architectures import mlp_layers
 from bnsweep.nn.layers import Block, NormFactory, make_norms
+from bnsweep.nn.layers import activation as _activation
 
 
 class MLP(nn.Module):
     """784 → fc1 100 → sigmoid → fc2 100 → sigmoid → fc3 100 → sigmoid → out 10 logits.
 
-    ``bn`` ⊆ {fc1, fc2, fc3} puts BN before that layer's sigmoid (the paper: all three).
+    ``bn`` ⊆ {fc1, fc2, fc3} puts BN before that layer's sigmoid (the paper: all three);
+    ``activation`` replaces the sigmoid (``tanh``: the BN MLP of REFERENCES.md §2),
+    ``bn_position="post"`` puts BN after it.
     """
 
     def __init__(
@@ -23,16 +26,20 @@ class MLP(nn.Module):
         norm: NormFactory | None = None,
         num_classes: int = 10,
         in_features: int = 784,
+        activation: str = "sigmoid",
+        bn_position: str = "pre",
     ) -> None:
         super().__init__()
         names = list(mlp_layers(hidden))
         on = make_norms(bn, names, norm, "MLP")
+        act = _activation(activation)
         self.flatten = nn.Flatten()  # (N, 1, 28, 28) -> (N, 784)
         self.layer_names = names
         width = in_features
         for name, features in zip(names, hidden):
             bn_layer = norm(features, False) if name in on else None
-            self.add_module(name, Block(nn.Linear(width, features), nn.Sigmoid(), bn_layer))
+            block = Block(nn.Linear(width, features), type(act)(), bn_layer, bn_position)
+            self.add_module(name, block)
             width = features
         self.out = nn.Linear(width, num_classes)
 

@@ -189,7 +189,7 @@ def _stack_norm(norms: Sequence[nn.Module], fused: bool | None) -> nn.Module:
               "track_running_stats": first.track_running_stats}  # fmt: skip
     if isinstance(first, BatchNorm):
         stacked = type(first)(s * c, estimator=copy.copy(first.stats), members=s, fused=fused,
-                              **common)  # fmt: skip
+                              **common, **first.variant_options())  # fmt: skip
     else:
         spatial = isinstance(first, nn.BatchNorm2d)
         stacked = (_TorchMemberBatchNorm2d if spatial else _TorchMemberBatchNorm1d)(s * c, **common)
