@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnsweep.files import atomic_write, write_json
 from bnsweep.record import failed_record, read_record, write_record
-from bnsweep.report import load_runs, report
+from bnsweep.report import ReportError, load_runs, report
 
 # ---------------------------------------------------------------------------------------------
 # running a sweep
@@ -204,6 +204,7 @@ def preflight(cfg: DictConfig, sweep_dir: Path, lock_holder: list) -> None:
         validate(cfg)  # light: a bad value is refused before Lightning is imported
         if OmegaConf.select(cfg, "sweep.vectorize", default=False):
             check_vectorize(cfg)
+        _check_report(cfg)
         if not cfg.data.get("download", True):
             _check_data(cfg)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +241,26 @@ def sweep_settings(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     given["study"] = str(hydra.runtime.choices.get("study", "custom"))
     return {k: {"swept": is_sweep(v), "value": v} for k, v in sorted(given.items())
             if k == "study" or (k != SEED and computes(k))}  # fmt: skip
+
+
+def _check_report(cfg: DictConfig) -> None:
+    """report.baseline names a point this sweep has (as far as its swept lists are plain)."""
+    from bnsweep.config import ConfigError
+    from bnsweep.report.compare import ReportError, check_baseline
+
+    spec = OmegaConf.select(cfg, "report.baseline", default=None)
+    if spec is None:
+        return
+    swept = {}
+    for key, setting in sweep_settings(cfg).items():
+        if setting["swept"]:
+            text = setting["value"]
+            plain = "(" not in text and "[" not in text
+            swept[key] = [v.strip() for v in text.split(",")] if plain else []
+    try:
+        check_baseline(str(spec), swept)
+    except ReportError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_resume(cfg: DictConfig, sweep_dir: Path) -> None:
@@ -376,12 +397,15 @@ def end_of_sweep(sweep_dir: Path, jobs: list[dict[str, Any]]) -> None:
     """The report of the sweep folder, then one line per kind of trouble; exit status 1 when a
     run failed or a job was refused."""
     runs = load_runs(sweep_dir)
+    bad_report = None
     if runs:
         try:
             report(sweep_dir)
         except OSError as e:
             print(f"error: the report could not be written in {sweep_dir}: {e.strerror or e}",
                   file=sys.stderr)  # fmt: skip
+        except ReportError as e:  # what the runs allow to compare: known only now
+            bad_report = f"error: {e}; the runs are intact: python -m bnsweep.report {sweep_dir} --baseline KEY=VALUE writes the report"
     print(f"sweep folder  {sweep_dir}")
     diverged = [r.path.name for r in runs if r.status == "finished" and r.metrics.get("diverged")]
     if diverged:
@@ -394,6 +418,9 @@ def end_of_sweep(sweep_dir: Path, jobs: list[dict[str, Any]]) -> None:
               + "; ".join(j["error"] for j in refused), file=sys.stderr)  # fmt: skip
     if failed:
         print(f"error: {len(failed)} run(s) failed: {' '.join(failed)}", file=sys.stderr)
+    if bad_report:
+        print(bad_report, file=sys.stderr)
+        raise SystemExit(2)
     if refused or failed:
         raise SystemExit(1)
 

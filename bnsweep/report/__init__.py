@@ -1,5 +1,7 @@
-"""A sweep folder's report: summary.csv / summary.md (mean ± sample std over seeds per point),
-PNG plots, and TensorBoard aggregates (``python -m bnsweep.report <sweep folder>``).
+"""A sweep folder's report: summary.csv / summary.md (per point: n, mean ± sample std and the
+95 % CI of the mean over seeds; then each point's difference from the baseline point, tested),
+comparisons.csv, PNG plots (compare.png: the differences with their CIs), and TensorBoard
+aggregates (``python -m bnsweep.report <sweep folder>``).
 
 Imports no torch and no Lightning (nor does anything it imports): a sweep's own process, which
 writes the report at the end, never pays for them.
@@ -13,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from bnsweep.files import atomic_write
+from bnsweep.report import compare
 from bnsweep.report.aggregate import AGGREGATE_LAYOUT, write_tensorboard
-from bnsweep.report.plots import plot
+from bnsweep.report.compare import ReportError
+from bnsweep.report.plots import finished_points, plot
 from bnsweep.report.runs import Run, group_by_point, load_run_folders, load_runs
 from bnsweep.report.summary import DRIFT_SKIP, markdown_table, summarize, write_csv
 
-__all__ = ["AGGREGATE_LAYOUT", "DRIFT_SKIP", "Run", "load_runs", "main", "report"]
+__all__ = ["AGGREGATE_LAYOUT", "DRIFT_SKIP", "ReportError", "Run", "load_runs", "main", "report"]
 
 
 def settings_of(sweep_dir: Path) -> dict[str, Any]:
@@ -49,10 +53,12 @@ def report(
     settings = settings_of(out_dir) if settings is None else settings
     keys, rows = summarize(runs)
     groups = group_by_point(runs)
+    compared = compare.comparisons(finished_points(groups), settings)  # a bad baseline: here
     table = markdown_table(keys, rows)
     excluded = sum(not r.ok for r in runs)
     note = (
-        f"\n{len(runs)} runs in {len(rows)} points; mean ± sample std over the seeds that finished"
+        f"\n{len(runs)} runs in {len(rows)} points; mean ± sample std [95 % CI of the mean] over "
+        "the seeds that finished"
         + (
             f"; {excluded} diverged or failed runs are counted but left out of the means"
             if excluded
@@ -60,15 +66,21 @@ def report(
         )
         + ".\n"
     )
+    differences = compare.markdown(compared, settings.get("power"))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "summary.csv", rows)
+    if compared:
+        compare.write_csv(out_dir / "comparisons.csv", compared)
     atomic_write(
-        out_dir / "summary.md", f"# Sweep summary: {out_dir.resolve().name}\n\n" + table + note
+        out_dir / "summary.md",
+        f"# Sweep summary: {out_dir.resolve().name}\n\n" + table + note + differences,
     )
     plot(out_dir, keys, groups, rows, settings)
+    if compared:
+        compare.forest_plot(out_dir / "compare.png", compared)
     write_tensorboard(out_dir, groups, keys)
     if not quiet:
-        print(table + note)
+        print(table + note + differences)
     return rows
 
 
@@ -84,8 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="where the report of --runs goes")
     p.add_argument("--ylim", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="y-range of val_acc.png (default: the sweep's report.val_acc_ylim)")  # fmt: skip
+    p.add_argument("--baseline", help="the point the others are compared with, e.g. model=lenet "
+                   "(default: the sweep's report.baseline, else the first point)")  # fmt: skip
+    p.add_argument("--compare", choices=["baseline", "all"], help="all: every pair of points")
+    p.add_argument("--power", type=float, help="e.g. 0.8: the seeds a paired test needs for "
+                   "that power at the observed effect")  # fmt: skip
     args = p.parse_args(argv)
-    settings = {"val_acc_ylim": list(args.ylim)} if args.ylim else None
+    given = {"val_acc_ylim": list(args.ylim) if args.ylim else None, "baseline": args.baseline,
+             "compare": args.compare, "power": args.power}  # fmt: skip
+    settings = {k: v for k, v in given.items() if v is not None} or None
     try:
         if args.runs:
             return _compare(args.runs, args.out, settings)
@@ -96,8 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "compare runs: python -m bnsweep.report --runs <run folders> --out <folder>",
                   file=sys.stderr)  # fmt: skip
             return 2
+        if settings is not None:  # the sweep's own, with those given on the command line
+            settings = {**settings_of(args.sweep_dir), **settings}
         report(args.sweep_dir, settings=settings)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

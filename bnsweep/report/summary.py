@@ -1,5 +1,6 @@
-"""Per point: seeds finished / diverged / failed and mean ± sample std of every reported
-metric; as rows (summary.csv) and as a Markdown table (summary.md, printed)."""
+"""Per point: seeds finished / diverged / failed and, of every reported metric, the seeds it
+is over (n), the mean, the sample std and the 95 % Student-t confidence interval of the mean;
+as rows (summary.csv) and as a Markdown table (summary.md, printed)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from bnsweep.files import atomic_write
 from bnsweep.report.runs import Run, group_by_point, swept_keys
+from bnsweep.report.stats import mean_ci
 
 THRESHOLDS = (0.97, 0.98)
 
@@ -98,8 +100,8 @@ def summarize(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
         for col, key in [*COLUMNS, *((k, k) for k in extra)]:
             present = [v[key] for v in values if v.get(key) is not None]
             row[f"{col}_mean"], row[f"{col}_std"] = mean_std(present)
-            if col.startswith(("steps_to", "epochs_to")):
-                row[f"{col}_n"] = len(present)  # seeds that reached it
+            row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean_ci(present)
+            row[f"{col}_n"] = len(present)  # steps_to: the seeds that reached it
         rows.append(row)
     rows.sort(key=lambda r: tuple(sort_key(r[k]) for k in keys))
     return keys, rows
@@ -116,13 +118,18 @@ def sort_key(value: str) -> tuple[int, float | str]:
         return (1, value)
 
 
-def _fmt(mean: float, std: float, digits: int = 4, n: int = 2) -> str:
-    """``0.9862 ± 0.0022``; one seed has no spread: ``0.9862 (n = 1)``."""
+def _fmt(mean: float, std: float, digits: int = 4, n: int = 2,
+         ci: tuple[float, float] | None = None) -> str:  # fmt: skip
+    """``0.9862 ± 0.0022 [0.9807, 0.9917]`` (mean ± sample std [95 % CI of the mean]); one seed
+    has no spread: ``0.9862 (n = 1)``."""
     if math.isnan(mean):
         return "—"
     if n == 1:
         return f"{mean:.{digits}f} (n = 1)"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if ci is not None and not math.isnan(ci[0]):
+        cell += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return cell
 
 
 def markdown_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
@@ -146,7 +153,7 @@ def markdown_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
         cells.append(f"{r['n_finished']} / {r['n_diverged']} / {r['n_failed']}")
         n = r["n_finished"]
         cells += [
-            _fmt(r[f"{c}_mean"], r[f"{c}_std"], n=n)
+            _fmt(r[f"{c}_mean"], r[f"{c}_std"], n=r[f"{c}_n"], ci=(r[f"{c}_ci_low"], r[f"{c}_ci_high"]))
             for c in ("val_acc", "val_acc_best", "test_acc", "train_loss")
         ]
         cells += [reach("steps_to_97"), reach("steps_to_98")]

@@ -1,0 +1,153 @@
+"""The report's statistics against published values (REFERENCES §9: Student's sleep data as R's
+t.test prints it; R's p.adjust for Holm; G*Power's sample size), and on real sweeps: a difference
+made by construction is significant, a difference of seeds alone is not."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+
+import pytest
+from helpers import SHORT, read_summary, refused_with, sweep_dir_of
+
+from bnsweep.report import report
+from bnsweep.report.stats import compare, compare_censored, holm, mean_ci, seeds_needed
+
+DRUG_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+DRUG_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
+
+
+def test_paired_t_test_gives_the_sleep_datas_published_numbers():
+    c = compare(dict(enumerate(DRUG_1)), dict(enumerate(DRUG_2)))  # the same patients: paired
+    assert c.test == "paired t (n = 10)"
+    assert c.statistic == pytest.approx(-4.0621, abs=5e-5) and c.df == 9
+    assert c.p == pytest.approx(0.002833, abs=5e-7)
+    assert c.diff == pytest.approx(-1.58, abs=1e-12)
+    assert c.ci == pytest.approx((-2.4599, -0.7001), abs=5e-5)
+
+
+def test_welch_t_test_gives_the_sleep_datas_published_numbers():
+    # no patient in common: two independent groups
+    c = compare(dict(enumerate(DRUG_1)), {i + 100: v for i, v in enumerate(DRUG_2)})
+    assert c.test == "Welch t"
+    assert c.statistic == pytest.approx(-1.8608, abs=5e-5)
+    assert c.df == pytest.approx(17.776, abs=5e-4)
+    assert c.p == pytest.approx(0.07939, abs=5e-6)
+    assert c.ci == pytest.approx((-3.3655, 0.2055), abs=5e-5)
+    assert c.n == (10, 10)
+    # the same from each group's mean, sample std and n (what a committed summary.csv keeps)
+    from bnsweep.report.stats import welch
+
+    s = welch(statistics.fmean(DRUG_1), statistics.stdev(DRUG_1), 10, statistics.fmean(DRUG_2), statistics.stdev(DRUG_2), 10)
+    assert (s.statistic, s.df, s.p) == pytest.approx((c.statistic, c.df, c.p), rel=1e-12)
+
+
+def test_holm_matches_r_p_adjust():
+    # p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm") = 0.03 0.06 0.06 0.02
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # no test (NaN) neither counts nor is adjusted; adjusted values never exceed 1
+    out = holm([0.5, math.nan, 0.4])
+    assert math.isnan(out[1]) and out[0] == out[2] == pytest.approx(0.8)
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def test_confidence_interval_of_the_mean_is_students():
+    values = [0.981, 0.986, 0.984, 0.979, 0.988]
+    mean, s = statistics.fmean(values), statistics.stdev(values)
+    t = 2.776445  # the t table's 0.975 quantile, 4 degrees of freedom
+    lo, hi = mean_ci(values)
+    assert lo == pytest.approx(mean - t * s / math.sqrt(5), abs=1e-9)
+    assert hi == pytest.approx(mean + t * s / math.sqrt(5), abs=1e-9)
+    assert all(math.isnan(v) for v in mean_ci([0.98]))
+
+
+def test_seeds_needed_for_power_match_g_power():
+    # a paired t-test, two-sided α = 0.05, power 0.8: d_z = 1 needs 10 pairs, d_z = 0.5 needs 34
+    assert seeds_needed(1.0, 0.8) == 10
+    assert seeds_needed(0.5, 0.8) == 34
+    assert seeds_needed(0.0, 0.8) is None
+
+
+def test_a_seed_that_never_reached_the_threshold_ranks_last():
+    c = compare_censored([100, 200, 300], [None, None, None])
+    # complete separation of 3 against 3: the exact two-sided Mann-Whitney p is 2/20
+    assert c.test == "Mann-Whitney U" and c.p == pytest.approx(0.1)
+    assert c.diff == -math.inf
+    assert compare_censored([None], [None]).test == "never reached"
+
+
+def _relabel(run_dir, dest, label: str) -> None:
+    """A copy of a run folder whose point is told apart by ``label`` (copy=a / copy=b)."""
+    shutil.copytree(run_dir, dest)
+    m = json.loads((dest / "metrics.json").read_text())
+    m["overrides"] = [f"copy={label}", f"seed={m['seed']}"]
+    (dest / "metrics.json").write_text(json.dumps(m))
+    (dest / "run_config.json").unlink()
+
+
+def test_a_sweep_marks_a_real_difference_and_not_a_difference_of_seeds(cli, tmp_path):
+    proc = cli("sweep.py", "-m", "optimizer.lr=1e-6,1e-3", "model=lenet_fc_bn2", "seeds=[0,1,2,3,4,5]",
+               *SHORT, "report.power=0.8")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = sweep_dir_of(tmp_path)
+    rows = [r for r in read_summary(sweep)]
+    assert [r["optimizer.lr"] for r in rows] == ["1e-06", "0.001"]  # as Hydra writes them
+    for r in rows:  # n, mean, std and the 95 % CI of every metric
+        values = [json.loads(p.read_text())["test/acc"] for p in sweep.glob(f"*lr={r['optimizer.lr']},*/metrics.json")]
+        lo, hi = mean_ci(values)
+        assert float(r["test_acc_n"]) == 6 and float(r["test_acc_ci_low"]) == pytest.approx(lo)
+        assert float(r["test_acc_ci_high"]) == pytest.approx(hi)
+    import csv
+
+    comparisons = {r["metric"]: r for r in csv.DictReader((sweep / "comparisons.csv").open())}
+    test = comparisons["test_acc"]
+    assert test["point"] == "optimizer.lr=0.001" and test["baseline"] == "optimizer.lr=1e-06"
+    assert test["test"] == "paired t (n = 6)" and test["significant"] == "True"
+    assert float(test["ci_low"]) > 0 and float(test["p_holm"]) < 0.05
+    md = (sweep / "summary.md").read_text()
+    assert "## Differences against optimizer.lr=1e-06" in md and "**yes**" in md
+    assert (sweep / "compare.png").stat().st_size > 5000
+    # the same config with seeds 0-2 and 3-5 as two points: Welch's test, not significant
+    null = tmp_path / "null"
+    null.mkdir()
+    for run in sorted(sweep.glob("*lr=0.001,seed=*")):
+        seed = int(run.name.rsplit("=", 1)[1])
+        _relabel(run, null / run.name.replace("optimizer.lr=0.001", "copy"), "a" if seed < 3 else "b")
+    report(null, quiet=True, settings={})
+    same = {r["metric"]: r for r in csv.DictReader((null / "comparisons.csv").open())}
+    for metric in ("val_acc", "test_acc", "train_loss"):
+        assert same[metric]["test"] == "Welch t" and same[metric]["significant"] == "False", same[metric]
+
+
+def test_a_baseline_that_names_no_point_is_one_line(cli, tmp_path):
+    # before any job: the swept values are known
+    proc = cli("sweep.py", "-m", "optimizer.lr=1e-6,1e-3", *SHORT, "report.baseline='optimizer.lr=0.1'")
+    assert refused_with(proc, "error: report.baseline='optimizer.lr=0.1' matches no point: optimizer.lr takes 1e-6, 1e-3")
+    assert not (tmp_path / "outputs").exists()
+    # a value written otherwise is the same value (1e-3 is Hydra's 0.001)
+    from bnsweep.report.compare import check_baseline, find_baseline
+
+    check_baseline("optimizer.lr=0.001", {"optimizer.lr": ["1e-6", "1e-3"]})
+    points = [(("optimizer.lr", "1e-06"),), (("optimizer.lr", "0.001"),)]
+    assert find_baseline(points, "optimizer.lr=1e-3") == points[1]
+    proc = cli("sweep.py", "-m", "optimizer.lr=1e-6,1e-3", *SHORT, "report.baseline='model=lenet'")
+    assert refused_with(proc, "error: report.baseline='model=lenet' matches no point: model is not swept (swept: optimizer.lr)")
+
+
+def test_the_report_command_refuses_a_baseline_it_cannot_find(tmp_path):
+    import subprocess
+    import sys
+
+    from test_sweep import _fake_run
+
+    for i, bn in enumerate(["window", "window", "momentum", "momentum"]):
+        _fake_run(tmp_path, str(i), i % 2, [0.95, 0.97 + i / 1000], [f"bn={bn}"])
+    (tmp_path / "command.txt").write_text("sweep.py -m bn=window,momentum\n")
+    run = [sys.executable, "-m", "bnsweep.report", str(tmp_path)]
+    proc = subprocess.run([*run, "--baseline", "bn=torch"], capture_output=True, text=True)
+    assert refused_with(proc, "error: report.baseline='bn=torch' matches no point; the points: bn=momentum; bn=window")
+    proc = subprocess.run([*run, "--baseline", "bn=window"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "## Differences against bn=window" in (tmp_path / "summary.md").read_text()
