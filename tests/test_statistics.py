@@ -151,3 +151,26 @@ def test_the_report_command_refuses_a_baseline_it_cannot_find(tmp_path):
     proc = subprocess.run([*run, "--baseline", "bn=window"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "## Differences against bn=window" in (tmp_path / "summary.md").read_text()
+
+
+def test_every_pair_is_compared_in_small_sweeps_and_refused_in_large_ones(tmp_path):
+    from test_sweep import _fake_run
+
+    from bnsweep.config import ConfigError, validate
+    from bnsweep.report.compare import ReportError
+
+    for i, lr in enumerate(["0.1", "0.2", "0.3"] * 2):
+        _fake_run(tmp_path / "small", str(i), i // 3, [0.9, 0.95 + float(lr) / 10 + i / 1000], [f"optimizer.lr={lr}"])
+    report(tmp_path / "small", quiet=True, settings={"compare": "all"})
+    rows = list(__import__("csv").DictReader((tmp_path / "small" / "comparisons.csv").open()))
+    pairs = {(r["point"], r["baseline"]) for r in rows if r["metric"] == "val_acc"}
+    assert pairs == {("optimizer.lr=0.2", "optimizer.lr=0.1"), ("optimizer.lr=0.3", "optimizer.lr=0.1"),
+                     ("optimizer.lr=0.3", "optimizer.lr=0.2")}  # fmt: skip
+    for i in range(11):
+        _fake_run(tmp_path / "large", str(i), 0, [0.9, 0.95 + i / 1000], [f"optimizer.lr={i + 1}"])
+    with pytest.raises(ReportError, match=r"^report.compare=all compares every pair of at most 10 points; this sweep has 11: use report.baseline$"):
+        report(tmp_path / "large", quiet=True, settings={"compare": "all"})
+    from conftest import compose_cfg
+
+    with pytest.raises(ConfigError, match=r"^report.power must be null or a number in \(0, 1\), got 1.5$"):
+        validate(compose_cfg("sweep", ["report.power=1.5", "run_dir=/tmp/x"]))
