@@ -254,6 +254,17 @@ def key_descriptions(path: Path, prefix: str = "") -> list[tuple[str, str, str]]
     return out
 
 
+def option_files(group_dir: Path, option: str) -> list[Path]:
+    """An option's YAML file, then those of the options of its group it builds on (its
+    ``defaults`` list: ``ghost`` on ``momentum``), whose keys it inherits."""
+    path = group_dir / f"{option}.yaml"
+    out = [path]
+    for entry in OmegaConf.load(path).get("defaults", None) or []:
+        if isinstance(entry, str) and entry != "_self_" and (group_dir / f"{entry}.yaml").is_file():
+            out += [p for p in option_files(group_dir, entry) if p not in out]
+    return out
+
+
 def help_text(app: str, argv: Sequence[str] = (), conf: Path = CONF) -> str:
     """``python train.py --help`` / ``python sweep.py --help``: the keys of the default options,
     or of those chosen on the command line (``bn=window --help``)."""
@@ -282,7 +293,8 @@ def help_text(app: str, argv: Sequence[str] = (), conf: Path = CONF) -> str:
     files = [(conf / "train.yaml", "")]
     if app == "sweep":
         files.append((conf / "sweep.yaml", ""))
-    files += [(conf / g / f"{defaults[g]}.yaml", f"{g}.") for g in ("bn", "init", "optimizer", "data", "trainer")]
+    for g in ("model", "bn", "init", "optimizer", "data", "trainer"):
+        files += [(path, f"{g}.") for path in option_files(conf / g, defaults[g])]
     seen = set()
     for path, prefix in files:
         for key, default, text in key_descriptions(path, prefix):
