@@ -45,6 +45,10 @@ def run_block(run_dir: Path, m: Mapping[str, Any]) -> str:
         f"validation  acc {_acc(m.get('val/acc'))} at the end (step {m.get('steps')}), "
         f"best {_acc(best)} at step {at}",
     ]
+    for other in ("precise", "running"):  # PreciseBN: the other statistics' scores
+        if m.get(f"test/acc_{other}") is not None:
+            lines.append(f"{other:<11} test acc {_acc(m[f'test/acc_{other}'])}, validation acc "
+                         f"{_acc(m.get(f'val/acc_{other}'))} at the end, with the {other} statistics")  # fmt: skip
     if m.get("diverged"):
         lines.append(f"diverged    at step {m.get('diverged_step')}: the loss turned NaN or inf, "
                      "training stopped there")  # fmt: skip

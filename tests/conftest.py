@@ -15,6 +15,15 @@ from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+# pytest-xdist (-n auto in pyproject.toml): the cores are shared out between the workers, in this
+# process (torch) and in the scripts the tests run (OMP_NUM_THREADS is inherited), so that N
+# workers do not each run N threads. Numbers compared within a test are made at one setting.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
 # tests of a device-agnostic claim run on the CPU and, where torch sees one, on a GPU
 # (tests/test_gpu.py has the rest of the GPU paths)
 DEVICES = [
