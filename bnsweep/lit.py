@@ -109,8 +109,9 @@ class LitClassifier(pl.LightningModule):
             self.other = "precise" if self.precise["evaluate"] == "running" else "running"
             self.val_acc_other = MulticlassAccuracy(num_classes, average="micro")
             self.test_acc_other = MulticlassAccuracy(num_classes, average="micro")
-        # (statistics the headline metrics use, the other statistics), while evaluating
-        self._eval_stats: tuple[list[Tensor], list[Tensor]] | None = None
+        # while evaluating with PreciseBN: the statistics buffers, and their values by name
+        # ("running": the training's, "precise": recomputed)
+        self._eval_stats: tuple[list[Tensor], dict[str, list[Tensor]]] | None = None
         # trainer.compile: the training forward through torch.compile, the same parameters; kept
         # out of the module tree, so state dicts, hooks and evaluation use the plain network
         self._compiled: dict[str, Callable] = {"net": torch.compile(net)} if compile else {}
@@ -164,27 +165,26 @@ class LitClassifier(pl.LightningModule):
         the other statistics, into ``other_acc``."""
         if self._eval_stats is None:
             return self.net(x)
-        headline, other = self._eval_stats
-        layers = _stat_buffers(self.net)
-        _load(layers, other)
+        buffers, sets = self._eval_stats
+        _load(buffers, sets[self.other])
         other_acc(self.net(x), y)
-        _load(layers, headline)
+        _load(buffers, sets[self.precise["evaluate"]])
         return self.net(x)
 
     def _recompute(self) -> None:
         """PreciseBN's statistics, computed now; the training's kept aside to be restored."""
         if self.precise is None:
             return
-        layers = _stat_buffers(self.net)
-        running = _copy(layers)
+        buffers = _stat_buffers(self.net)
+        running = _copy(buffers)
         recompute_population_stats(self.net, self.precise_batches())
-        precise = _copy(layers)
-        _load(layers, running)
-        self._eval_stats = (precise, running) if self.other == "running" else (running, precise)
+        self._eval_stats = (buffers, {"running": running, "precise": _copy(buffers)})
+        _load(buffers, running)
 
     def _restore(self) -> None:
         if self._eval_stats is not None:  # the training's statistics, as they were
-            _load(_stat_buffers(self.net), self._eval_stats[1 if self.other == "running" else 0])
+            buffers, sets = self._eval_stats
+            _load(buffers, sets["running"])
             self._eval_stats = None
 
     def precise_batches(self) -> Iterable:

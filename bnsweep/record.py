@@ -50,7 +50,8 @@ def finished_record(
     h = history
     extra: dict[str, float | None] = {}
     for key, value in (other or {}).items():  # test/acc_precise: and val/acc_precise before it
-        extra["val/" + key.split("/", 1)[1]] = _last(h.get("val/" + key.split("/", 1)[1], []))
+        val_key = "val/" + key.split("/", 1)[1]
+        extra[val_key] = _last(h.get(val_key, []))
         extra[key] = value
     return {
         "schema": SCHEMA,

@@ -70,7 +70,7 @@ def report(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "summary.csv", rows)
     if compared:
-        compare.write_csv(out_dir / "comparisons.csv", compared)
+        write_csv(out_dir / "comparisons.csv", compared)
     atomic_write(
         out_dir / "summary.md",
         f"# Sweep summary: {out_dir.resolve().name}\n\n" + table + note + differences,

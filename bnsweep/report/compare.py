@@ -80,8 +80,9 @@ def find_baseline(points: Sequence[tuple], spec: str | None) -> tuple:
     return found[0]
 
 
-def _values(members: Sequence[Run], key: str) -> dict[int, float | None]:
-    return {int(r.metrics.get("seed", 0)): run_values(r).get(key) for r in members if r.ok}
+def _per_seed(members: Sequence[Run]) -> dict[int, dict[str, float | None]]:
+    """seed -> the run's reported values, for the seeds of a point that finished."""
+    return {int(r.metrics.get("seed", 0)): run_values(r) for r in members if r.ok}
 
 
 def comparisons(ordered: Sequence[tuple[tuple, Sequence[Run]]], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -89,7 +90,7 @@ def comparisons(ordered: Sequence[tuple[tuple, Sequence[Run]]], settings: Mappin
     points = [p for p, _ in ordered]
     if len(points) < 2:
         return []
-    members = dict(ordered)
+    values = {point: _per_seed(members) for point, members in ordered}  # each run read once
     how = settings.get("compare") or "baseline"
     if how == "all":
         if len(points) > MOST_PAIRS:
@@ -104,7 +105,8 @@ def comparisons(ordered: Sequence[tuple[tuple, Sequence[Run]]], settings: Mappin
     for col, key in COMPARED:
         made: list[Comparison] = []
         for point, base in pairs:
-            a, b = _values(members[point], key), _values(members[base], key)
+            a = {seed: v.get(key) for seed, v in values[point].items()}
+            b = {seed: v.get(key) for seed, v in values[base].items()}
             if col.startswith("steps_to"):
                 made.append(compare_censored(list(a.values()), list(b.values())))
             else:
@@ -200,8 +202,3 @@ def forest_plot(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path | None:
     plt.close(fig)
     return path
 
-
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    from bnsweep.report.summary import write_csv as write
-
-    write(path, list(rows))
