@@ -163,10 +163,11 @@ def _unquoted(value: str) -> str:
 
 
 def register_resolvers() -> None:
-    """``${bn_name:${model.bn},${hydra:runtime.choices.bn}}`` in run folder names: the bn
-    choice for a network with BN layers, ``nobn`` for one without (lenet, cnn, mlp)."""
-    if not OmegaConf.has_resolver("bn_name"):
-        OmegaConf.register_new_resolver("bn_name", lambda layers, choice: choice if layers else "nobn")
+    """The interpolations of bnsweep's configs (bnsweep.resolvers), for an entry point that
+    composes its config before it imports anything else of bnsweep."""
+    from bnsweep.resolvers import register
+
+    register()
 
 
 def skip_mode_probe() -> None:

@@ -470,6 +470,12 @@ def make_layer_norm(num_features: int, spatial: bool, eps: float = 1e-5) -> nn.M
     return nn.GroupNorm(1, num_features, eps=eps) if spatial else nn.LayerNorm(num_features, eps=eps)
 
 
+def make_no_norm(num_features: int, spatial: bool) -> nn.Module:
+    """No normalisation in BN's slot (bn=none): the identity, so a network with model.bn set
+    computes what the same network without BN layers computes (lenet_fc_bn2 bn=none = lenet)."""
+    return nn.Identity()
+
+
 def make_torch_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> nn.Module:
     """Norm-layer factory for the reference: torch.nn.BatchNorm2d / BatchNorm1d."""
     return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(num_features, **kwargs)

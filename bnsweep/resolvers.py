@@ -1,0 +1,44 @@
+"""The interpolations bnsweep's configs may use, registered with OmegaConf on ``import bnsweep``.
+
+- ``${bn_name:${model.bn},${hydra:runtime.choices.bn}}``: run folder names: the bn choice for a
+  network with BN layers, ``nobn`` for one without (lenet, cnn, mlp).
+- ``${min:A,B}``: the smaller number (``bn.ghost_batch_size: ${min:8,${data.batch_size}}``).
+- ``${lr_for_batch:LR,BATCH,REFERENCE,RULE}``: a learning rate scaled with the batch size from
+  the one that suits the REFERENCE batch: LR·B/REFERENCE (RULE ``linear``, Goyal et al. 2017),
+  LR·√(B/REFERENCE) (``sqrt``) or LR (``none``).
+- ``${steps_for_samples:SAMPLES,BATCH}``: the training steps that see SAMPLES samples in batches
+  of BATCH, ⌈SAMPLES/BATCH⌉ (a fixed budget of samples whatever the batch size).
+"""
+
+from __future__ import annotations
+
+import math
+
+from omegaconf import OmegaConf
+
+LR_RULES = ("linear", "sqrt", "none")
+
+
+def lr_for_batch(lr: float, batch: int, reference: int, rule: str = "linear") -> float:
+    if rule not in LR_RULES:
+        raise ValueError(f"lr_for_batch's rule must be one of {list(LR_RULES)}, got {rule!r}")
+    ratio = batch / reference
+    return float(lr) * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[rule]
+
+
+def steps_for_samples(samples: int, batch: int) -> int:
+    return -(-int(samples) // int(batch))
+
+
+RESOLVERS = {
+    "bn_name": lambda layers, choice: choice if layers else "nobn",
+    "min": lambda a, b: min(a, b),
+    "lr_for_batch": lr_for_batch,
+    "steps_for_samples": steps_for_samples,
+}
+
+
+def register() -> None:
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
