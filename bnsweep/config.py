@@ -76,10 +76,16 @@ RULES: dict[str, Rule] = {
                                 and v[0] < v[1]),
         "null or [low, high], low < high",
     ),
+    "report.final_y": (lambda v: v in ("acc", "error"), "one of ['acc', 'error']"),
     "report.baseline": (lambda v: v is None or (isinstance(v, str) and "=" in v),
                         "null or KEY=VALUE[,KEY=VALUE...], e.g. 'model=lenet'"),
     "report.compare": (lambda v: v in ("baseline", "all"), "one of ['baseline', 'all']"),
     "report.power": (lambda v: v is None or (_finite(v) and 0 < v < 1), "null or a number in (0, 1)"),
+    "probes.every": (lambda v: v is None or (_int(v) and v >= 1), "null (off) or a positive integer"),
+    "probes.steps": (
+        lambda v: isinstance(v, list) and len(v) > 0 and all(_finite(x) and x > 0 for x in v),
+        "a non-empty list of numbers > 0, e.g. [0.05, 0.1, 0.2, 0.4]",
+    ),
     "model.bn": (_strings, "a list of distinct layer names, e.g. [conv1,fc1]"),
     "model.dropout": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
     "model.activation": (lambda v: v in ACTIVATIONS, f"one of {list(ACTIVATIONS)}"),
@@ -293,6 +299,10 @@ def check_vectorize(cfg: DictConfig) -> list[int]:
     if precise is not None:
         raise ConfigError(f"bn.precise_batches={precise} cannot be combined with "
                           "sweep.vectorize=true; run its seeds as separate jobs")  # fmt: skip
+    every = OmegaConf.select(cfg, "probes.every", default=None)
+    if every is not None:
+        raise ConfigError(f"probes.every={every} cannot be combined with sweep.vectorize=true; "
+                          "run its seeds as separate jobs")  # fmt: skip
     return [int(s) for s in seeds]
 
 

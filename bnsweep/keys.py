@@ -30,7 +30,8 @@ HPARAMS_SHOWN = ("model", "bn", "init.std", "optimizer.lr")
 NEUTRAL = {
     "model.bn_position": "pre", "bn.precise_batches": None,
     "bn.evaluate": "running", "init.layers": None, "optimizer.initial_accumulator_value": 0.0,
-    "data.drop_last": False,
+    "data.drop_last": False, "probes.every": None,
+    "probes.steps": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4],
 }  # fmt: skip
 
 

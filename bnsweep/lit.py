@@ -21,6 +21,8 @@ from bnsweep.nn import (
     norm_layers,
     recompute_population_stats,
 )
+from bnsweep.nn.probes import KEYS as PROBE_KEYS
+from bnsweep.nn.probes import probe_landscape
 
 
 class EpochSums:
@@ -76,6 +78,12 @@ class LitClassifier(pl.LightningModule):
     names, ``val/acc_<other>`` and ``test/acc_<other>`` with the others. The statistics the
     layers keep in training are restored after each recomputation, and the recomputation draws
     no random number, so training computes exactly what it computes without it.
+
+    ``probes`` (``{every: k, steps: [0.05, …, 0.4]}``): every k training steps (from step 0),
+    the loss-landscape probes of ``bnsweep.nn.probes`` along the step's gradient at η = m·lr
+    for m in ``steps``, on the step's batch with its dropout masks, before the optimizer steps;
+    into the history (``probe_step``, ``probe/<key>``) and TensorBoard. They probe a copy of the
+    network and leave the RNG as it was: training computes exactly what it computes without.
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class LitClassifier(pl.LightningModule):
         percentiles: Mapping | None = None,
         compile: bool = False,
         precise: Mapping | None = None,
+        probes: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -101,7 +110,9 @@ class LitClassifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
         self.track = percentile_spec(net, percentiles) if percentiles else None
-        self.history = new_history(self.track)
+        self.probes = dict(probes) if probes and probes.get("every") else None
+        self.history = new_history(self.track, self.probes is not None)
+        self._probe_batch: tuple | None = None  # (x, y, the RNG states its forward began with)
         self._tracked: list[Tensor] = []
         self.epoch_sums = EpochSums()
         self.precise = dict(precise) if precise and precise.get("batches") is not None else None
@@ -126,6 +137,10 @@ class LitClassifier(pl.LightningModule):
         if self.first_step_at is None:
             self.first_step_at = time.time()
         x, y = batch
+        self._probe_batch = None
+        if self.probes is not None and self.global_step % self.probes["every"] == 0:
+            cuda = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+            self._probe_batch = (x, y, (torch.get_rng_state(), cuda))
         logits = self._compiled.get("net", self.net)(x)
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
@@ -144,6 +159,24 @@ class LitClassifier(pl.LightningModule):
             self.log("train/loss_step", loss.detach(), prog_bar=True)
             self.log("train/acc_step", correct / len(y), prog_bar=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self._probe_batch is None:
+            return
+        x, y, rng = self._probe_batch
+        self._probe_batch = None
+        lr = optimizer.param_groups[0]["lr"]
+        grads = [p.grad for p in self.net.parameters()]
+        found = probe_landscape(self.net, F.cross_entropy, x, y, grads,
+                                [m * lr for m in self.probes["steps"]], rng)  # fmt: skip
+        self.history["probe_step"].append(self.global_step)
+        for key in PROBE_KEYS:
+            self.history[f"probe/{key}"].append(found[key])
+        tb = tensorboard_of(self.trainer)
+        if tb is not None:
+            for key, value in (("loss_range", found["loss_max"] - found["loss_min"]),
+                               ("grad_change_max", found["grad_change_max"]), ("beta", found["beta"])):  # fmt: skip
+                tb.add_scalar(f"probe/{key}", value, self.global_step)
 
     def on_train_epoch_end(self) -> None:
         if self.epoch_sums.n:  # the batch-size-weighted means over the steps of this epoch
@@ -364,13 +397,17 @@ class BNStatsLogger(pl.Callback):
             self._write(trainer, pl_module, self._pre)
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, pre: dict[str, Tensor]):
-        tb = next(
-            (lg.experiment for lg in trainer.loggers if hasattr(lg.experiment, "add_histogram")),
-            None,
-        )
+        tb = tensorboard_of(trainer)
         if tb is None:
             return
         bn_dashboards(tb, pl_module.net, pre, trainer.global_step)
+
+
+def tensorboard_of(trainer: pl.Trainer):  # noqa: ANN201 (a SummaryWriter or None)
+    """The run's TensorBoard writer, None without a TensorBoard logger."""
+    return next(
+        (lg.experiment for lg in trainer.loggers if hasattr(lg.experiment, "add_histogram")), None
+    )
 
 
 def bn_dashboards(tb, net: nn.Module, pre: Mapping[str, Tensor], step: int, member: int = 0,
@@ -403,13 +440,17 @@ def logging_step(module: pl.LightningModule) -> bool:
     return bool(every and (module.global_step + 1) % every == 0 or trainer.fast_dev_run)
 
 
-def new_history(track: dict | None) -> dict[str, list[float]]:
+def new_history(track: dict | None, probes: bool = False) -> dict[str, list[float]]:
     h: dict[str, list[float]] = {
         "val_step": [], "val_epoch": [], "val/acc": [], "val/loss": [],
         "train_epoch": [], "train/acc": [], "train/loss": [],
     }  # fmt: skip
     for key in track["keys"] if track else ():
         h[key] = []
+    if probes:
+        h["probe_step"] = []
+        for key in PROBE_KEYS:
+            h[f"probe/{key}"] = []
     return h
 
 

@@ -51,7 +51,11 @@ def _drop(config: dict[str, Any], dotted: str, when: Any) -> None:
     group, key = dotted.split(".")
     section = config.get(group)
     if isinstance(section, dict) and key in section and when(section[key]):
-        config[group] = {k: v for k, v in section.items() if k != key}
+        rest = {k: v for k, v in section.items() if k != key}
+        if rest:
+            config[group] = rest
+        else:  # a group of later keys only (probes): as absent as in an older config
+            del config[group]
 
 
 def config_snapshot(cfg: DictConfig) -> dict[str, Any]:

@@ -107,6 +107,14 @@ def precise_config(cfg: DictConfig) -> dict | None:
     return {"batches": batches, "evaluate": OmegaConf.select(cfg, "bn.evaluate", default="running")}
 
 
+def probes_config(cfg: DictConfig) -> dict | None:
+    """The loss-landscape probes' settings ({every, steps}), None when off."""
+    every = OmegaConf.select(cfg, "probes.every", default=None)
+    if every is None:
+        return None
+    return {"every": every, "steps": list(OmegaConf.select(cfg, "probes.steps"))}
+
+
 def percentile_config(cfg: DictConfig) -> dict | None:
     track = cfg.get("percentiles")
     return OmegaConf.to_container(track, resolve=True) if track is not None else None
@@ -120,6 +128,7 @@ def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
         percentiles=percentile_config(cfg),
         compile=bool(OmegaConf.select(cfg, "trainer.compile", default=False)),
         precise=precise_config(cfg),
+        probes=probes_config(cfg),
     )
     return module, instantiate(cfg.data)
 

@@ -98,12 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="y-range of val_acc.png (default: the sweep's report.val_acc_ylim)")  # fmt: skip
     p.add_argument("--baseline", help="the point the others are compared with, e.g. model=lenet "
                    "(default: the sweep's report.baseline, else the first point)")  # fmt: skip
+    p.add_argument("--final-y", choices=["acc", "error"],
+                   help="final_<y>_vs_<key>.png: accuracy or error (default: the sweep's report.final_y)")  # fmt: skip
     p.add_argument("--compare", choices=["baseline", "all"], help="all: every pair of points")
     p.add_argument("--power", type=float, help="e.g. 0.8: the seeds a paired test needs for "
                    "that power at the observed effect")  # fmt: skip
     args = p.parse_args(argv)
     given = {"val_acc_ylim": list(args.ylim) if args.ylim else None, "baseline": args.baseline,
-             "compare": args.compare, "power": args.power}  # fmt: skip
+             "compare": args.compare, "power": args.power, "final_y": args.final_y}  # fmt: skip
     settings = {k: v for k, v in given.items() if v is not None} or None
     try:
         if args.runs:

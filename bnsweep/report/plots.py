@@ -4,7 +4,7 @@ final accuracy against a numeric swept key, and the paper's Figure 1 layout for 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,14 @@ from bnsweep.report.summary import mean_std, percentile_keys, sort_key
 
 
 def curves(
-    members: Sequence[Run], x_key: str, y_key: str
+    members: Sequence[Run], x_key: str, y_key: str | Callable[[dict], list[float]]
 ) -> tuple[list[float], list[float], list[float]]:
-    """Mean and std over seeds of y at the x values all seeds share."""
-    series = [dict(zip(r.metrics["history"][x_key], r.metrics["history"][y_key])) for r in members]
+    """Mean and std over seeds of y (a history key, or a function of a run's history giving
+    one value per x) at the x values all seeds share."""
+    def ys(h: dict) -> list[float]:
+        return y_key(h) if callable(y_key) else h[y_key]
+
+    series = [dict(zip(r.metrics["history"][x_key], ys(r.metrics["history"]))) for r in members]
     common = sorted(set.intersection(*(set(s) for s in series))) if series else []
     means, stds = zip(*(mean_std([s[x] for s in series]) for x in common)) if common else ((), ())
     return list(common), list(means), list(stds)
@@ -28,7 +32,8 @@ def finished_points(groups: dict) -> list[tuple[tuple, list[Run]]]:
     return [(point, good) for point, m in ordered if (good := [r for r in m if r.ok])]
 
 
-def band(ax, members: Sequence[Run], x_key: str, y_key: str, label: str) -> tuple[float, float]:
+def band(ax, members: Sequence[Run], x_key: str, y_key: str | Callable[[dict], list[float]],
+         label: str) -> tuple[float, float]:  # fmt: skip
     """The mean over seeds with markers and a ±std band (a single point: its ±std bar); returns
     the band's lowest and highest value."""
     x, mean, std = curves(members, x_key, y_key)
@@ -50,8 +55,10 @@ def by_steps(groups: dict) -> bool:
 
 def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, Any]],
          settings: dict[str, Any] | None = None) -> list[Path]:  # fmt: skip
-    """val_acc.png, train_acc.png, final_acc_vs_<key>.png per numeric swept key, and with
-    percentiles accuracy_and_percentiles.png. ``settings``: ``val_acc_ylim`` ([low, high])."""
+    """val_acc.png, train_acc.png, final_acc_vs_<key>.png per numeric swept key (final_error_vs_
+    with ``final_y: error``), with percentiles accuracy_and_percentiles.png, with probes
+    probes.png, with PreciseBN precise_gap.png. ``settings``: ``val_acc_ylim`` ([low, high]),
+    ``final_y`` (acc or error)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,6 +90,12 @@ def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, An
     tracked = any(percentile_keys(r.metrics["history"]) for m in groups.values() for r in m if r.ok)
     if tracked:
         written.append(plot_percentiles(sweep_dir, groups))
+    histories = [r.metrics["history"] for m in groups.values() for r in m if r.ok]
+    if any("probe_step" in h for h in histories):
+        written.append(plot_probes(sweep_dir, groups))
+    if any("val/acc_precise" in h or "val/acc_running" in h for h in histories):
+        written.append(plot_precise_gap(sweep_dir, groups, x_key, x_label))
+    error = (settings or {}).get("final_y") == "error"
     numeric = [k for k in keys if all(sort_key(r[k])[0] == 0 for r in rows)]
     for key in numeric:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -91,19 +104,25 @@ def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, An
         for r in rows:
             if r["n_finished"]:
                 label = ",".join(f"{k}={r[k]}" for k in others) or "final"
-                series[label].append((float(r[key]), r["val_acc_mean"], r["val_acc_std"]))
+                mean = 1 - r["val_acc_mean"] if error else r["val_acc_mean"]
+                series[label].append((float(r[key]), mean, r["val_acc_std"]))
         for label, pts in series.items():
             pts.sort()
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
                         marker="o", capsize=3, label=label)  # fmt: skip
-        if all(float(r[key]) > 0 for r in rows):
+        values = sorted({float(r[key]) for r in rows})
+        if values[0] > 0:
             ax.set_xscale("log")
-        ax.set_xlabel(key)
-        ax.set_ylabel("final validation accuracy (mean ± std)")
+            if len(values) <= 12:  # every swept value named on the axis
+                ax.set_xticks(values, [f"{v:g}" for v in values])
+                ax.minorticks_off()
+        ax.set_xlabel(key + (" (log axis)" if values[0] > 0 else ""))
+        ax.set_ylabel("final validation " + ("error, 1 − accuracy" if error else "accuracy")
+                      + " (mean ± std over seeds)")  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = sweep_dir / f"final_acc_vs_{key.replace('.', '_')}.png"
+        path = sweep_dir / f"final_{'error' if error else 'acc'}_vs_{key.replace('.', '_')}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -142,6 +161,81 @@ def plot_percentiles(sweep_dir: Path, groups: dict) -> Path:
         ax.set_ylim(min(lows) - 0.2, max(highs) + 0.2)
     fig.tight_layout()
     path = sweep_dir / "accuracy_and_percentiles.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _precise_gap(h: dict) -> list[float]:
+    """Per validation: the accuracy with PreciseBN's statistics minus that with the running
+    ones, whichever of the two is the headline val/acc."""
+    if "val/acc_precise" in h:
+        return [p - a for p, a in zip(h["val/acc_precise"], h["val/acc"])]
+    return [a - r for a, r in zip(h["val/acc"], h["val/acc_running"])]
+
+
+def plot_precise_gap(sweep_dir: Path, groups: dict, x_key: str, x_label: str) -> Path:
+    """precise_gap.png: per point, the validation accuracy with PreciseBN's statistics minus
+    that with the statistics the layers kept in training (mean ± std over seeds), over
+    training; above 0: the running estimate costs accuracy."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for point, good in finished_points(groups):
+        good = [r for r in good if "val/acc_precise" in r.metrics["history"]
+                or "val/acc_running" in r.metrics["history"]]  # fmt: skip
+        if good:
+            band(ax, good, x_key, _precise_gap, f"{point_label(point)} (n={len(good)})")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("val acc with PreciseBN − with running statistics\n(mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="point (seeds)", title_fontsize=8)
+    fig.tight_layout()
+    path = sweep_dir / "precise_gap.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+PROBE_PANELS = (
+    ("(a) loss landscape: L(w − ηg) over η", "probe/loss_min", "probe/loss_max", "loss"),
+    ("(b) gradient predictiveness: ‖∇L(w − ηg) − g‖ over η", "probe/grad_change_min",
+     "probe/grad_change_max", "ℓ2 change of the gradient"),
+    ("(c) effective β-smoothness", "probe/beta", "probe/beta", "max ‖Δ∇L‖ / ‖ηg‖"),
+)  # fmt: skip
+
+
+def plot_probes(sweep_dir: Path, groups: dict) -> Path:
+    """probes.png, Santurkar et al. (2018) Fig. 4's layout: per point, (a) the band from the
+    smallest to the largest loss along the gradient, (b) the same for the gradient's change,
+    each end the mean over seeds; (c) the effective β-smoothness, mean ± std over seeds."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    points = [(p, [r for r in good if "probe_step" in r.metrics["history"]])
+              for p, good in finished_points(groups)]  # fmt: skip
+    for ax, (title, low, high, ylabel) in zip(axes, PROBE_PANELS):
+        for point, good in points:
+            if not good:
+                continue
+            label = f"{point_label(point)} (n={len(good)})"
+            if low == high:
+                band(ax, good, "probe_step", low, label)
+                continue
+            x, lo, _ = curves(good, "probe_step", low)
+            _, hi, _ = curves(good, "probe_step", high)
+            fill = ax.fill_between(x, lo, hi, alpha=0.35, label=label)
+            ax.plot(x, hi, color=fill.get_facecolor()[0][:3], linewidth=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel + (" (mean over seeds of min and max)" if low != high
+                                else " (mean ± std over seeds)"), fontsize=8)  # fmt: skip
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = sweep_dir / "probes.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
