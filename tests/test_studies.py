@@ -189,3 +189,21 @@ def test_every_new_study_composes_and_validates(study):
     for values in itertools.product(*params.values()):
         point = compose_cfg("sweep", [f"study={study}", *(f"{k}={v}" for k, v in zip(params, values))])
         validate(point)
+
+
+def test_probe_and_report_refusals_through_the_command_line_leave_no_folder(cli, tmp_path):
+    from helpers import refused_with
+
+    for script, args, message in [
+        ("train.py", ["probes.every=0"], f"error: {BAD[0][1]}"),
+        ("sweep.py", ["sweep.vectorize=true", "probes.every=10", *SHORT],
+         "error: probes.every=10 cannot be combined with sweep.vectorize=true; run its seeds as separate jobs"),
+        ("sweep.py", ["report.final_y=loss", *SHORT],
+         "error: report.final_y must be one of ['acc', 'error'], got 'loss'"),
+    ]:  # fmt: skip
+        proc = cli(script, *args, timeout=120)
+        assert refused_with(proc, message), (script, args, proc.returncode, proc.stderr[-2000:])
+        outputs = tmp_path / "outputs"
+        assert not outputs.exists() or not any(p.is_file() for p in outputs.rglob("*")), list(
+            outputs.rglob("*")
+        )

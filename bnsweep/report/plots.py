@@ -117,8 +117,8 @@ def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, An
                 ax.set_xticks(values, [f"{v:g}" for v in values])
                 ax.minorticks_off()
         ax.set_xlabel(key + (" (log axis)" if values[0] > 0 else ""))
-        ax.set_ylabel("final validation " + ("error, 1 − accuracy" if error else "accuracy")
-                      + " (mean ± std over seeds)")  # fmt: skip
+        ax.set_ylabel(("final val error, 1 − acc" if error else "final validation accuracy")
+                      + " (mean ± std)")  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
