@@ -71,6 +71,8 @@ def quiet_lightning(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     # bnsweep's training step returns None on purpose when the loss turns NaN (a divergence)
     warnings.filterwarnings("ignore", message="`training_step` returned `None`")
+    # on a machine with Slurm installed: bnsweep trains one run on one device, never via srun
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
     # a short run logs its epoch means whatever log_every_n_steps says
     warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
 

@@ -70,6 +70,13 @@ def run_job(cfg: DictConfig) -> float:
 
     hydra_dir = Path(cfg.run_dir)  # the folder Hydra made for this job
     fresh = not hydra_dir.exists() or all(p.suffix == ".log" for p in hydra_dir.iterdir())
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        # Slurm requeued this job (scontrol requeue, preemption, submitit at a time limit):
+        # the same job again, so it continues its run from the last checkpoint
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.resume = True
     if cfg.get("resume") and not vectorize:
         _use_existing_folder(cfg)
     run_dir = Path(cfg.run_dir)
@@ -146,8 +153,13 @@ def _use_existing_folder(cfg: DictConfig) -> None:
 def _log_job(run_dir: Path, status: str, error: str | None, seconds: float) -> None:
     """A line in the sweep folder's jobs.jsonl (appended: one short write per job, whole even
     when jobs end side by side)."""
-    line = json.dumps({"run": run_dir.name, "status": status, "error": error,
-                       "seconds": round(seconds, 3), "at": time.time(), "pid": os.getpid()})  # fmt: skip
+    entry = {"run": run_dir.name, "status": status, "error": error, "seconds": round(seconds, 3),
+             "at": time.time(), "pid": os.getpid()}  # fmt: skip
+    if os.environ.get("SLURM_JOB_ID"):  # the Slurm job (array job_task) that ran it
+        array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        entry["slurm_job"] = f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
+        entry["slurm_restarts"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    line = json.dumps(entry)
     with contextlib.suppress(OSError), (run_dir.parent / JOBS_LOG).open("a") as f:
         f.write(line + "\n")
 
@@ -190,6 +202,20 @@ def _record_failure(run_dir: Path, cfg: DictConfig, message: str, tb: str) -> No
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "traceback.txt", tb)
     write_record(run_dir, failed_record(message, cfg.get("seed"), overrides()))
+
+
+def record_lost_job(run_dir: Path, message: str, overrides: list[str]) -> None:
+    """A job that Slurm ended without a result (bnsweep.launchers): a failed metrics.json in
+    its run folder, never over a finished run's, and its line in jobs.jsonl. The checkpoints it
+    saved stay: resume=<sweep folder> continues it."""
+    with contextlib.suppress(ValueError, OSError):
+        if read_record(run_dir).get("status") == "finished":
+            return
+    seeds = [o.split("=", 1)[1] for o in overrides if o.startswith("seed=")]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_record(run_dir, failed_record(f"error: {message}", int(seeds[0]) if seeds else None,
+                                        overrides))  # fmt: skip
+    _log_job(run_dir, "failed", f"error: {message}", 0.0)
 
 
 def preflight(cfg: DictConfig, sweep_dir: Path, lock_holder: list) -> None:
@@ -333,6 +359,10 @@ class SweepCallback(Callback):
             raise SystemExit(1) from None
 
     def _start(self, config: DictConfig) -> None:
+        if "submitit" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
+            from bnsweep.launchers import install
+
+            install()  # a job Slurm ends without a result: a failed run, not the sweep's end
         sweep_dir = Path(config.hydra.sweep.dir)
         preflight(config, sweep_dir, self._lock)
         jobs = sweep_dir / JOBS_LOG
