@@ -47,6 +47,26 @@ def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_neutral(config: dict[str, Any]) -> dict[str, Any]:
+    """A comparable config (a run_config.json) with the keys ``comparable`` left out at their
+    neutral value put back at it (model.activation: the network's own nonlinearity): what
+    tells points apart, where one point's value of a swept key is the neutral one (a sweep
+    over model.bn_position=pre,post)."""
+    out = json.loads(json.dumps(config))
+    for dotted, neutral in NEUTRAL.items():
+        group, key = dotted.split(".")
+        if key in (out.get(group) or {}):
+            continue
+        if group in out or group in ("probes",):  # a group of later keys only: absent before
+            out.setdefault(group, {})[key] = neutral
+    model = out.get("model")
+    if isinstance(model, dict) and "activation" not in model:
+        own = OWN_ACTIVATION.get(model.get("_target_"))
+        if own is not None:
+            model["activation"] = own
+    return out
+
+
 def _drop(config: dict[str, Any], dotted: str, when: Any) -> None:
     group, key = dotted.split(".")
     section = config.get(group)

@@ -207,3 +207,31 @@ def test_probe_and_report_refusals_through_the_command_line_leave_no_folder(cli,
         assert not outputs.exists() or not any(p.is_file() for p in outputs.rglob("*")), list(
             outputs.rglob("*")
         )
+
+
+def test_a_swept_key_at_its_neutral_value_is_a_point_of_its_own(tmp_path):
+    """model.bn_position=pre and model.activation=sigmoid (the defaults) are left out of a
+    run's comparable config (old folders resume); the report must still tell pre from post and
+    sigmoid from relu, not merge them into one point (found running study=bn_position)."""
+    from bnsweep.files import write_json
+    from bnsweep.report.runs import group_by_point, load_run_folders
+    from bnsweep.runs import RUN_CONFIG, config_snapshot, write_hydra_files
+
+    folders = []
+    for i, (act, pos, seed) in enumerate([(a, p, s) for a in ("sigmoid", "relu")
+                                          for p in ("pre", "post") for s in (0, 1)]):  # fmt: skip
+        over = [f"model.activation={act}", f"model.bn_position={pos}", f"seed={seed}"]
+        folder = tmp_path / f"{i}_run"
+        folder.mkdir()
+        cfg = compose_cfg("train", ["model=lenet_fc_bn2", f"run_dir={folder}", *over])
+        write_json(folder / RUN_CONFIG, config_snapshot(cfg))
+        write_hydra_files(folder, cfg)
+        write_json(folder / "metrics.json", {"schema": 1, "status": "finished", "seed": seed,
+                   "choices": {"model": "lenet_fc_bn2"}, "overrides": over})  # fmt: skip
+        folders.append(folder)
+    groups = group_by_point(load_run_folders(folders))
+    assert sorted(groups) == sorted(
+        (("model.activation", a), ("model.bn_position", p))
+        for a in ("sigmoid", "relu") for p in ("pre", "post")
+    )  # fmt: skip
+    assert all(len(members) == 2 for members in groups.values())

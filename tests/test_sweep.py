@@ -239,7 +239,8 @@ STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_presets_compose(study, tmp_path):
     cfg = compose_cfg("sweep", [f"study={study}", f"run_dir={tmp_path}"])
-    assert default_seeds([f"study={study}"]) == ([0] if study.startswith("optuna") else [0, 1, 2])
+    seeds = [0] if study.startswith("optuna") else [0, 1, 2, 3, 4] if study.endswith("_full") else [0, 1, 2]
+    assert default_seeds([f"study={study}"]) == seeds
     text = (CONF / "study" / f"{study}.yaml").read_text()
     assert text.startswith("# @package _global_\n#")  # documented at the top
     expected = {
@@ -263,7 +264,8 @@ def test_study_presets_compose(study, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("study", [s for s in STUDIES if s not in ("custom", "optuna_lr_momentum")])
+@pytest.mark.parametrize("study", [s for s in STUDIES if s not in ("custom", "optuna_lr_momentum")
+                                   and not s.endswith("_full")])  # fmt: skip
 def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
     proc = cli(
         "sweep.py", f"study={study}", "seeds=[0]", "++trainer.fast_dev_run=true", timeout=900
@@ -272,7 +274,8 @@ def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
     sweep = sweep_dir_of(tmp_path)
     rows = read_summary(sweep)
     points = {"bn_placement": 5, "bn_estimators": 4, "init_scale": 9, "init_scale_quick": 9,
-              "paper_fig1": 2}[study]  # fmt: skip
+              "paper_fig1": 2, "batch_size": 35, "bn_position": 12, "precise_bn": 4,
+              "santurkar": 4}[study]  # fmt: skip
     assert len(rows) == points and all(r["n_finished"] == "1" for r in rows)
 
 

@@ -63,10 +63,10 @@ def _settings(folder: Path, metrics: dict[str, Any], typed: dict[str, str]) -> d
     """The run's group options and resolved config leaves (run_config.json); a folder without
     a readable one (a failed run's, an old one) falls back to its command line's overrides."""
     from bnsweep.files import DamagedFile, read_json
-    from bnsweep.runs import RUN_CONFIG, comparable
+    from bnsweep.runs import RUN_CONFIG, comparable, with_neutral
 
     try:
-        config = comparable(read_json(folder / RUN_CONFIG))
+        config = with_neutral(comparable(read_json(folder / RUN_CONFIG)))
     except (OSError, DamagedFile):
         return dict(typed)
     follows = _interpolated(folder)
