@@ -235,3 +235,14 @@ def test_a_swept_key_at_its_neutral_value_is_a_point_of_its_own(tmp_path):
         for a in ("sigmoid", "relu") for p in ("pre", "post")
     )  # fmt: skip
     assert all(len(members) == 2 for members in groups.values())
+
+
+def test_a_study_presets_report_settings_take_effect():
+    """A preset's report.* keys (init_scale's y-range, batch_size's baseline and error plot)
+    were overridden by conf/sweep.yaml's defaults (its _self_ came after the study)."""
+    assert compose_cfg("sweep", ["study=init_scale"]).report.val_acc_ylim == [0.9, 1.0]
+    report = compose_cfg("sweep", ["study=batch_size"]).report
+    assert report.baseline == "bn=momentum,data.batch_size=64" and report.final_y == "error"
+    assert compose_cfg("sweep", ["study=batch_size_full"]).seeds == [0, 1, 2, 3, 4]
+    # the command line still wins over the preset
+    assert compose_cfg("sweep", ["study=init_scale", "report.val_acc_ylim=null"]).report.val_acc_ylim is None
