@@ -28,7 +28,7 @@ def test_every_group_has_the_documented_options():
         "lenet", "lenet_bn1", "lenet_bn2", "lenet_fc_bn1", "lenet_fc_bn2", "cnn", "cnn_bn", "mlp", "mlp_bn"
     }  # fmt: skip
     assert set(options("bn")) == {"momentum", "window", "cumulative", "torch", "population", "ghost",
-                                  "renorm", "group", "layer"}  # fmt: skip
+                                  "renorm", "renorm_short", "group", "layer", "none"}  # fmt: skip
     assert set(options("init")) == {"truncated_normal", "normal", "glorot", "torch", "orthogonal"}
     assert set(options("optimizer")) == {"adam", "sgd", "adagrad"}
     assert set(options("data")) == {"mnist", "fashion_mnist"}
@@ -62,6 +62,9 @@ def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
             make_cfg("model=lenet_fc_bn2", f"bn={option}").model, norm=instantiate(layer_config(cfg))
         )
         layers = norm_layers(net)  # one norm per listed layer, as wide as that layer's output
+        if option == "none":  # nothing in BN's slot: the identity
+            assert not layers and isinstance(net.get_submodule("fc1.bn"), nn.Identity)
+            return
 
         def width(m: nn.Module) -> int:
             return getattr(m, "num_features", None) or getattr(m, "num_channels", None) or m.normalized_shape[0]
@@ -69,7 +72,8 @@ def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
         widths = {"conv1.bn": 6, "conv2.bn": 16, "fc1.bn": 120, "fc2.bn": 84}
         assert {k: width(m) for k, m in layers.items()} == widths
         kinds = {"torch": nn.modules.batchnorm._BatchNorm, "group": nn.GroupNorm,
-                 "layer": (nn.GroupNorm, nn.LayerNorm), "renorm": BatchRenorm}  # fmt: skip
+                 "layer": (nn.GroupNorm, nn.LayerNorm), "renorm": BatchRenorm,
+                 "renorm_short": BatchRenorm}  # fmt: skip
         assert all(isinstance(m, kinds.get(option, BatchNorm)) for m in layers.values())
         if option in ("momentum", "window", "cumulative"):
             assert all(m.estimator == option for m in layers.values())
