@@ -267,7 +267,7 @@ def test_study_presets_compose(study, tmp_path):
 @pytest.mark.parametrize("study", [s for s in STUDIES if s not in ("custom", "optuna_lr_momentum")
                                    and not s.endswith("_full")])  # fmt: skip
 def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
-    fewer = ["data.batch_size=2,128"] if study == "batch_size" else []  # 10 of its 35 points
+    fewer = ["data.batch_size=2,64"] if study == "batch_size" else []  # 10 of its 35 points
     proc = cli(
         "sweep.py", f"study={study}", "seeds=[0]", "++trainer.fast_dev_run=true", *fewer, timeout=900
     )
