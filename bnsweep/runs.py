@@ -55,10 +55,7 @@ def with_neutral(config: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(config))
     for dotted, neutral in NEUTRAL.items():
         group, key = dotted.split(".")
-        if key in (out.get(group) or {}):
-            continue
-        if group in out or group in ("probes",):  # a group of later keys only: absent before
-            out.setdefault(group, {})[key] = neutral
+        out.setdefault(group, {}).setdefault(key, neutral)  # probes: a group of later keys only
     model = out.get("model")
     if isinstance(model, dict) and "activation" not in model:
         own = OWN_ACTIVATION.get(model.get("_target_"))

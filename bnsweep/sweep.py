@@ -196,26 +196,30 @@ def _record_failure(run_dir: Path, cfg: DictConfig, message: str, tb: str) -> No
     """traceback.txt and a failed metrics.json, never over a finished run's metrics."""
     from bnsweep.train import overrides
 
-    with contextlib.suppress(ValueError, OSError):
-        if read_record(run_dir).get("status") == "finished":
-            return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "traceback.txt", tb)
-    write_record(run_dir, failed_record(message, cfg.get("seed"), overrides()))
+    _write_failed(run_dir, message, cfg.get("seed"), overrides(), tb)
 
 
 def record_lost_job(run_dir: Path, message: str, overrides: list[str]) -> None:
     """A job that Slurm ended without a result (bnsweep.launchers): a failed metrics.json in
     its run folder, never over a finished run's, and its line in jobs.jsonl. The checkpoints it
     saved stay: resume=<sweep folder> continues it."""
+    seeds = [o.split("=", 1)[1] for o in overrides if o.startswith("seed=")]
+    if _write_failed(run_dir, f"error: {message}", int(seeds[0]) if seeds else None, overrides):
+        _log_job(run_dir, "failed", f"error: {message}", 0.0)
+
+
+def _write_failed(run_dir: Path, message: str, seed: int | None, overrides: list[str],
+                  tb: str | None = None) -> bool:  # fmt: skip
+    """A failed metrics.json (and traceback.txt, given one) unless the folder holds a finished
+    run; whether it was written."""
     with contextlib.suppress(ValueError, OSError):
         if read_record(run_dir).get("status") == "finished":
-            return
-    seeds = [o.split("=", 1)[1] for o in overrides if o.startswith("seed=")]
+            return False
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_record(run_dir, failed_record(f"error: {message}", int(seeds[0]) if seeds else None,
-                                        overrides))  # fmt: skip
-    _log_job(run_dir, "failed", f"error: {message}", 0.0)
+    if tb is not None:
+        atomic_write(run_dir / "traceback.txt", tb)
+    write_record(run_dir, failed_record(message, seed, overrides))
+    return True
 
 
 def preflight(cfg: DictConfig, sweep_dir: Path, lock_holder: list) -> None:
