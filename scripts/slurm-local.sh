@@ -83,8 +83,17 @@ CONF
         sleep 1
         waited=$((waited + 1))
     done
-    sacctmgr -n list cluster format=cluster | grep -qw bnsweep-local \
-        || sacctmgr -i add cluster bnsweep-local >/dev/null || fail "sacctmgr could not add the cluster"
+    register
+}
+
+# Registers the cluster with slurmdbd unless it is registered already (a restart after stop, or
+# a machine whose MariaDB kept an earlier start's database). -P prints whole names: the default
+# listing cuts them to 10 characters ("bnsweep-l+"), which never matched.
+register() {
+    local out
+    sacctmgr -n -P list cluster format=cluster | grep -qx bnsweep-local && return
+    out=$(sacctmgr -i add cluster bnsweep-local 2>&1) \
+        || fail "sacctmgr could not add the cluster: $(echo "$out" | tr -s '\n ' ' ')"
 }
 
 write_conf() {
@@ -169,5 +178,6 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: scripts/slurm-local.sh start|stop|status" >&2; exit 2 ;;
+    register) need_root; register ;;
+    *) echo "usage: scripts/slurm-local.sh start|stop|status|register" >&2; exit 2 ;;
 esac

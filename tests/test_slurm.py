@@ -144,3 +144,17 @@ def test_a_vectorized_sweep_through_slurm_is_one_job_per_point(cli, tmp_path):
     assert sorted(slurm_jobs) == [f"{array}_0", f"{array}_1"]  # 2 points: 2 Slurm jobs
     members = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
     assert len(members) == 4 and all(_metrics(sweep / m)["status"] == "finished" for m in members)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="registering the cluster needs root")
+def test_cluster_registration_is_idempotent():
+    """A second start (after stop, or on a machine whose MariaDB kept an earlier start's database)
+    finds the cluster registered and goes on: it once failed there with "sacctmgr could not add
+    the cluster", because the listing it searched cuts names to 10 characters."""
+    script = str(ROOT / "scripts" / "slurm-local.sh")
+    for _ in range(2):
+        done = subprocess.run(["bash", script, "register"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    listed = subprocess.run(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"],
+                            capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert "bnsweep-local" in listed
