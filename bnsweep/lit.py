@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnsweep.nn import (
@@ -23,6 +23,30 @@ from bnsweep.nn import (
 )
 from bnsweep.nn.probes import KEYS as PROBE_KEYS
 from bnsweep.nn.probes import probe_landscape
+
+
+class LossSums:
+    """An evaluation's mean loss over its images: Σ (batch mean loss · batch size) / images,
+    summed in float32 batch by batch (a vectorized job sums its members' the same way, so each
+    member's loss is its independent run's to the bit). A NaN or inf loss stays in the mean.
+
+    (torchmetrics' MeanMetric, used before, drops ``weight`` when ``nan_strategy="disable"``:
+    its mean was the plain mean of the batch means, biased by a smaller last batch.)"""
+
+    def __init__(self) -> None:
+        self.sum: Tensor | None = None
+        self.n = 0
+
+    def add(self, loss: Tensor, n: int) -> None:
+        part = loss.detach() * n
+        self.sum = part if self.sum is None else self.sum + part
+        self.n += n
+
+    def mean(self) -> Tensor:
+        """The mean (a float32 tensor), and the sums reset for the next evaluation."""
+        out = self.sum / self.n if self.n else torch.tensor(float("nan"))
+        self.sum, self.n = None, 0
+        return out
 
 
 class EpochSums:
@@ -106,8 +130,7 @@ class LitClassifier(pl.LightningModule):
         self.fit_done = False  # training has ended: a checkpoint saved now is the final state
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        # a diverged network's NaN loss stays NaN (the default drops NaN values with a warning)
-        self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
+        self.val_loss, self.test_loss = LossSums(), LossSums()
         self.val_acc_best = MaxMetric()
         self.track = percentile_spec(net, percentiles) if percentiles else None
         self.probes = dict(probes) if probes and probes.get("every") else None
@@ -188,9 +211,9 @@ class LitClassifier(pl.LightningModule):
             self.history["train/loss"].append(loss)
 
     def _eval_step(
-        self, y: Tensor, logits: Tensor, acc: MulticlassAccuracy, loss: MeanMetric
+        self, y: Tensor, logits: Tensor, acc: MulticlassAccuracy, loss: LossSums
     ) -> None:
-        loss(F.cross_entropy(logits, y), weight=len(y))
+        loss.add(F.cross_entropy(logits, y), len(y))
         acc(logits, y)
 
     def _scored(self, x: Tensor, y: Tensor, other_acc: MulticlassAccuracy | None) -> Tensor:
@@ -246,8 +269,8 @@ class LitClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._restore()
-        acc, loss = self.val_acc.compute(), self.val_loss.compute()
-        self.val_acc.reset(), self.val_loss.reset()
+        acc, loss = self.val_acc.compute(), self.val_loss.mean()
+        self.val_acc.reset()
         if self.precise is not None:
             other_acc = self.val_acc_other.compute()
             self.val_acc_other.reset()
@@ -320,8 +343,8 @@ class LitClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._restore()
-        self.log_dict({"test/acc": self.test_acc.compute(), "test/loss": self.test_loss.compute()})
-        self.test_acc.reset(), self.test_loss.reset()
+        self.log_dict({"test/acc": self.test_acc.compute(), "test/loss": self.test_loss.mean()})
+        self.test_acc.reset()
         if self.precise is not None:
             self.log(f"test/acc_{self.other}", self.test_acc_other.compute())
             self.test_acc_other.reset()

@@ -146,6 +146,30 @@ def test_test_weights_best_scores_the_best_validations_weights(make_cfg, tmp_pat
     assert m["test/acc"] == pytest.approx(acc, abs=1e-6)
 
 
+def test_test_loss_is_the_mean_over_images_with_a_smaller_last_batch(make_cfg, tmp_path, mnist_dir):
+    """test/loss is the cross-entropy averaged over the 10,000 test images, a float64 hand
+    computation from the run's last weights, also where the last batch is smaller (3,000 ×
+    3 + 1,000): the mean of the batch means, as it once was, weighs the last batch 1/4 for
+    its 1/10 of the images."""
+    from bnsweep.data import MNISTDataModule
+
+    cfg = make_cfg("model=lenet_fc_bn2", "logger=none", "data.train_size=1000", "trainer.max_epochs=null",
+                   "trainer.max_steps=15", "trainer.val_check_interval=15", "trainer.check_val_every_n_epoch=null",
+                   "trainer.limit_val_batches=1", "data.eval_batch_size=3000")  # fmt: skip
+    m = run(cfg)
+    module, _ = build(cfg)
+    module.load_state_dict(torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", weights_only=True)["state_dict"])
+    module.eval()
+    dm = MNISTDataModule(root=str(mnist_dir), download=False)
+    dm.setup()
+    with torch.no_grad():
+        logits = module(dm.tensors["x_test"]).double()
+    losses = F.cross_entropy(logits, dm.tensors["y_test"], reduction="none")
+    assert m["test/loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
+    batch_means = torch.stack([c.mean() for c in losses.split(3000)]).mean().item()
+    assert abs(batch_means - losses.mean().item()) > 1e-4 * losses.mean().item()  # the test tells them apart
+
+
 def test_training_epoch_means_equal_a_replay_of_the_same_steps(make_cfg, tmp_path):
     """train/loss and train/acc per epoch: batch-size-weighted means over the epoch's steps,
     recomputed by replaying the same model, optimizer and batches in a plain loop."""
