@@ -54,4 +54,4 @@ def defines_a_point(key: str) -> bool:
 # keys that never name a run folder (sweep.py adds the overrides fixed for the whole sweep): the
 # launch keys a command line sets and the location keys
 FOLDER_NAME_EXCLUDED = ("seeds", "study", "threads", "run_dir", "resume", "sweep.vectorize",
-                        *LOCATION)  # fmt: skip
+                        "sweep.stack", *LOCATION)  # fmt: skip

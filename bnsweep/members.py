@@ -187,7 +187,12 @@ class LitMembers(pl.LightningModule):
         self._tracked.append(blocks[:, :, unit].transpose(0, 1).reshape(s, -1))
 
     def _eval_means(self) -> list[tuple[float, float]]:
-        sums = torch.stack(self._eval).sum(0) / self._eval_n  # (S, 2)
+        # batch by batch, as an independent run's LossSums adds its loss · n: the same float32
+        # sums (a sum over the stacked batches adds in another order)
+        sums = self._eval[0]
+        for batch in self._eval[1:]:
+            sums = sums + batch
+        sums = sums / self._eval_n  # (S, 2)
         self._eval, self._eval_n = [], 0
         return [(acc, loss) for loss, acc in sums.tolist()]
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnsweep.architectures import COST_MS
 from bnsweep.cli import CONF, is_sweep
 from bnsweep.config import ConfigError, training_batches, validate
+from bnsweep.points import group_jobs, member_suffix, stacked_points
 from bnsweep.runs import member_dir
 from bnsweep.terminal import duration
 
@@ -69,14 +70,27 @@ def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
         return base, []
     swept = [f"{k}={v}" for k, v in params.items()] + overrides
     parsed = OverridesParser.create().parse_overrides(swept)
+    expanded = [j for batch in BasicSweeper.split_arguments(parsed, None) for j in batch]
+    if base.sweep.vectorize:
+        from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            expanded = group_jobs(base, expanded, GlobalHydra.instance().config_loader())
     jobs = []
-    for num, job in enumerate(j for batch in BasicSweeper.split_arguments(parsed, None) for j in batch):
+    for num, job in enumerate(expanded):
         cfg = _compose(job)
         folder = f"{num}_{cfg.hydra.job.override_dirname}"
-        seeds = list(cfg.seeds) if cfg.sweep.vectorize else [cfg.seed]
-        runs = [member_dir(Path(folder), s).name for s in seeds] if cfg.sweep.vectorize else [folder]
-        once = estimate(cfg)
-        jobs.append(Job(num, folder, runs, once * len(seeds) if once is not None else None))
+        if not cfg.sweep.vectorize:
+            once = estimate(cfg)
+            jobs.append(Job(num, folder, [folder], once))
+            continue
+        runs, seconds = [], 0.0
+        for point in stacked_points(cfg):
+            once = estimate(_compose([*job, *point]) if point else cfg)
+            seconds = seconds + once * len(cfg.seeds) if once is not None and seconds is not None else None
+            runs += [member_dir(Path(folder), s, member_suffix(point)).name for s in cfg.seeds]
+        jobs.append(Job(num, folder, runs, seconds))
     return base, jobs
 
 

@@ -155,10 +155,13 @@ def write_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
         atomic_write(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
 
 
-def member_dir(job_dir: Path, seed: int) -> Path:
-    """The folder an independent sweep gives this seed: ``3_model=lenet`` -> ``3_model=lenet,seed=0``."""
+def member_dir(job_dir: Path, seed: int, point: str = "") -> Path:
+    """The folder an independent sweep gives this seed (of the stacked point ``point``, named as
+    ``init.std=0.1``): ``3_model=lenet`` -> ``3_model=lenet,seed=0``, ``0_`` ->
+    ``0_init.std=0.1,seed=0``."""
     name = job_dir.name
-    return job_dir.parent / f"{name}{'' if name.endswith('_') else ','}seed={seed}"
+    items = f"{point}," if point else ""
+    return job_dir.parent / f"{name}{'' if name.endswith('_') else ','}{items}seed={seed}"
 
 
 def runs_in(sweep_dir: Path) -> Iterator[Path]:

@@ -367,6 +367,10 @@ class SweepCallback(Callback):
             from bnsweep.launchers import install
 
             install()  # a job Slurm ends without a result: a failed run, not the sweep's end
+        if OmegaConf.select(config, "sweep.vectorize", default=False):
+            from bnsweep.points import install as group_points
+
+            group_points(config)  # points differing only in init or BN estimator: one job
         sweep_dir = Path(config.hydra.sweep.dir)
         preflight(config, sweep_dir, self._lock)
         jobs = sweep_dir / JOBS_LOG
@@ -411,7 +415,14 @@ def job_count(config: DictConfig) -> int | None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         parsed = OverridesParser.create().parse_overrides(sweep_overrides(config))
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+        jobs = [j for batch in BasicSweeper.split_arguments(parsed, None) for j in batch]
+        if OmegaConf.select(config, "sweep.vectorize", default=False) and len(jobs) > 1:
+            from hydra.core.global_hydra import GlobalHydra
+
+            from bnsweep.points import group_jobs
+
+            jobs = group_jobs(config, jobs, GlobalHydra.instance().config_loader())
+        return len(jobs)
     trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
     return int(trials) if trials else None
 

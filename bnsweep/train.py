@@ -60,11 +60,13 @@ def overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def hparams(cfg: DictConfig, picked: dict[str, str], net: torch.nn.Module) -> dict[str, Any]:
+def hparams(cfg: DictConfig, picked: dict[str, str], net: torch.nn.Module,
+            command: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """What the HPARAMS tab shows of a run: group choices, the numbers swept most often, and
-    every key its command line set (so a sweep's swept keys are there). A network without a
-    BN layer records ``bn: none`` and no bn.* key."""
-    given = [o.split("=", 1)[0].lstrip("+~") for o in overrides() if "=" in o]
+    every key its command line (``command``, else this job's overrides) set, so a sweep's swept
+    keys are there. A network without a BN layer records ``bn: none`` and no bn.* key."""
+    command = overrides() if command is None else command
+    given = [o.split("=", 1)[0].lstrip("+~") for o in command if "=" in o]
     keys = [*HPARAM_KEYS, *(k for k in given if k not in HPARAM_KEYS)]
     has_bn = bool(norm_layers(net))
     out: dict[str, Any] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from bnsweep.files import FolderLock, remove_unstarted, write_json
 from bnsweep.member_checkpoints import MemberCheckpointIO, MemberCheckpoints, stack_checkpoints
 from bnsweep.members import LitMembers
 from bnsweep.nn.stacked import StackedNet, stack_inputs
+from bnsweep.points import compose_point, member_suffix, stacked_points
 from bnsweep.record import finished_record, write_record
 from bnsweep.runs import claim, config_snapshot, find_run, member_dir
 from bnsweep.runtime import hydra_verbose, quiet_lightning, tune_allocator
@@ -44,6 +46,16 @@ from bnsweep.train import (
     percentile_config,
     startup_times,
 )
+
+
+@dataclass
+class Member:
+    """One member of a vectorized job: its run's config, and the command-line overrides and
+    option choices its independent run would record."""
+
+    cfg: DictConfig
+    overrides: list[str]
+    choices: dict[str, str]
 
 
 def member_config(cfg: DictConfig, seed: int, run_dir: Path) -> DictConfig:
@@ -140,34 +152,41 @@ def _run_members(cfg: DictConfig) -> tuple[list[dict[str, Any]], list[int]]:
     validate(cfg)
     seeds = check_vectorize(cfg)
     job_dir = Path(cfg.run_dir)
-    cfgs = {}
-    for s in seeds:
-        c = member_config(cfg, s, member_dir(job_dir, s))
-        found = find_run(job_dir.parent, config_snapshot(c)) if cfg.get("resume") else None
-        cfgs[s] = member_config(cfg, s, found) if found is not None else c
-    results = {}
+    members = []  # per point (sweep.stack: several), per seed
+    for point in stacked_points(cfg):
+        if point:
+            pcfg, given, picked = compose_point(point)
+            validate(pcfg)
+        else:
+            pcfg, given, picked = cfg, overrides(), choices(cfg)
+        for s in seeds:
+            c = member_config(pcfg, s, member_dir(job_dir, s, member_suffix(point)))
+            found = find_run(job_dir.parent, config_snapshot(c)) if cfg.get("resume") else None
+            c = member_config(pcfg, s, found) if found is not None else c
+            members.append(Member(c, given, picked))
+    results: dict[int, dict[str, Any]] = {}
     with ExitStack() as locks:
-        for c in cfgs.values():
-            Path(c.run_dir).mkdir(parents=True, exist_ok=True)
-            locks.enter_context(FolderLock(Path(c.run_dir), "run folder"))
+        for m in members:
+            Path(m.cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            locks.enter_context(FolderLock(Path(m.cfg.run_dir), "run folder"))
         todo = []
         try:
-            for s, c in cfgs.items():
-                if (done := claim(Path(c.run_dir), c)) is not None:
-                    results[s] = done
+            for i, m in enumerate(members):
+                if (done := claim(Path(m.cfg.run_dir), m.cfg)) is not None:
+                    results[i] = done
                 else:
-                    todo.append(s)
+                    todo.append(i)
             if todo:
-                results.update(zip(todo, train_members([cfgs[s] for s in todo], job_dir)))
+                results.update(zip(todo, train_members([members[i] for i in todo], job_dir)))
         except USER_ERRORS:  # refused before training: no member folder is left half-made
             locks.close()
-            for s in seeds:
-                remove_unstarted(Path(cfgs[s].run_dir))
+            for m in members:
+                remove_unstarted(Path(m.cfg.run_dir))
             raise
     job_dir.mkdir(parents=True, exist_ok=True)
     write_json(job_dir / "members.json", {"seeds": seeds,
-               "runs": [Path(cfgs[s].run_dir).name for s in seeds]})  # fmt: skip
-    return [results[s] for s in seeds], todo
+               "runs": [Path(m.cfg.run_dir).name for m in members]})  # fmt: skip
+    return [results[i] for i in range(len(members))], todo
 
 
 def _resume_checkpoint(cfgs: list[DictConfig], net: StackedNet, job_dir: Path) -> Path | None:
@@ -195,7 +214,8 @@ def _resume_checkpoint(cfgs: list[DictConfig], net: StackedNet, job_dir: Path) -
     return path
 
 
-def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]:
+def train_members(members: list[Member], job_dir: Path) -> list[dict[str, Any]]:
+    cfgs = [m.cfg for m in members]
     tune_allocator()
     start = time.time()
     quiet_lightning(hydra_verbose())
@@ -252,8 +272,8 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
     trainer.test(module, datamodule=data, verbose=False)
     wall = time.time() - start
     results = []
-    for m, c in enumerate(cfgs):
-        picked = choices(c)
+    for m, (c, member) in enumerate(zip(cfgs, members)):
+        picked = member.choices
         record = finished_record(
             seed=c.seed,
             history=module.history[m],
@@ -263,7 +283,7 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
             epochs=epochs,
             diverged_step=module.diverged_step[m],
             choices=picked,
-            overrides=[*overrides(), f"seed={c.seed}"],
+            overrides=[*member.overrides, f"seed={c.seed}"],
             times={
                 # this member's share of the job (the job's own times beside it)
                 "wall_time_s": round(wall / len(cfgs), 3),
@@ -274,7 +294,7 @@ def train_members(cfgs: list[DictConfig], job_dir: Path) -> list[dict[str, Any]]
             },
             resumed_from_step=module.resumed_from_step,
             device=str(trainer.strategy.root_device),
-            hparams=hparams(c, picked, nets[m]),
+            hparams=hparams(c, picked, nets[m], member.overrides),
         )
         log_final(module.member_loggers[m], record["hparams"])
         write_record(Path(c.run_dir), record)

@@ -23,6 +23,7 @@ from torch import nn
 
 from bnsweep.nn import InitCNN, LeNet, make_batchnorm, make_torch_batchnorm
 from bnsweep.nn.stacked import (
+    MemberEstimators,
     StackedConv2d,
     StackedDropout,
     StackedLinear,
@@ -128,6 +129,28 @@ def test_stacked_lenet_trains_each_member_as_alone(bn):
     data = train_alone_and_stacked(nets, stacked, partial(torch.optim.Adam, lr=1e-2), batch=16)
     x = torch.rand(32, 1, 28, 28, generator=data)
     assert_members_evaluate_as_alone(nets, stacked, x, out_atol=1e-5)
+
+
+def test_members_with_different_estimators_stack_and_each_estimates_as_alone():
+    """EMA momentum 0.1 and 0.01 and the cumulative average in one stacked network (points a
+    vectorized sweep stacks): each member trains and evaluates as its own network, its running
+    statistics those of its own estimator."""
+    norms = [partial(make_batchnorm, momentum=0.1), partial(make_batchnorm, momentum=0.01),
+             partial(make_batchnorm, estimator="cumulative")]  # fmt: skip
+    nets = []
+    for norm in norms:
+        torch.manual_seed(0)  # one seed: the members differ only in their estimators
+        nets.append(LeNet(bn=["conv1", "fc1"], norm=norm))
+    stacked = StackedNet(nets)
+    assert isinstance(stacked.net.fc1.bn.stats, MemberEstimators)
+    data = train_alone_and_stacked(nets, stacked, partial(torch.optim.Adam, lr=1e-2), batch=16)
+    x = torch.rand(32, 1, 28, 28, generator=data)
+    assert_members_evaluate_as_alone(nets, stacked, x, out_atol=1e-5)
+    means = [stacked.member_state_dict(m)["fc1.bn.running_mean"] for m in range(3)]
+    assert not torch.equal(means[0], means[1]) and not torch.equal(means[1], means[2])
+    window = LeNet(bn=["conv1", "fc1"], norm=partial(make_batchnorm, estimator="window"))
+    with pytest.raises(ValueError, match="architecture"):  # the window's ring: other buffers
+        StackedNet([nets[0], window])
 
 
 def test_member_state_dicts_round_trip():
@@ -416,3 +439,116 @@ def test_vectorized_sweep_resumes_through_the_command_line(cli, tmp_path):
     assert after["history"]["val/acc"] == before["history"]["val/acc"]
     assert after["test/acc"] == before["test/acc"]
     assert read_summary(sweep)[0]["n_finished"] == "2"
+
+
+# ---------------------------------------------------------------------------------------------
+# points stacked into one job: those that differ only in init.* or BN's estimator
+
+
+def _planned(*args: str) -> list[tuple[str, list[str]]]:
+    from bnsweep.cli import sweep_argv
+    from bnsweep.plan import plan
+
+    return [(j.folder, j.runs) for j in plan(sweep_argv(list(args)))[1]]
+
+
+def test_points_differing_only_in_init_or_the_bn_estimator_stack_into_one_job():
+    vec = ["sweep.vectorize=true", "seeds=[0,1]"]
+    jobs = _planned("model=lenet,lenet_fc_bn2", "init.std=0.01,0.1", *vec)
+    assert jobs == [
+        ("0_model=lenet", ["0_model=lenet,init.std=0.01,seed=0", "0_model=lenet,init.std=0.01,seed=1",
+                           "0_model=lenet,init.std=0.1,seed=0", "0_model=lenet,init.std=0.1,seed=1"]),
+        ("1_model=lenet_fc_bn2", [f"1_model=lenet_fc_bn2,init.std={v},seed={s}"
+                                  for v in ("0.01", "0.1") for s in (0, 1)]),
+    ]  # fmt: skip
+    # momentum and cumulative keep no buffers of their own: one job; the window keeps its ring
+    assert [f for f, _ in _planned("model=lenet_fc_bn2", "bn=momentum,window,cumulative", *vec)] == [
+        "0_", "1_bn=window"]
+    assert [len(r) for _, r in _planned("model=lenet_fc_bn2", "bn.momentum=0.1,0.01,null", *vec)] == [6]
+    # what the training computes differs: ghost batches, renorm's r and d from the running
+    # statistics, torch's layer: separate jobs
+    for swept in (["bn=momentum,ghost"], ["bn=renorm", "bn.momentum=0.1,0.01"], ["bn=momentum,torch"],
+                  ["optimizer.lr=0.01,0.1"]):  # fmt: skip
+        assert len(_planned("model=lenet_fc_bn2", *swept, *vec)) == 2, swept
+    # without sweep.vectorize: a job per point and seed, as before
+    assert len(_planned("model=lenet_fc_bn2", "init.std=0.01,0.1", "seeds=[0,1]")) == 4
+
+
+def test_the_init_scale_study_vectorized_is_one_job_of_27_runs(cli):
+    proc = cli("sweep.py", "study=init_scale", "sweep.vectorize=true", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split(": ", 1)[1].startswith("1 jobs, 27 runs")
+    stds = ("0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3", "1.0")
+    assert lines[1].split("runs: ")[1].split(", ") == [
+        f"0_init.std={v},seed={s}" for v in stds for s in (0, 1, 2)]
+
+
+def _by_member(sweep: Path) -> dict[str, Path]:
+    """A sweep's run folders by name without the job number: ``init.std=0.1,seed=0``."""
+    return {p.parent.name.split("_", 1)[1]: p.parent for p in sweep.glob("*/metrics.json")}
+
+
+def _assert_bit_identical(vectorized: Path, independent: Path, names: list[str],
+                          stats_rtol: float = 0.0) -> None:  # fmt: skip
+    """Each member of the vectorized sweep equals its independent run: the config, every
+    number of its history and test, its final weights (BN running statistics to ``stats_rtol``)."""
+    ours, alone = _by_member(vectorized), _by_member(independent)
+    assert sorted(ours) == sorted(alone) == sorted(names)
+    for name in names:
+        a, b = (json.loads((d / "metrics.json").read_text()) for d in (ours[name], alone[name]))
+        assert a["history"] == b["history"], name
+        for key in ("test/acc", "test/loss", "val/acc", "val/acc_best", "steps", "seed", "choices"):
+            assert a[key] == b[key], (name, key)
+        assert json.loads((ours[name] / "run_config.json").read_text()) == json.loads(
+            (alone[name] / "run_config.json").read_text())
+        wa, wb = (torch.load(d / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+                  for d in (ours[name], alone[name]))  # fmt: skip
+        assert wa.keys() == wb.keys()
+        for key, value in wb.items():
+            if stats_rtol and ".running_" in key:
+                torch.testing.assert_close(wa[key], value, rtol=stats_rtol, atol=1e-7)
+            else:
+                assert torch.equal(wa[key], value), (name, key)
+    jobs = [json.loads(line) for line in (vectorized / "jobs.jsonl").read_text().splitlines()]
+    assert len([j for j in jobs if "run" in j]) == 1  # one job trained them all
+    assert numbers_without_times(vectorized) == numbers_without_times(independent)
+
+
+def numbers_without_times(sweep: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if not k.startswith("wall_time")} for r in read_summary(sweep)]
+
+
+def _sweeps(cli, tmp_path: Path, *args: str) -> tuple[Path, Path]:
+    out = []
+    for extra in (["sweep.vectorize=true"], []):
+        folder = tmp_path / ("vectorized" if extra else "independent")
+        proc = cli("sweep.py", "-m", *args, *extra, f"hydra.sweep.dir={folder}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out.append(folder)
+    return out[0], out[1]
+
+
+@pytest.mark.slow
+def test_init_points_vectorized_are_bit_identical_to_independent_runs(cli, tmp_path):
+    """The init study's CNN with dropout, 200 steps, at 3 init scales × 2 seeds: one job of six
+    members, each bit for bit its independent run (batch 16 instead of the study's 50 keeps it
+    affordable here)."""
+    vectorized, independent = _sweeps(
+        cli, tmp_path, "model=cnn", "init.std=0.01,0.1,1.0", "seeds=[0,1]", "optimizer.lr=1e-4",
+        "data.batch_size=16", *STEPS, "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+        "data.eval_batch_size=500", "trainer.accelerator=cpu")  # fmt: skip
+    names = [f"init.std={v},seed={s}" for v in ("0.01", "0.1", "1.0") for s in (0, 1)]
+    _assert_bit_identical(vectorized, independent, names)
+
+
+def test_estimator_points_vectorized_equal_independent_runs(cli, tmp_path):
+    """lenet_fc_bn2 with the EMA and the cumulative average, 2 seeds: one job; each member's
+    training bit for bit its own run's, its running statistics its own estimator's."""
+    vectorized, independent = _sweeps(
+        cli, tmp_path, "model=lenet_fc_bn2", "bn=momentum,cumulative", "seeds=[0,1]", *STEPS,
+        "trainer.accelerator=cpu")  # fmt: skip
+    names = [f"bn={b},seed={s}" for b in ("momentum", "cumulative") for s in (0, 1)]
+    # the running statistics' elementwise updates over S·C channels take the SIMD path where
+    # one member's channels alone take the scalar one (see the test above)
+    _assert_bit_identical(vectorized, independent, names, stats_rtol=1e-6)

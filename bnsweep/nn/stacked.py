@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Generator, Tensor, nn
 
 from bnsweep.nn.batchnorm import BatchNorm
-from bnsweep.nn.estimators import stack_dim
+from bnsweep.nn.estimators import Estimator, stack_dim
 
 # parameter-free layers that act per channel, hence per member, in the blocked layout
 PER_CHANNEL = (
@@ -178,6 +178,52 @@ class _TorchMemberBatchNorm2d(_TorchMemberStats, nn.BatchNorm2d):
     pass
 
 
+class MemberEstimators(Estimator):
+    """The estimators of S stacked members that estimate differently (an EMA of momentum 0.1
+    beside 0.01, or beside the cumulative average: points a vectorized sweep stacks, see
+    ``bnsweep.points``): each updates its own block of the layer's buffers, as its own layer
+    would. They keep the same own buffers (the stacking needs one layout)."""
+
+    name = "members"
+
+    def __init__(self, estimators: Sequence[Estimator]) -> None:
+        super().__init__()
+        self.estimators = list(estimators)
+        layouts = {tuple(sorted(e.own_buffers.items())) for e in self.estimators}
+        if len(layouts) > 1:
+            names = ", ".join(sorted({e.name for e in self.estimators}))
+            raise ValueError(f"the estimators {names} keep different buffers; they cannot stack")
+        self.own_buffers = dict(self.estimators[0].own_buffers)
+
+    def shapes(self, num_features: int) -> dict[str, tuple[int, ...]]:
+        return self.estimators[0].shapes(num_features)
+
+    def _views(self, buffers: Mapping[str, Tensor], m: int) -> dict[str, Tensor]:
+        s = len(self.estimators)
+        return {k: t if t.dim() == 0 else member_view(t, k, m, s) for k, t in buffers.items()
+                if t is not None}  # fmt: skip
+
+    def update(self, buffers: Mapping[str, Tensor], mean: Tensor, var: Tensor) -> None:
+        s = len(self.estimators)
+        for m, (e, mm, vm) in enumerate(zip(self.estimators, mean.chunk(s), var.chunk(s))):
+            e.update(self._views(buffers, m), mm, vm)
+
+    def reset(self, buffers: Mapping[str, Tensor]) -> None:
+        for m, e in enumerate(self.estimators):
+            e.reset(self._views(buffers, m))
+
+    def from_running(self, buffers: Mapping[str, Tensor]) -> None:
+        for m, e in enumerate(self.estimators):
+            e.from_running(self._views(buffers, m))
+
+    def extra_repr(self) -> str:
+        return ", members=[" + "; ".join(e.name + e.extra_repr() for e in self.estimators) + "]"
+
+
+def _same_estimator(a: Estimator, b: Estimator) -> bool:
+    return type(a) is type(b) and vars(a) == vars(b)
+
+
 def _stack_norm(norms: Sequence[nn.Module], fused: bool | None) -> nn.Module:
     """One BN layer over S·C channels, holding the S members' parameters and statistics: our
     layer with ``members=S`` (each member's batch statistics on its own block), or torch's
@@ -188,7 +234,10 @@ def _stack_norm(norms: Sequence[nn.Module], fused: bool | None) -> nn.Module:
     common = {"eps": first.eps, "momentum": first.momentum, "affine": first.affine,
               "track_running_stats": first.track_running_stats}  # fmt: skip
     if isinstance(first, BatchNorm):
-        stacked = type(first)(s * c, estimator=copy.copy(first.stats), members=s, fused=fused,
+        stats = [n.stats for n in norms]
+        same = all(_same_estimator(stats[0], e) for e in stats[1:])
+        estimator = copy.copy(first.stats) if same else MemberEstimators(stats)
+        stacked = type(first)(s * c, estimator=estimator, members=s, fused=fused,
                               **common, **first.variant_options())  # fmt: skip
     else:
         spatial = isinstance(first, nn.BatchNorm2d)
@@ -327,6 +376,7 @@ def stack_states(states: Sequence[Mapping[str, Tensor]], stacked_shapes: Mapping
 
 
 __all__ = [
+    "MemberEstimators",
     "StackedConv2d",
     "StackedDropout",
     "StackedLinear",
