@@ -15,7 +15,8 @@ Sections (rows), each measured against the best alternative in the same run:
   and one job's own time in each (which bounds what the two workers can gain);
 - vectorize: S seeds of lenet_fc_bn2 trained as one stacked network (sweep.vectorize=true) vs
   S runs one after another: one training step (the arithmetic alone, per-member and fused
-  kernels, on the CPU and, when there is one, the GPU) and one epoch through ``python sweep.py``
+  kernels, on the CPU and, when there is one, the GPU), the same for members of the init-scale
+  study's CNN (init scales stacked with seeds), and one epoch through ``python sweep.py``
   (everything a user waits for).
 Needs the MNIST files (README: Getting the data).
 """
@@ -378,29 +379,39 @@ def memory_rows() -> list[str]:
     ]
 
 
-def _stacked_step_pair(members: int, fused: bool | None, device: str):
-    """(S plain lenet_fc_bn2 steps one after another, one stacked step of S members)."""
+def _stacked_step_pair(members: int, fused: bool | None, device: str, model: str = "lenet_fc_bn2"):
+    """(S plain steps one after another, one stacked step of S members): lenet_fc_bn2 at batch
+    64, or the init study's CNN (dropout 0.5) at its batch 50, members of 3 init scales."""
     from functools import partial
 
     import torch.nn.functional as F
 
-    from bnsweep.nn import LeNet
+    from bnsweep.nn import InitCNN, LeNet, truncated_normal
     from bnsweep.nn.stacked import StackedNet, stack_inputs
+
+    stds = (0.01, 0.1, 1.0)
 
     def nets() -> list[nn.Module]:
         norm = partial(make_batchnorm, estimator="momentum")
         out = []
-        for seed in range(members):
-            torch.manual_seed(seed)
-            out.append(LeNet(bn=["conv1", "conv2", "fc1", "fc2"], norm=norm).to(device))
+        for m in range(members):
+            torch.manual_seed(m)
+            if model == "cnn":
+                net = InitCNN(dropout=0.5)
+                truncated_normal(net, std=stds[m % 3])
+            else:
+                net = LeNet(bn=["conv1", "conv2", "fc1", "fc2"], norm=norm)
+            out.append(net.to(device))
         return out
 
+    batch = 50 if model == "cnn" else 64
     plain = nets()
     opts = [torch.optim.Adam(n.parameters(), 1e-3) for n in plain]
-    stacked = StackedNet(nets(), fused=fused).to(device)
+    gens = [torch.Generator(device).manual_seed(m) for m in range(members)]
+    stacked = StackedNet(nets(), gens, fused=fused).to(device)
     opt = torch.optim.Adam(stacked.parameters(), 1e-3)
-    xs = [torch.rand(64, 1, 28, 28, device=device) for _ in range(members)]
-    ys = [torch.randint(0, 10, (64,), device=device) for _ in range(members)]
+    xs = [torch.rand(batch, 1, 28, 28, device=device) for _ in range(members)]
+    ys = [torch.randint(0, 10, (batch,), device=device) for _ in range(members)]
     x, y = stack_inputs(xs), torch.stack(ys, 1)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -414,8 +425,8 @@ def _stacked_step_pair(members: int, fused: bool | None, device: str):
     def together() -> None:
         opt.zero_grad()
         logits = stacked(x)
-        torch.stack(
-            [F.cross_entropy(logits[:, m], y[:, m]) for m in range(members)]
+        torch.stack(  # as bnsweep.members: unbind (one backward for all members)
+            [F.cross_entropy(lm, ym) for lm, ym in zip(logits.unbind(1), y.unbind(1))]
         ).sum().backward()
         opt.step()
         sync()
@@ -437,6 +448,18 @@ def vectorize_rows(rounds: int, devices: list[str]) -> list[str]:
                     f"| training step, {members} seeds of lenet_fc_bn2, batch 64, {device}, {kind} "
                     f"| stacked vs {members} plain steps one after another | {ta * 1e3:.1f} ms "
                     f"| {tb * 1e3:.1f} ms | {tb / ta:.2f}× faster | {target} |"
+                )
+        # the init_scale study stacked (sweep.vectorize=true): 9 scales × 3 seeds in one job
+        for members in (6, 27) if device == "cuda" else (6,):
+            for fused in (False, True):
+                alone, together = _stacked_step_pair(members, fused, device, model="cnn")
+                ta, tb = side_by_side(together, alone, repeats=5, inner=3)
+                kind = "fused kernels" if fused else "per-member kernels"
+                rows.append(
+                    f"| training step, {members} members of study=init_scale (CNN, dropout, 3 init "
+                    f"scales), batch 50, {device}, {kind} | stacked vs {members} plain steps one "
+                    f"after another | {ta * 1e3:.1f} ms | {tb * 1e3:.1f} ms | {tb / ta:.2f}× faster "
+                    f"| {'≥ 5×' if device == 'cuda' and members == 27 else ''} |"
                 )
     if "cuda" not in devices:
         rows.append(

@@ -68,6 +68,8 @@ def _init_layers(v: Any) -> bool:
 # are skipped, and None is accepted where the key documents it as "off" (checks say so)
 Rule = tuple[Callable[[Any], bool], str]
 RULES: dict[str, Rule] = {
+    # study=batch_size's training budget (trainer.max_steps follows it)
+    "samples": (lambda v: _int(v) and v >= 1, "a positive integer (the training samples of a run)"),
     "seed": (lambda v: _int(v) and 0 <= v <= SEED_MAX, f"an integer in [0, {SEED_MAX}]"),
     "percentiles": (_percentiles, "null or a mapping {layer: NAME, unit: N, q: [15, 50, 85]}"),
     "test_weights": (lambda v: v in ("last", "best"), "last or best"),

@@ -105,7 +105,7 @@ class LitMembers(pl.LightningModule):
         x, y = batch
         logits = self.net(x)  # (N, S, K)
         # one cross-entropy per member: each is the independent run's loss, bit for bit
-        losses = torch.stack([F.cross_entropy(logits[:, m], y[:, m]) for m in range(self.members)])
+        losses = torch.stack([F.cross_entropy(lm, ym) for lm, ym in zip(logits.unbind(1), y.unbind(1))])
         finite = torch.isfinite(losses).tolist()
         for m in self.active():
             if not finite[m]:

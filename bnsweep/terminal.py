@@ -84,7 +84,9 @@ def job_end(num: int, total: int | None, status: str, seconds: float,
     finished = [r for r in results if not r.get("diverged")]
     parts = [f"{head} {status} in {duration(seconds)}"]
     if len(results) > 1:
-        parts.append(f"{len(results)} seeds, {len(results) - len(finished)} diverged")
+        seeds = [r.get("seed") for r in results]  # a job of stacked points: runs of one seed
+        noun = "seeds" if len(set(seeds)) == len(seeds) else "runs"
+        parts.append(f"{len(results)} {noun}, {len(results) - len(finished)} diverged")
     if finished:
         mean = lambda key: sum(r[key] for r in finished) / len(finished)  # noqa: E731
         label = "mean " if len(finished) > 1 else ""

@@ -123,6 +123,15 @@ def test_a_bad_probe_setting_is_one_line(make_cfg, args, message):
     assert str(e.value) == message
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "abc"])
+def test_a_bad_sample_budget_is_refused_in_one_line_before_any_folder(cli, tmp_path, value):
+    proc = cli("sweep.py", "study=batch_size", f"samples={value}")
+    shown = repr(value) if value == "abc" else value
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == f"error: samples must be a positive integer (the training samples of a run), got {shown}"
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
+
+
 def test_probes_with_vectorize_are_refused_in_one_line():
     from bnsweep.config import check_vectorize
 

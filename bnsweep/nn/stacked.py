@@ -98,8 +98,10 @@ class StackedLinear(nn.Module):
             b = self.bias
             y = torch.bmm(xt, w) if b is None else torch.baddbmm(b.unsqueeze(1), xt, w)
             return y.transpose(0, 1).reshape(n, s * o)  # (S, N, O) -> (N, S·O)
-        bs = self.bias if self.bias is not None else [None] * s
-        return torch.cat([F.linear(x[:, m], self.weight[m], bs[m]) for m in range(s)], 1)
+        # unbind, not indexing: its backward stacks the members' gradients once, where each
+        # index's backward would write a zero-filled gradient of all S members (S² work)
+        bs = self.bias.unbind(0) if self.bias is not None else [None] * s
+        return torch.cat([F.linear(*a) for a in zip(x.unbind(1), self.weight.unbind(0), bs)], 1)
 
 
 class StackedDropout(nn.Module):
