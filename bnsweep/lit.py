@@ -450,11 +450,8 @@ def bn_dashboards(tb, net: nn.Module, pre: Mapping[str, Tensor], step: int, memb
 
 def histogram(tb, tag: str, values: Tensor, step: int) -> None:  # noqa: ANN001 (SummaryWriter)
     """A histogram of the finite values; none when there are none (a diverged network's NaN
-    statistics would make TensorBoard raise)."""
-    values = values.detach().float().flatten()
-    values = values[torch.isfinite(values)]
-    if values.numel():
-        tb.add_histogram(tag, values, step)
+    statistics): bnsweep's EventWriter leaves the others out itself."""
+    tb.add_histogram(tag, values.detach(), step)
 
 
 def logging_step(module: pl.LightningModule) -> bool:

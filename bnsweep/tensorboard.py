@@ -65,18 +65,38 @@ class EventWriter:
 
 def histogram_proto(values: Any, buckets: int = 30) -> Any:
     """The finite values' HistogramProto with ``buckets`` equal-width buckets (TensorBoard
-    redraws any bucketing); None when no value is finite."""
+    redraws any bucketing); None when no value is finite. A torch tensor is summarized where
+    it lies (a GPU's values are not copied to the host, only the counts)."""
     from tensorboard.compat.proto.summary_pb2 import HistogramProto
 
     if hasattr(values, "detach"):  # a torch tensor, without importing torch here
-        values = values.detach().cpu().double().numpy()
+        t = values.detach().flatten().double()
+        finite = t.isfinite()
+        if not bool(finite.all()):
+            t = t[finite]
+        if t.numel() == 0:
+            return None
+        lo, hi = (float(v) for v in t.aminmax())
+        if hi > lo:  # equal-width buckets, the last one closed, as numpy's
+            counts = t.histc(buckets, lo, hi).tolist()
+            limits = [lo + (hi - lo) * (i + 1) / buckets for i in range(buckets)]
+            limits[-1] = hi
+        else:
+            counts, limits = [float(t.numel())], [hi]
+        return HistogramProto(min=lo, max=hi, num=float(t.numel()), sum=float(t.sum()),
+                              sum_squares=float(t.dot(t)), bucket_limit=limits,
+                              bucket=counts)  # fmt: skip
     values = np.asarray(values, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
+    finite = np.isfinite(values)
+    if not finite.all():
+        values = values[finite]
     if values.size == 0:
         return None
     lo, hi = float(values.min()), float(values.max())
-    edges = np.linspace(lo, hi, buckets + 1) if hi > lo else np.array([lo, hi])
-    counts, edges = np.histogram(values, bins=edges)
+    # equal-width buckets by count and range: numpy's linear pass (edges given as an array
+    # make it sort the values: a vectorized job's 27 members' conv maps took 20 s a validation)
+    counts, edges = np.histogram(values, bins=buckets, range=(lo, hi)) if hi > lo else (
+        np.histogram(values, bins=np.array([lo, hi])))
     return HistogramProto(min=lo, max=hi, num=float(values.size), sum=float(values.sum()),
                           sum_squares=float(values @ values), bucket_limit=edges[1:].tolist(),
                           bucket=counts.astype(float).tolist())  # fmt: skip

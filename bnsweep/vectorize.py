@@ -1,4 +1,6 @@
-"""``sweep.vectorize=true``: every seed of a sweep point trained together, as one job.
+"""``sweep.vectorize=true``: every seed of a sweep point trained together, as one job (and,
+where the sweep stacked points that differ only in their init or BN estimator, every seed of
+each of them: ``bnsweep.points``; each point's config is composed again here, as its own job's).
 
 The job builds each seed's network exactly as an independent run does (``build_net``: same
 seeding, same init), stacks them (``bnsweep.nn.StackedNet``), feeds each member its own data

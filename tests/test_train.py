@@ -427,3 +427,27 @@ def test_runs_reuse_freed_buffers_instead_of_page_faulting_them_again():
     # large frees, sometimes far enough, so the defaults are not compared; the 16 MiB buffer
     # above is what tells the two settings apart.)
     assert tuned[1] <= 20 * 100
+
+
+def test_a_histogram_counts_the_finite_values_in_equal_width_buckets():
+    """TensorBoard's histogram of a tensor (summarized where it lies) and of the same values as
+    an array: the counts numpy gives for 30 equal-width buckets, NaN and inf left out, the last
+    bucket closed; a constant tensor is one bucket, no finite value no histogram."""
+    import numpy as np
+
+    from bnsweep.tensorboard import histogram_proto
+
+    torch.manual_seed(0)
+    x = torch.randn(50_000)
+    x[:7] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, 1.0, 2.0, x.max() + 1])
+    finite = x[torch.isfinite(x)].double().numpy()
+    counts, edges = np.histogram(finite, bins=30, range=(finite.min(), finite.max()))
+    for proto in (histogram_proto(x), histogram_proto(x.numpy())):
+        assert proto.num == finite.size == 50_000 - 3
+        assert (proto.min, proto.max) == (finite.min(), finite.max())
+        assert list(proto.bucket) == counts.tolist()
+        assert list(proto.bucket_limit) == pytest.approx(edges[1:].tolist(), rel=1e-12)
+        assert proto.sum == pytest.approx(finite.sum(), rel=1e-9)
+        assert proto.sum_squares == pytest.approx(finite @ finite, rel=1e-9)
+    assert list(histogram_proto(torch.full((5,), 3.0)).bucket) == [5.0]
+    assert histogram_proto(torch.tensor([float("nan")])) is None
