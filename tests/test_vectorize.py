@@ -552,3 +552,26 @@ def test_estimator_points_vectorized_equal_independent_runs(cli, tmp_path):
     # the running statistics' elementwise updates over S·C channels take the SIMD path where
     # one member's channels alone take the scalar one (see the test above)
     _assert_bit_identical(vectorized, independent, names, stats_rtol=1e-6)
+
+
+def test_a_sweep_of_stacked_points_resumes_through_the_command_line(cli, tmp_path):
+    """resume=<sweep folder> of a job of stacked points: the finished members are skipped, the
+    unfinished one continues from its checkpoint to the numbers it had, one job again."""
+    args = ["-m", "model=lenet_fc_bn2", "init=truncated_normal", "init.std=0.05,0.1", "sweep.vectorize=true",
+            "seeds=[0,1]", *SHORT, "trainer.accelerator=cpu"]  # fmt: skip
+    first = cli("sweep.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sweep = sweep_dir_of(tmp_path)
+    done = (sweep / "0_init.std=0.05,seed=0" / "metrics.json").read_text()
+    unfinished = sweep / "0_init.std=0.1,seed=1" / "metrics.json"
+    before = json.loads(unfinished.read_text())
+    unfinished.unlink()
+    resumed = cli("sweep.py", *args, f"resume={sweep}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "job 1/1" in resumed.stdout
+    assert (sweep / "0_init.std=0.05,seed=0" / "metrics.json").read_text() == done
+    after = json.loads(unfinished.read_text())
+    assert after["resumed_from_step"] == 20
+    assert after["history"] == before["history"] and after["test/acc"] == before["test/acc"]
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == [
+        f"0_init.std={v},seed={s}" for v in ("0.05", "0.1") for s in (0, 1)]
