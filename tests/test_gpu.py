@@ -59,6 +59,30 @@ def test_stacked_lenet_on_cuda_trains_each_member_as_alone(exact_fp32, bn, fused
     assert_members_evaluate_as_alone(nets, stacked, x, out_atol=1e-4)
 
 
+@pytest.mark.parametrize("fused", [None, False], ids=["fused-default", "per-member"])
+def test_members_with_different_estimators_on_cuda_each_estimate_as_alone(exact_fp32, fused):
+    """Stacked points of a vectorized sweep on the GPU: EMA momentum 0.1, 0.01 and the cumulative
+    average in one stacked layer, each member's statistics its own estimator's (to rounding)."""
+    from bnsweep.nn.stacked import MemberEstimators
+
+    norms = [partial(make_batchnorm, momentum=0.1), partial(make_batchnorm, momentum=0.01),
+             partial(make_batchnorm, estimator="cumulative")]  # fmt: skip
+
+    def nets():
+        out = []
+        for norm in norms:
+            torch.manual_seed(0)
+            out.append(LeNet(bn=["conv1", "conv2", "fc1", "fc2"], norm=norm).to(CUDA))
+        return out
+
+    alone, stacked = nets(), StackedNet(nets(), fused=fused)
+    assert isinstance(stacked.net.fc1.bn.stats, MemberEstimators)
+    sgd = partial(torch.optim.SGD, lr=0.05, momentum=0.9)
+    data = train_alone_and_stacked(alone, stacked, sgd, batch=32, device=CUDA, atol=2e-5)
+    x = torch.rand(64, 1, 28, 28, generator=data, device=CUDA)
+    assert_members_evaluate_as_alone(alone, stacked, x, out_atol=1e-4)
+
+
 def test_dropout_on_cuda_draws_each_members_mask_from_its_own_generator():
     x = torch.randn(256, 3 * 40, device=CUDA)
     gens = [torch.Generator(CUDA).manual_seed(s) for s in (0, 1, 2)]
