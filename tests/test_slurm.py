@@ -134,16 +134,20 @@ def test_a_sweep_through_slurm_survives_scancel_and_requeue_and_equals_the_basic
 
 
 def test_a_vectorized_sweep_through_slurm_is_one_job_per_point(cli, tmp_path):
+    """One Slurm job per model, each training its 2 init scales × 2 seeds stacked (the job
+    composes its points' configs in the Slurm task, from Hydra's state that submitit carries)."""
     sweep = tmp_path / "vec"
-    proc = cli("sweep.py", *SETTINGS, "trainer.max_steps=40", "sweep.vectorize=true",
-               "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep}", timeout=900)  # fmt: skip
+    proc = cli("sweep.py", *SETTINGS, "trainer.max_steps=40", "sweep.vectorize=true", "init=truncated_normal",
+               "init.std=0.05,0.1", "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep}", timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
     slurm_jobs = [j["slurm_job"] for j in jobs if "run" in j]
     array = _array_id(sweep)
-    assert sorted(slurm_jobs) == [f"{array}_0", f"{array}_1"]  # 2 points: 2 Slurm jobs
+    assert sorted(slurm_jobs) == [f"{array}_0", f"{array}_1"]  # 2 models: 2 Slurm jobs
     members = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
-    assert len(members) == 4 and all(_metrics(sweep / m)["status"] == "finished" for m in members)
+    assert members == sorted(f"{j}_model={m},init.std={v},seed={s}" for j, m in enumerate(["lenet", "lenet_fc_bn2"])
+                             for v in ("0.05", "0.1") for s in (0, 1))  # fmt: skip
+    assert all(_metrics(sweep / m)["status"] == "finished" for m in members)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="registering the cluster needs root")
