@@ -85,11 +85,10 @@ def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
             once = estimate(cfg)
             jobs.append(Job(num, folder, [folder], once))
             continue
-        runs, seconds = [], 0.0
-        for point in stacked_points(cfg):
-            once = estimate(_compose([*job, *point]) if point else cfg)
-            seconds = seconds + once * len(cfg.seeds) if once is not None and seconds is not None else None
-            runs += [member_dir(Path(folder), s, member_suffix(point)).name for s in cfg.seeds]
+        points = stacked_points(cfg)
+        costs = [estimate(_compose([*job, *point]) if point else cfg) for point in points]
+        runs = [member_dir(Path(folder), s, member_suffix(p)).name for p in points for s in cfg.seeds]
+        seconds = None if None in costs else sum(costs) * len(cfg.seeds)
         jobs.append(Job(num, folder, runs, seconds))
     return base, jobs
 

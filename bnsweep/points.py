@@ -47,8 +47,7 @@ def _estimator_buffers(name: Any) -> Any:
 
 def is_stackable(key: str) -> bool:
     """Whether a swept key may tell stacked points apart (the signature decides whether they do)."""
-    key = key.lstrip("+~")
-    return key.split(".")[0] in ("init", "bn")
+    return _key(key).split(".")[0] in ("init", "bn")
 
 
 def _key(override: str) -> str:
