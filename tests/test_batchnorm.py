@@ -226,8 +226,8 @@ def test_reset_running_stats_and_parameters():
 @pytest.mark.parametrize(
     "make, x, message",
     [
-        (lambda: BatchNorm(4), torch.randn(3, 4, 5), "got a 3-D tensor of shape (3, 4, 5)"),
-        (lambda: BatchNorm1d(4), torch.randn(3, 4, 2, 2), "expects (N, C) input, got a 4-D"),
+        (lambda: BatchNorm(4), torch.randn(3, 4, 1, 1, 1, 2), "got a 6-D tensor of shape (3, 4, 1, 1, 1, 2)"),
+        (lambda: BatchNorm1d(4), torch.randn(3, 4, 2, 2), "expects (N, C) or (N, C, L) input, got a 4-D"),
         (lambda: BatchNorm2d(4), torch.randn(3, 4), "expects (N, C, H, W) input, got a 2-D"),
         (lambda: BatchNorm2d(4), torch.randn(3, 5, 2, 2), "got input with 5 channels"),
         (lambda: BatchNorm1d(4), torch.randn(1, 4), "more than 1 value per channel"),

@@ -132,8 +132,11 @@ def test_capture_preactivations_reads_sigmoid_input(bn):
     net(x)  # hooks removed after the block
     assert not net.fc3.act._forward_pre_hooks
     assert block_names(net) == ["fc1", "fc2", "fc3"]
-    with pytest.raises(ValueError, match="no layer 'out'"):
-        with capture_preactivations(net, ["out"]):
+    with capture_preactivations(net, ["out"]) as pre:  # any other module: its output
+        out = net(x)
+    torch.testing.assert_close(pre["out"], out)
+    with pytest.raises(ValueError, match="no layer 'nope'; choose from \\['fc1', 'fc2', 'fc3'\\]"):
+        with capture_preactivations(net, ["nope"]):
             pass
 
 

@@ -4,7 +4,9 @@ from bnsweep.nn.batchnorm import (
     BatchNorm,
     BatchNorm1d,
     BatchNorm2d,
+    BatchNorm3d,
     BatchRenorm,
+    TorchBatchNorm,
     batch_norms,
     make_batch_renorm,
     make_batchnorm,
@@ -27,6 +29,7 @@ from bnsweep.nn.layers import (
 )
 from bnsweep.nn.lenet import LeNet
 from bnsweep.nn.mlp import MLP
+from bnsweep.nn.swap import swap_batchnorms, torch_batchnorms
 
 __all__ = [
     "ESTIMATORS",
@@ -35,6 +38,8 @@ __all__ = [
     "BatchNorm",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm3d",
+    "TorchBatchNorm",
     "BatchRenorm",
     "batch_norms",
     "make_batch_renorm",
@@ -58,4 +63,6 @@ __all__ = [
     "make_torch_batchnorm",
     "torch_default",
     "truncated_normal",
+    "swap_batchnorms",
+    "torch_batchnorms",
 ]

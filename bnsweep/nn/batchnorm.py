@@ -48,7 +48,7 @@ from bnsweep.nn.estimators import (
 )
 from bnsweep.nn.functional import batch_constants, batch_norm_train
 
-_SHAPE_NAMES = {2: "(N, C)", 4: "(N, C, H, W)"}
+_SHAPE_NAMES = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
 
 
 def _is_number(value: Any) -> bool:
@@ -60,7 +60,10 @@ def _is_int(value: Any) -> bool:
 
 
 class BatchNorm(nn.Module):
-    """Batch normalization over (N, C) or (N, C, H, W) input; see the module docstring.
+    """Batch normalization over (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W) input (the
+    statistics of each channel over every other dim); see the module docstring. The layer a
+    network gets from ``norm(num_features)``, the way torchvision and timm call ``norm_layer``;
+    ``BatchNorm1d`` / ``2d`` / ``3d`` restrict the input as torch's classes do.
 
     Interface, parameter and buffer names follow ``torch.nn.BatchNorm1d/2d``; ``estimator``
     (a registered name, or an Estimator) chooses how the inference statistics are estimated,
@@ -73,7 +76,7 @@ class BatchNorm(nn.Module):
     by default); running statistics and eval are channel-wise, which is exact either way.
     """
 
-    _expected_dims: tuple[int, ...] = (2, 4)
+    _expected_dims: tuple[int, ...] = (2, 3, 4, 5)
 
     def __init__(
         self,
@@ -279,7 +282,8 @@ class BatchNorm(nn.Module):
             scale = scale * weight
             shift = shift * weight + bias
         if dims != 2:
-            scale, shift = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
+            shape = (1, -1) + (1,) * (dims - 2)
+            scale, shift = scale.view(shape), shift.view(shape)
         if cacheable:
             self._fold_cache = (key, (scale.detach(), shift.detach()))
         return scale, shift
@@ -313,15 +317,21 @@ class BatchNorm(nn.Module):
 
 
 class BatchNorm1d(BatchNorm):
-    """Our layer restricted to (N, C) input, like torch.nn.BatchNorm1d on 2-D input."""
+    """Our layer restricted to (N, C) or (N, C, L) input, like torch.nn.BatchNorm1d."""
 
-    _expected_dims = (2,)
+    _expected_dims = (2, 3)
 
 
 class BatchNorm2d(BatchNorm):
     """Our layer restricted to (N, C, H, W) input, like torch.nn.BatchNorm2d."""
 
     _expected_dims = (4,)
+
+
+class BatchNorm3d(BatchNorm):
+    """Our layer restricted to (N, C, D, H, W) input, like torch.nn.BatchNorm3d."""
+
+    _expected_dims = (5,)
 
 
 class BatchRenorm(BatchNorm):
@@ -403,8 +413,8 @@ class BatchRenorm(BatchNorm):
         r_max, d_max = self._limits
         if r_max == 1 and d_max == 0:  # r = 1, d = 0: BN itself, by its own function
             return batch_norm_train(x, weight, bias, self.eps)
-        dims = (0,) if x.dim() == 2 else (0, 2, 3)
-        shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
+        dims = (0, *range(2, x.dim()))  # every dim but the channels
+        shape = (1, -1) + (1,) * (x.dim() - 2)
         mean = x.mean(dims)
         var = (x - mean.view(shape)).square().mean(dims)  # biased
         std = (var + self.eps).sqrt()
@@ -418,7 +428,7 @@ class BatchRenorm(BatchNorm):
 
 
 class BatchRenorm1d(BatchRenorm):
-    _expected_dims = (2,)
+    _expected_dims = (2, 3)
 
 
 class BatchRenorm2d(BatchRenorm):
@@ -442,19 +452,29 @@ def batch_norms(model: nn.Module) -> dict[str, nn.Module]:
             if getattr(m, "running_mean", None) is not None}  # fmt: skip
 
 
-def make_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> BatchNorm:
-    """Norm-layer factory used by the networks: our layer, 2d for conv maps, 1d otherwise."""
-    return (BatchNorm2d if spatial else BatchNorm1d)(num_features, **kwargs)
+def _pick(spatial: bool | None, any_dims: type, flat: type, maps: type) -> type:
+    """The class a factory builds: for conv maps (``spatial=True``), for (N, C) input
+    (``False``), or, called as ``norm(num_features)`` the way torchvision and timm call
+    ``norm_layer``, one for any input (``None``)."""
+    return any_dims if spatial is None else maps if spatial else flat
 
 
-def make_batch_renorm(num_features: int, spatial: bool, **kwargs: Any) -> BatchRenorm:
+def make_batchnorm(num_features: int, spatial: bool | None = None, **kwargs: Any) -> BatchNorm:
+    """Norm-layer factory used by the networks: our layer, 2d for conv maps, 1d for (N, C)
+    input, and for any input when the network does not say (``norm(num_features)``)."""
+    return _pick(spatial, BatchNorm, BatchNorm1d, BatchNorm2d)(num_features, **kwargs)
+
+
+def make_batch_renorm(num_features: int, spatial: bool | None = None, **kwargs: Any) -> BatchRenorm:
     """Batch renormalization in BN's slot (bn=renorm)."""
-    return (BatchRenorm2d if spatial else BatchRenorm1d)(num_features, **kwargs)
+    return _pick(spatial, BatchRenorm, BatchRenorm1d, BatchRenorm2d)(num_features, **kwargs)
 
 
-def make_group_norm(num_features: int, spatial: bool, groups: int = 2, eps: float = 1e-5) -> nn.Module:
+def make_group_norm(
+    num_features: int, spatial: bool | None = None, groups: int = 2, eps: float = 1e-5
+) -> nn.Module:
     """torch.nn.GroupNorm in BN's slot (bn=group): each sample normalised over each group of
-    num_features/groups channels (and their positions); γ, β per channel."""
+    num_features/groups channels (and their positions); γ, β per channel. Any (N, C, …) input."""
     if not _is_int(groups) or groups < 1 or num_features % groups:
         raise ValueError(
             f"bn.groups must be a positive integer dividing the channels of every normalised "
@@ -463,22 +483,35 @@ def make_group_norm(num_features: int, spatial: bool, groups: int = 2, eps: floa
     return nn.GroupNorm(groups, num_features, eps=eps)
 
 
-def make_layer_norm(num_features: int, spatial: bool, eps: float = 1e-5) -> nn.Module:
+def make_layer_norm(num_features: int, spatial: bool | None = None, eps: float = 1e-5) -> nn.Module:
     """Layer norm in BN's slot (bn=layer): each sample normalised over all its features. For
-    (N, C) input torch.nn.LayerNorm(C); for conv maps torch.nn.GroupNorm(1, C), which is
-    LayerNorm over (C, H, W) with one γ, β per channel (the input size is not known here)."""
-    return nn.GroupNorm(1, num_features, eps=eps) if spatial else nn.LayerNorm(num_features, eps=eps)
+    (N, C) input torch.nn.LayerNorm(C); for conv maps, and where the input is not known,
+    torch.nn.GroupNorm(1, C), which is LayerNorm over (C, …) with one γ, β per channel (on
+    (N, C) input the same function as LayerNorm(C))."""
+    return nn.LayerNorm(num_features, eps=eps) if spatial is False else nn.GroupNorm(1, num_features, eps=eps)
 
 
-def make_no_norm(num_features: int, spatial: bool) -> nn.Module:
+def make_no_norm(num_features: int, spatial: bool | None = None) -> nn.Module:
     """No normalisation in BN's slot (bn=none): the identity, so a network with model.bn set
     computes what the same network without BN layers computes (lenet_fc_bn2 bn=none = lenet)."""
     return nn.Identity()
 
 
-def make_torch_batchnorm(num_features: int, spatial: bool, **kwargs: Any) -> nn.Module:
-    """Norm-layer factory for the reference: torch.nn.BatchNorm2d / BatchNorm1d."""
-    return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(num_features, **kwargs)
+class TorchBatchNorm(nn.BatchNorm1d):
+    """torch's BN layer for any (N, C, …) input: what ``bn=torch`` gives a network that calls
+    ``norm(num_features)`` without saying its input. (N, C, H, W) is normalised as the
+    (N, C, H·W) view, over the same values per channel as torch.nn.BatchNorm2d."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() <= 3:
+            return super().forward(x)
+        return super().forward(x.flatten(2)).view_as(x)  # (N, C, H, W) -> (N, C, H·W) and back
+
+
+def make_torch_batchnorm(num_features: int, spatial: bool | None = None, **kwargs: Any) -> nn.Module:
+    """Norm-layer factory for the reference: torch.nn.BatchNorm2d / BatchNorm1d (any rank
+    where the network does not say)."""
+    return _pick(spatial, TorchBatchNorm, nn.BatchNorm1d, nn.BatchNorm2d)(num_features, **kwargs)
 
 
 @torch.no_grad()

@@ -95,10 +95,21 @@ def _as_channels(t: Tensor) -> Tensor:
     return t.view(1, -1, 1, 1)
 
 
+def _as_channels_3d(t: Tensor) -> Tensor:
+    return t.view(1, -1, 1)
+
+
+def _as_channels_5d(t: Tensor) -> Tensor:
+    return t.view(1, -1, 1, 1, 1)
+
+
+_BROADCAST = {2: _as_is, 3: _as_channels_3d, 4: _as_channels, 5: _as_channels_5d}
+
+
 def _per_channel(x: Tensor) -> Callable[[Tensor], Tensor]:
-    """How a (C,) vector broadcasts against x: as it is for (N, C), viewed as (1, C, 1, 1) for
-    (N, C, H, W)."""
-    return _as_is if x.dim() == 2 else _as_channels
+    """How a (C,) vector broadcasts against x: as it is for (N, C), viewed as (1, C, 1) for
+    (N, C, L), (1, C, 1, 1) for (N, C, H, W), (1, C, 1, 1, 1) for (N, C, D, H, W)."""
+    return _BROADCAST[x.dim()]
 
 
 _CONSTANTS: dict[tuple, tuple[Tensor, ...]] = {}
@@ -130,8 +141,8 @@ def batch_constants(m: int, eps: float, like: Tensor) -> tuple[Tensor | float, .
 
 
 def _channel_sum(t: Tensor) -> Tensor:
-    """Σ over every dim but the channels (dim 1): (N, C) -> (C,); (N, C, H, W) summed over
-    H·W first (a contiguous inner reduction), then over N: on the CPU faster than one
+    """Σ over every dim but the channels (dim 1): (N, C) -> (C,); (N, C, …) summed over the
+    positions (H·W) first (a contiguous inner reduction), then over N: on the CPU faster than one
     ``sum((0, 2, 3))`` and than ``mean`` (docs/benchmarks.md).
 
     Under torch.compile the layer writes nothing into a buffer it has read (no ``out=``, no

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Generator, nn
 
-_AFFINE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_AFFINE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def _affine_layers(model: nn.Module) -> list[nn.Module]:
@@ -24,8 +24,10 @@ def _affine_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def _named_affine(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(layer name, affine module): the name of a block's affine part is the block's."""
-    return [(name.split(".")[0], m) for name, m in model.named_modules() if isinstance(m, _AFFINE)]
+    """(layer name, affine module) by qualified name (``layer1.0.conv1``); the name of a
+    block's affine part is the block's (``conv1``, not ``conv1.affine``)."""
+    return [(name.removesuffix(".affine"), m) for name, m in model.named_modules()
+            if isinstance(m, _AFFINE)]  # fmt: skip
 
 
 def _check_number(key: str, value: Any, positive: bool = False) -> None:
@@ -120,6 +122,12 @@ def orthogonal(
         nn.init.orthogonal_(m.weight, gain=gain, generator=generator)
         if m.bias is not None:
             nn.init.constant_(m.bias, bias)
+    return model
+
+
+def own(model: nn.Module, generator: Generator | None = None) -> nn.Module:
+    """The weights the network's constructor drew (its own scheme, seeded by the run's seed):
+    nothing is redrawn. For a network of one's own or of torchvision whose init is part of it."""
     return model
 
 

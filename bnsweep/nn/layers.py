@@ -72,27 +72,46 @@ def block_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, Block)]
 
 
+def layer_names(model: nn.Module, most: int = 12) -> str:
+    """A few of the model's qualified module names, for a message: its blocks, else its
+    normalisation, convolution and linear layers."""
+    names = block_names(model) or [
+        n for n, m in model.named_modules()
+        if n and (isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or "norm" in type(m).__name__.lower())
+    ]  # fmt: skip
+    return str(names[:most])[:-1] + (f", … ({len(names)} in all)]" if len(names) > most else "]")
+
+
 @contextmanager
 def capture_preactivations(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, Tensor]]:
-    """Record the input of each named block's nonlinearity on every forward pass.
+    """Record a value of each named layer on every forward pass: for a block (``Block``) the
+    input of its nonlinearity (its pre-activation, whatever BN's position), for any other
+    module (by qualified name, ``layer1.0.bn1``) its output.
 
-    Yields a dict layer name → the latest pre-activation (detached). The network is unchanged:
-    a forward pre-hook on ``<layer>.act`` is added for the duration of the ``with`` block.
+    Yields a dict layer name → the latest value (detached). The network is unchanged: forward
+    hooks are added for the duration of the ``with`` block.
     """
     captured: dict[str, Tensor] = {}
     handles = []
     for name in layers:
         try:
-            act = model.get_submodule(f"{name}.act")
+            module = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(
-                f"no layer {name!r} with a nonlinearity; choose from {block_names(model)}"
-            ) from None
+            raise ValueError(f"no layer {name!r}; choose from {layer_names(model)}") from None
 
-        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], name: str = name) -> None:
-            captured[name] = inputs[0].detach()
+        if isinstance(module, Block):
 
-        handles.append(act.register_forward_pre_hook(hook))
+            def hook(_module: nn.Module, inputs: tuple[Tensor, ...], name: str = name) -> None:
+                captured[name] = inputs[0].detach()
+
+            handles.append(module.act.register_forward_pre_hook(hook))
+        else:
+
+            def out_hook(_module: nn.Module, _inputs: tuple, output: Tensor, name: str = name) -> None:
+                if isinstance(output, Tensor):
+                    captured[name] = output.detach()
+
+            handles.append(module.register_forward_hook(out_hook))
     try:
         yield captured
     finally:
@@ -175,5 +194,6 @@ __all__ = [
     "block_names",
     "capture_preactivations",
     "count_parameters",
+    "layer_names",
     "make_norms",
 ]
