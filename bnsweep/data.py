@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -86,9 +87,9 @@ def _stamp(paths: dict[str, Path]) -> dict[str, list]:
     return out
 
 
-def _cache_file(spec: DatasetSpec, stamp: dict[str, list]) -> Path:
+def _cache_file(name: str, stamp: dict[str, list]) -> Path:
     key = hashlib.sha1(json.dumps([CACHE_VERSION, stamp]).encode()).hexdigest()[:16]
-    return cache_dir() / f"{spec.key}-{key}.u8"
+    return cache_dir() / f"{name}-{key}.u8"
 
 
 def _read_cache(path: Path, stamp: dict[str, list]) -> dict[str, Tensor] | None:
@@ -107,35 +108,56 @@ def _read_cache(path: Path, stamp: dict[str, list]) -> dict[str, Tensor] | None:
             return None
     except (OSError, ValueError, KeyError, RuntimeError):
         return None
-    return {k: flat[o : o + math.prod(shape)].view(shape) for k, (o, shape) in info["arrays"].items()}
+    dtypes = info.get("dtypes", {})
+    return {k: _typed(flat[o : o + size], dtypes.get(k)).view(shape)
+            for k, (o, shape, size) in _layout(info).items()}  # fmt: skip
 
 
-def _write_cache(
-    spec: DatasetSpec, path: Path, stamp: dict[str, list], arrays: dict[str, Tensor]
-) -> bool:
+# the dtypes a cache holds besides uint8 (MNIST's), by name
+DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+def _layout(info: dict) -> dict[str, tuple[int, list[int], int]]:
+    """name -> (byte offset, shape, bytes) of each cached array."""
+    dtypes = info.get("dtypes", {})
+    size = {k: DTYPES[d].itemsize for k, d in dtypes.items()}
+    return {k: (o, shape, math.prod(shape) * size.get(k, 1)) for k, (o, shape) in info["arrays"].items()}
+
+
+def _typed(raw: Tensor, dtype: str | None) -> Tensor:
+    return raw.view(DTYPES[dtype]) if dtype else raw
+
+
+def _write_cache(name: str, path: Path, stamp: dict[str, list], arrays: dict[str, Tensor]) -> bool:
     """Best effort (the cache only saves time): data file first, then its index, each renamed
     into place, so a reader never sees a half-written cache. Whether it was written."""
-    layout, offset = {}, 0
+    layout, offset, parts = {}, 0, []
     for k, t in arrays.items():
-        layout[k] = (offset, list(t.shape))
-        offset += t.numel()
-    data = b"".join(t.contiguous().numpy().tobytes() for t in arrays.values())
+        pad = -offset % 8  # each array 8-byte aligned, to be viewed as its dtype
+        parts.append(b"\0" * pad + t.contiguous().numpy().tobytes())
+        layout[k] = (offset + pad, list(t.shape))
+        offset += pad + t.numel() * t.element_size()
+    data = b"".join(parts)
     info = {"version": CACHE_VERSION, "sources": stamp, "size": offset, "arrays": layout,
             "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+    named = {v: k for k, v in DTYPES.items()}
+    dtypes = {k: named[t.dtype] for k, t in arrays.items() if t.dtype != torch.uint8}
+    if dtypes:  # uint8 unless said (MNIST's caches, written before other dtypes were kept)
+        info["dtypes"] = dtypes
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, data)
         atomic_write(path.with_suffix(".json"), json.dumps(info))
     except OSError:
         return False
-    _remove_stale(spec, path, stamp)
+    _remove_stale(name, path, stamp)
     return True
 
 
-def _remove_stale(spec: DatasetSpec, current: Path, stamp: dict[str, list]) -> None:
+def _remove_stale(name: str, current: Path, stamp: dict[str, list]) -> None:
     """Delete older caches of the same source files (replaced or touched since): one per source."""
     sources = [v[0] for v in stamp.values()]
-    for meta in current.parent.glob(f"{spec.key}-*.json"):
+    for meta in current.parent.glob(f"{name}-*.json"):
         if meta == current.with_suffix(".json"):
             continue
         try:
@@ -156,15 +178,23 @@ def load_raw(
     MD5-checked) from the sources, then cached.
     """
     paths = locate(spec, root, download)
+    return cached(spec.key, spec.folder, paths, lambda: decode(spec, paths), cache)
+
+
+def cached(name: str, shown: str, paths: Mapping[str, Path], decode: Callable[[], dict[str, Tensor]],
+           cache: bool = True) -> dict[str, Tensor]:  # fmt: skip
+    """``decode()``'s arrays (uint8 or float32), from the decoded cache when it matches the
+    source files ``paths`` (their paths, sizes and modification times); else decoded, then
+    cached under ``name``."""
     if not cache:
-        return decode(spec, paths)
-    stamp = _stamp(paths)
-    path = _cache_file(spec, stamp)
-    if (cached := _read_cache(path, stamp)) is not None:
-        return cached
-    arrays = decode(spec, paths)
-    if _write_cache(spec, path, stamp, arrays):
-        print(f"data: {spec.folder} decoded and cached in {path}", file=sys.stderr)
+        return decode()
+    stamp = _stamp(dict(paths))
+    path = _cache_file(name, stamp)
+    if (found := _read_cache(path, stamp)) is not None:
+        return found
+    arrays = decode()
+    if _write_cache(name, path, stamp, arrays):
+        print(f"data: {shown} decoded and cached in {path}", file=sys.stderr)
     return arrays
 
 
@@ -178,7 +208,8 @@ class Pixels:
         self.mean, self.std = mean, std
 
     def __call__(self, images: Tensor) -> Tensor:
-        x = images.float().div_(255)
+        # uint8 pixels / 255; float images (an npz of floats) as they are
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         return x if self.mean is None else (x - self.mean) / self.std
 
 
@@ -269,6 +300,16 @@ class Split(Mapping):
             self._scaled[key] = self.pixels(self.images[key])
         return self._scaled[key]
 
+    def to(self, device: torch.device | None) -> Split:
+        """The same split on ``device`` (itself for None)."""
+        if device is None:
+            return self
+        pixels = self.pixels
+        if pixels.mean is not None:
+            pixels = Pixels(pixels.mean.to(device), pixels.std.to(device))
+        return Split({k: v.to(device) for k, v in self.images.items()},
+                     {k: v.to(device) for k, v in self.labels.items()}, pixels)  # fmt: skip
+
     def __iter__(self):
         return iter([*self.images, *self.labels])
 
@@ -276,72 +317,111 @@ class Split(Mapping):
         return len(self.images) + len(self.labels)
 
 
-class MNISTDataModule(pl.LightningDataModule):
-    """MNIST or Fashion-MNIST as tensors in memory (on the GPU when training there).
+def val_count(val_size: float, n: int) -> int:
+    """The validation images ``data.val_size`` holds out of n: a count, or a fraction in (0, 1)."""
+    return round(n * val_size) if isinstance(val_size, float) and 0 < val_size < 1 else int(val_size)
 
-    The 60k training images are split into train / validation (``val_size``) by a permutation
-    seeded with ``seed``; the 10k test images are the test set. ``normalize``: ``scale``
-    (pixels / 255, the BN-placement reference) or ``standardize`` (zero mean, unit std over the
-    training split; ``per_pixel``: each pixel by its own mean and std, sklearn's StandardScaler).
-    ``drop_last`` leaves out each epoch's last, short training batch. ``train_size`` keeps only the first that many training images (quick runs).
-    ``val_size=0`` trains on all 60k and validates on the test set (test accuracy over training,
-    the protocol of the paper's Figure 1 and of the init-scale reference). ``cache``: keep the
-    decoded files in the memory-mappable cache (``cache_dir()``) and load from it.
+
+class ImageDataModule(pl.LightningDataModule):
+    """Images and labels as tensors in memory (on the GPU when training there), from
+    ``load()``: train and test images (N, C, H, W), uint8 or float, and their labels (N,).
+
+    The training images are split into train / validation (``val_size``) by a permutation
+    seeded with ``seed``; the test images are the test set. ``normalize``: ``scale`` (uint8
+    pixels / 255, the BN-placement reference; float images as they are) or ``standardize``
+    (zero mean, unit std over the training split; ``per_pixel``: each pixel by its own mean and
+    std, sklearn's StandardScaler). ``drop_last`` leaves out each epoch's last, short training
+    batch. ``train_size`` keeps only the first that many training images (quick runs).
+    ``val_size=0`` trains on every training image and validates on the test set (test accuracy
+    over training, the protocol of the paper's Figure 1 and of the init-scale reference).
+
+    ``num_classes``, ``channels`` and ``image_size`` are the data's facts, which a model config
+    reads by interpolation (``num_classes: ${data.num_classes}``); given, they are checked
+    against the data (``num_classes``: at least one more than the largest label).
     """
 
     def __init__(
         self,
-        name: str = "mnist",
-        root: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 1000,
-        val_size: int = 5000,
+        val_size: float = 5000,
         normalize: str = "scale",
         seed: int = 0,
-        download: bool = True,
         train_size: int | None = None,
         cache: bool = True,
         drop_last: bool = False,
+        num_classes: int | None = None,
+        channels: int | None = None,
+        image_size: list[int] | None = None,
     ) -> None:
         super().__init__()
-        if name not in DATASETS:
-            raise ValueError(f"data.name must be one of {list(DATASETS)}, got {name!r}")
         if normalize not in NORMALIZATIONS:
             raise ValueError(
                 f"data.normalize must be one of {list(NORMALIZATIONS)}, got {normalize!r}"
             )
-        self.spec = DATASETS[name]
-        self.root = Path(root).expanduser() if root else None
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.normalize, self.seed = val_size, normalize, seed
-        self.download, self.train_size, self.cache = download, train_size, cache
+        self.train_size, self.cache = train_size, cache
         self.drop_last = drop_last
+        self.facts = {"num_classes": num_classes, "channels": channels,
+                      "image_size": list(image_size) if image_size is not None else None}  # fmt: skip
         self.tensors: Mapping[str, Tensor] = {}
-        self._raw: dict[str, Tensor] = {}  # the verified files, from prepare_data to setup
+        self._raw: dict[str, Tensor] = {}  # the verified arrays, from prepare_data to setup
+
+    def load(self) -> dict[str, Tensor]:
+        """train_images, test_images (N, C, H, W) and train_labels, test_labels (N,)."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the network must tell apart (after ``prepare_data``)."""
+        return self.facts["num_classes"]
 
     def prepare_data(self) -> None:
-        """Find, fetch if allowed, and verify the files (MD5, or the cache's sha256): a missing
-        or corrupt file is refused here, before a run writes anything."""
+        """Find, fetch if allowed, and verify the data: a missing or corrupt file is refused
+        here, before a run writes anything."""
         if not self._raw and not self.tensors:
-            self._raw = load_raw(self.spec, self.root, self.download, cache=self.cache)
+            self._raw = self.load()
+            self._check_facts(self._raw)
+
+    def _check_facts(self, raw: dict[str, Tensor]) -> None:
+        """The data's own facts; a fact given in the config that the data contradicts is one
+        line naming the key."""
+        images = raw["train_images"]
+        largest = int(max(raw["train_labels"].max(), raw["test_labels"].max()))
+        found = {"channels": images.shape[1], "image_size": list(images.shape[2:])}
+        for key, value in found.items():
+            if self.facts[key] is not None and self.facts[key] != value:
+                raise DataError(f"data.{key}={self.facts[key]} but the images have {value}")
+        given = self.facts["num_classes"]
+        if largest < 1 and given is None:
+            raise DataError(f"the labels hold one class ({largest}); a classifier needs two or more")
+        if given is not None and given <= largest:
+            raise DataError(f"data.num_classes={given} but the labels go up to {largest}")
+        self.facts.update(found, num_classes=given if given is not None else largest + 1)
 
     def setup(self, stage: str | None = None) -> None:
+        # the whole dataset lives on the training device: no per-step host-to-device copies
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
         if self.tensors:
+            if device is not None and self.tensors.labels["y_train"].device != device:
+                self.tensors = self.tensors.to(device)  # set up on the CPU by the pre-flight
             return
-        raw = self._raw or load_raw(self.spec, self.root, download=False, cache=self.cache)
-        self._raw = {}
+        if not self._raw:
+            self.prepare_data()
+        raw, self._raw = self._raw, {}
         n = len(raw["train_labels"])
-        if not 0 <= self.val_size < n:
+        val_size = val_count(self.val_size, n)
+        if not 0 <= val_size < n:
             raise ValueError(f"data.val_size must be in [0, {n - 1}], got {self.val_size}")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
+        val_idx, train_idx = perm[:val_size], perm[val_size:]
         if self.train_size is not None:
             train_idx = train_idx[: self.train_size]
-        images = raw["train_images"].unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28), uint8
-        # kept as uint8, scaled batch by batch (Pixels): a quarter of the memory, and nothing
-        # to convert before the first step
+        images = raw["train_images"]  # (N, C, H, W), uint8: scaled batch by batch (Pixels), a
+        # quarter of the memory, and nothing to convert before the first step
         x = {"x_train": images[train_idx], "x_val": images[val_idx],
-             "x_test": raw["test_images"].unsqueeze(1)}  # fmt: skip
+             "x_test": raw["test_images"]}  # fmt: skip
         pixels = Pixels()
         if self.normalize == "standardize":
             scaled = pixels(x["x_train"])
@@ -353,14 +433,9 @@ class MNISTDataModule(pl.LightningDataModule):
         labels = raw["train_labels"].long()
         y = {"y_train": labels[train_idx], "y_val": labels[val_idx],
              "y_test": raw["test_labels"].long()}  # fmt: skip
-        if self.val_size == 0:  # no validation split: validation reports the test set
+        if val_size == 0:  # no validation split: validation reports the test set
             x["x_val"], y["y_val"] = x["x_test"], y["y_test"]
-        # the whole dataset lives on the training device: no per-step host-to-device copies
-        device = self.trainer.strategy.root_device if self.trainer is not None else None
-        if device is not None:
-            x = {k: v.to(device) for k, v in x.items()}
-            y = {k: v.to(device) for k, v in y.items()}
-        self.tensors = Split(x, y, pixels)
+        self.tensors = Split(x, y, pixels).to(device)
 
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> Batches:
         t = self.tensors
@@ -379,3 +454,77 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> Batches:
         return self._batches("test", self.eval_batch_size, shuffle=False)
+
+
+class MNISTDataModule(ImageDataModule):
+    """MNIST or Fashion-MNIST (``name``): 60k training images split into train / validation,
+    the 10k test images the test set; see ImageDataModule. The files are found, fetched and
+    MD5-checked by ``bnsweep.datasets`` (``root``, ``download``); ``cache``: keep the decoded
+    files in the memory-mappable cache (``cache_dir()``) and load from it."""
+
+    def __init__(self, name: str = "mnist", root: str | None = None, download: bool = True,
+                 **kwargs: Any) -> None:  # fmt: skip
+        if name not in DATASETS:
+            raise ValueError(f"data.name must be one of {list(DATASETS)}, got {name!r}")
+        super().__init__(**kwargs)
+        self.spec = DATASETS[name]
+        self.root = Path(root).expanduser() if root else None
+        self.download = download
+
+    def load(self) -> dict[str, Tensor]:
+        raw = load_raw(self.spec, self.root, self.download, cache=self.cache)
+        # (N, 28, 28) -> (N, 1, 28, 28), uint8
+        return {k: v.unsqueeze(1) if k.endswith("images") else v for k, v in raw.items()}
+
+
+class NpzDataModule(ImageDataModule):
+    """Your own images in one ``.npz`` file, Keras' ``mnist.npz`` layout: ``x_train``,
+    ``y_train``, ``x_test``, ``y_test``; images uint8 (pixels / 255) or float (as they are),
+    N×H×W, N×H×W×C or N×C×H×W (``layout``: auto, nhwc, nchw); labels integers from 0.
+    ``md5``: the file's known MD5, checked when given. See ImageDataModule for the rest."""
+
+    def __init__(self, path: str, layout: str = "auto", md5: str | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        from bnsweep.sources import LAYOUTS
+
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout must be one of {list(LAYOUTS)}, got {layout!r}")
+        super().__init__(**kwargs)
+        self.path, self.layout, self.md5 = Path(str(path)).expanduser(), layout, md5
+
+    def load(self) -> dict[str, Tensor]:
+        from bnsweep.sources import load_npz
+
+        if self.md5 is not None or not self.cache:
+            return load_npz(self.path, self.layout, self.md5)
+        return cached("npz", str(self.path), {"file": self.path},
+                      lambda: load_npz(self.path, self.layout))  # fmt: skip
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Your own images in torchvision's ImageFolder layout: ``root/train/<class>/*.png`` and
+    ``root/test/<class>/*.png`` (classes numbered in sorted order, as ImageFolder does), or
+    ``root/<class>/*.png`` alone, whose ``test_size`` images (a count, or a fraction) are held
+    out as the test set by one fixed permutation, the same for every seed. Decoded once into
+    the cache. See ImageDataModule for the rest."""
+
+    def __init__(self, root: str, test_size: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root, self.test_size = Path(str(root)).expanduser(), test_size
+
+    def load(self) -> dict[str, Tensor]:
+        from bnsweep.sources import hold_out, image_folder_files, load_image_folder
+
+        _, files = image_folder_files(self.root)
+        listed = {str(i): p for i, (p, _) in enumerate(files["train"] + files["test"])}
+        raw = cached("imagefolder", str(self.root), listed, lambda: load_image_folder(self.root),
+                     self.cache)  # fmt: skip
+        if len(raw["test_labels"]):
+            return raw
+        n = len(raw["train_labels"])
+        held = hold_out(n, self.test_size)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        test, train = perm[:held], perm[held:]
+        return {"train_images": raw["train_images"][train], "train_labels": raw["train_labels"][train],
+                "test_images": raw["train_images"][test], "test_labels": raw["train_labels"][test]}  # fmt: skip
+

@@ -11,8 +11,13 @@ from __future__ import annotations
 SEED = "seed"
 # top-level keys saying how a run is launched, logged and reported, not what it computes
 LAUNCH = ("seeds", "study", "threads", "run_dir", "resume", "sweep", "hydra", "logger", "report")
-# keys saying where the data and files live, or how progress is displayed
-LOCATION = ("data.root", "data.download", "data.cache", "trainer.enable_progress_bar")
+# facts of the data (read from it, or fixed by the dataset), which model configs interpolate:
+# the data's identity already says them
+DATA_FACTS = ("data.num_classes", "data.channels", "data.image_size")
+# keys saying where the data and files live, how the data is checked, or how progress is
+# displayed (data.root of an image folder too: a moved folder still resumes, like MNIST's)
+LOCATION = ("data.root", "data.download", "data.cache", "data.md5", "trainer.enable_progress_bar",
+            *DATA_FACTS)  # fmt: skip
 # what the HPARAMS tab records of every run, besides the keys its command line set
 HPARAM_KEYS = (
     "model", "bn", "bn.momentum", "bn.window", "bn.eps", "init", "init.std", "optimizer",
@@ -30,7 +35,7 @@ HPARAMS_SHOWN = ("model", "bn", "init.std", "optimizer.lr")
 NEUTRAL = {
     "model.bn_position": "pre", "bn.precise_batches": None,
     "bn.evaluate": "running", "init.layers": None, "optimizer.initial_accumulator_value": 0.0,
-    "data.drop_last": False, "probes.every": None,
+    "data.drop_last": False, "probes.every": None, "model.num_classes": 10,
     "probes.steps": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4],
 }  # fmt: skip
 

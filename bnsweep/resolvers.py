@@ -1,11 +1,15 @@
 """The interpolations bnsweep's configs may use, registered with OmegaConf on ``import bnsweep``.
 
-- ``${bn_name:${model.bn},${hydra:runtime.choices.bn}}``: run folder names: the bn choice for a
-  network with BN layers, ``nobn`` for one without (lenet, cnn, mlp).
+- ``${bn_name:${oc.select:model.bn,null},${hydra:runtime.choices.bn}}``: run folder names: the
+  bn choice for a network with BN layers, ``nobn`` for a built-in one without (lenet, cnn, mlp:
+  ``model.bn`` empty); a network without ``model.bn`` (one's own, torchvision's): the bn choice.
 - ``${min:A,B}``: the smaller number (``bn.ghost_batch_size: ${min:8,${data.batch_size}}``).
 - ``${lr_for_batch:LR,BATCH,REFERENCE,RULE}``: a learning rate scaled with the batch size from
   the one that suits the REFERENCE batch: LR·B/REFERENCE (RULE ``linear``, Goyal et al. 2017),
   LR·√(B/REFERENCE) (``sqrt``) or LR (``none``).
+- ``${data_fact:KEY}``, inside a data config: a fact of its source read from the data itself
+  (``num_classes``, ``channels``, ``image_size``; ``bnsweep.sources.facts``), for data=npz and
+  data=image_folder, whose model configs read them as ``${data.num_classes}``.
 - ``${steps_for_samples:SAMPLES,BATCH}``: the training steps that see SAMPLES samples in batches
   of BATCH, ⌈SAMPLES/BATCH⌉ (a fixed budget of samples whatever the batch size).
 """
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -30,8 +35,15 @@ def steps_for_samples(samples: int, batch: int) -> int:
     return -(-int(samples) // int(batch))
 
 
+def data_fact(key: str, *, _parent_: Any) -> Any:  # noqa: ANN401 (a number or a list)
+    from bnsweep.sources import facts
+
+    return facts(_parent_)[key]
+
+
 RESOLVERS = {
-    "bn_name": lambda layers, choice: choice if layers else "nobn",
+    "data_fact": data_fact,
+    "bn_name": lambda layers, choice: choice if layers or layers is None else "nobn",
     "min": lambda a, b: min(a, b),
     "lr_for_batch": lr_for_batch,
     "steps_for_samples": steps_for_samples,

@@ -36,8 +36,11 @@ def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     without the keys added later at their neutral value (``bnsweep.keys.NEUTRAL``), so a run
     recorded before a key existed compares equal to the same run now."""
     out = {k: v for k, v in snapshot.items() if computes(k)}
+    data = out.get("data")
+    own_folder = isinstance(data, dict) and str(data.get("_target_", "")).endswith("ImageFolderDataModule")
     for dotted in LOCATION:
-        _drop(out, dotted, lambda value: True)
+        if not (own_folder and dotted == "data.root"):  # an image folder's root is its identity
+            _drop(out, dotted, lambda value: True)
     for dotted, neutral in NEUTRAL.items():
         _drop(out, dotted, lambda value, neutral=neutral: value == neutral)
     model = out.get("model")
