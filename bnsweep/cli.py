@@ -25,10 +25,48 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def config_dirs(argv: Sequence[str]) -> list[Path]:
+    """The user's config folders a command line adds to bnsweep's conf/, as Hydra reads them:
+    ``--config-dir DIR`` (``-cd DIR``, ``--config-dir=DIR``) and ``hydra.searchpath=[file://DIR]``."""
+    dirs = []
+    for i, a in enumerate(argv):
+        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+        elif a.lstrip("+").startswith("hydra.searchpath="):
+            items = a.split("=", 1)[1].strip().strip("[]").split(",")
+            dirs += [i.strip().strip("'\"")[7:] for i in items if i.strip().strip("'\"").startswith("file://")]
+    return [Path(d).expanduser().absolute() for d in dirs]
+
+
+def without_config_dirs(argv: Sequence[str]) -> list[str]:
+    """The command line less ``--config-dir DIR``, with every config folder given as one
+    ``hydra.searchpath`` override instead (the compose API's way)."""
+    dirs = config_dirs(argv)
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
+            skip = True
+            continue
+        if a.startswith("--config-dir=") or a.lstrip("+").startswith("hydra.searchpath="):
+            continue
+        out.append(a)
+    if dirs:
+        out.append("hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in dirs) + "]")
+    return out
+
+
 def _preset_value(argv: Sequence[str], key: str, conf: Path):
-    """``key`` as the study preset sets it, else as sweep.yaml does; None if neither does."""
+    """``key`` as the study preset sets it, else as sweep.yaml does; None if neither does.
+    A preset in a config folder of the user's (``--config-dir``) is read from there."""
     study = next((a.split("=", 1)[1] for a in argv if a.startswith("study=")), None)
-    for path in ([conf / "study" / f"{study}.yaml"] if study else []) + [conf / "sweep.yaml"]:
+    folders = [*config_dirs(argv), conf]
+    presets = [d / "study" / f"{study}.yaml" for d in folders] if study else []
+    for path in [*presets, conf / "sweep.yaml"]:
         if path.is_file():
             value = OmegaConf.select(OmegaConf.load(path), key, default=None)
             if value is not None:

@@ -53,6 +53,10 @@ NORMALIZATIONS = ("scale", "standardize", "per_pixel")
 ACTIVATIONS = ("sigmoid", "tanh", "relu")  # bnsweep.nn.layers.ACTIVATIONS
 POSITIONS = ("pre", "post")
 EVALUATE = ("running", "precise")
+# the networks sweep.vectorize stacks (bnsweep.nn.stacked): bnsweep's own, whose forward keeps
+# each member's channels apart; another network's forward may mix them (a concatenation, a
+# mean over channels), so it is refused rather than trained wrong
+STACKABLE = ("bnsweep.nn.LeNet", "bnsweep.nn.InitCNN", "bnsweep.nn.MLP")
 # bn options without inference statistics (torch's GroupNorm / LayerNorm in BN's slot)
 NO_RUNNING_STATS = ("bnsweep.nn.make_group_norm", "bnsweep.nn.make_layer_norm")
 
@@ -142,6 +146,7 @@ _MISSING = object()
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value, before anything is built or trained."""
+    _facts(cfg)  # a user's data that cannot be read: one line first
     for key, (ok, expected) in RULES.items():
         value = _value(cfg, key)
         if value is not _MISSING and not ok(value):
@@ -219,10 +224,11 @@ def _check_split(cfg: DictConfig) -> None:
     if val_size is _MISSING:
         return
     n = _train_count(cfg)
-    if not (_int(val_size) and 0 <= val_size <= n - 2):
+    fraction = isinstance(val_size, float) and 0 < val_size < 1
+    if not ((_int(val_size) and 0 <= val_size <= n - 2) or (fraction and n - round(n * val_size) >= 2)):
         raise ConfigError(
-            f"data.val_size must be an integer in [0, {n - 2}] (0: validate on the test set; "
-            f"at least 2 training images must remain), got {_shown(val_size)}"
+            f"data.val_size must be an integer in [0, {n - 2}] or a fraction in (0, 1) (0: "
+            f"validate on the test set; at least 2 training images must remain), got {_shown(val_size)}"
         )
 
 
@@ -245,13 +251,34 @@ def _check_layers(cfg: DictConfig) -> None:
 
 
 def _train_count(cfg: DictConfig) -> int:
+    """How many training images (before the validation split) the data holds."""
+    own = _facts(cfg)
+    if own:
+        return own["train_count"]
     spec = DATASETS.get(OmegaConf.select(cfg, "data.name", default="mnist"))
     return spec.train_count if spec is not None else DATASETS["mnist"].train_count
 
 
+def _facts(cfg: DictConfig) -> dict[str, Any]:
+    """The facts of a user's data source (bnsweep.sources), {} for MNIST's; a source that
+    cannot be read is one line."""
+    data = OmegaConf.select(cfg, "data", default=None)
+    if data is None or not str(data.get("_target_", "")).endswith(("NpzDataModule", "ImageFolderDataModule")):
+        return {}
+    from bnsweep.datasets import DataError
+    from bnsweep.sources import facts
+
+    try:
+        return facts(data)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _train_size(cfg: DictConfig) -> int:
     """How many images the training split holds."""
-    n = _train_count(cfg) - (OmegaConf.select(cfg, "data.val_size", default=0) or 0)
+    total = _train_count(cfg)
+    val = OmegaConf.select(cfg, "data.val_size", default=0) or 0
+    n = total - (round(total * val) if isinstance(val, float) and 0 < val < 1 else val)
     size = OmegaConf.select(cfg, "data.train_size", default=None)
     return min(n, size) if size else n
 
@@ -290,6 +317,12 @@ def check_vectorize(cfg: DictConfig) -> list[int]:
         raise ConfigError(
             f"trainer.gradient_clip_val={clip} clips by one norm over all members; it cannot be "
             "combined with sweep.vectorize=true"
+        )
+    model = str(OmegaConf.select(cfg, "model._target_", default=""))
+    if not model.startswith(STACKABLE):
+        raise ConfigError(
+            f"sweep.vectorize=true stacks bnsweep's own networks only, got "
+            f"model._target_={model}; run its seeds as separate jobs (sweep.vectorize=false)"
         )
     target = OmegaConf.select(cfg, "bn._target_", default=None)
     if target in NO_RUNNING_STATS:

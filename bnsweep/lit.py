@@ -15,12 +15,13 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnsweep.nn import (
+    Block,
     batch_norms,
-    block_names,
     capture_preactivations,
     norm_layers,
     recompute_population_stats,
 )
+from bnsweep.nn.layers import layer_names
 from bnsweep.nn.probes import KEYS as PROBE_KEYS
 from bnsweep.nn.probes import probe_landscape
 
@@ -384,13 +385,16 @@ def payload(module: pl.LightningModule, rng: Tensor | list[Tensor], **extra: obj
 def percentile_spec(net: nn.Module, spec: Mapping) -> dict:
     """Check a ``percentiles`` config against the network; the history keys it will fill."""
     layer, unit, q = spec.get("layer"), spec.get("unit", 0), list(spec.get("q", (15, 50, 85)))
-    names = block_names(net)
-    if layer not in names:
-        raise ValueError(f"percentiles.layer must be one of {names}, got {layer!r}")
-    affine = net.get_submodule(f"{layer}.affine")
-    width = getattr(affine, "out_features", None) or getattr(affine, "out_channels", None)
-    if not isinstance(unit, int) or isinstance(unit, bool) or not 0 <= unit < width:
-        raise ValueError(f"percentiles.unit must be an integer in [0, {width - 1}], got {unit!r}")
+    try:
+        module = net.get_submodule(layer) if isinstance(layer, str) and layer else None
+    except AttributeError:
+        module = None
+    if module is None:
+        raise ValueError(f"percentiles.layer must name a layer of the network, e.g. "
+                         f"{layer_names(net)}, got {layer!r}")  # fmt: skip
+    width = channels_of(module)  # None: the pre-flight check reads it from the output
+    if not isinstance(unit, int) or isinstance(unit, bool) or not 0 <= unit < (width or unit + 1):
+        raise ValueError(f"percentiles.unit must be an integer in [0, {(width or 1) - 1}], got {unit!r}")
     if not q or not all(isinstance(v, (int, float)) and 0 <= v <= 100 for v in q):
         raise ValueError(f"percentiles.q must be a list of numbers in [0, 100], got {q!r}")
     return {
@@ -401,13 +405,35 @@ def percentile_spec(net: nn.Module, spec: Mapping) -> dict:
     }
 
 
+def channels_of(module: nn.Module) -> int | None:
+    """The channels (units) of a layer's output: a block's affine layer's, a conv's, a linear
+    layer's, a normalisation layer's; None where the module does not say."""
+    if isinstance(module, Block):
+        module = module.affine
+    for key in ("out_features", "out_channels", "num_features", "num_channels"):
+        if isinstance(getattr(module, key, None), int):
+            return getattr(module, key)
+    return None
+
+
+def dashboard_layers(net: nn.Module) -> dict[str, str]:
+    """Normalisation layer name -> the name whose pre-activations its dashboard shows: a
+    block's (its nonlinearity's input) for the layers of bnsweep's own blocks, the layer's own
+    (its output) in any other network; found by type, in any network."""
+    out = {}
+    for name in norm_layers(net):
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        out[name] = parent if parent and isinstance(net.get_submodule(parent), Block) else name
+    return out
+
+
 class BNStatsLogger(pl.Callback):
     """At each validation, log per BN layer the running mean / variance and the histogram of
     the pre-activations (the nonlinearity's input) on the first validation batch."""
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if batch_idx == 0 and not trainer.sanity_checking:
-            layers = [name.rsplit(".", 1)[0] for name in norm_layers(pl_module.net)]
+            layers = list(dict.fromkeys(dashboard_layers(pl_module.net).values()))
             self._capture = capture_preactivations(pl_module.net, layers)
             self._pre = self._capture.__enter__()
 
@@ -438,8 +464,9 @@ def bn_dashboards(tb, net: nn.Module, pre: Mapping[str, Tensor], step: int, memb
     """Per BN layer of ``net``, the histograms of its running mean and variance and of its
     block's pre-activations ``pre`` (the nonlinearity's input on one validation batch); of
     member ``member`` where ``net`` stacks ``members`` (member-blocked channels)."""
+    shown = dashboard_layers(net)
     for name, layer in norm_layers(net).items():
-        block = name.rsplit(".", 1)[0]
+        block = shown[name]
         if getattr(layer, "running_mean", None) is not None:
             mean, var = layer.running_mean.view(members, -1), layer.running_var.view(members, -1)
             histogram(tb, f"bn/{block}/running_mean", mean[member], step)

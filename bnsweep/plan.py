@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bnsweep.architectures import COST_MS
-from bnsweep.cli import CONF, is_sweep
+from bnsweep.cli import CONF, is_sweep, without_config_dirs
 from bnsweep.config import ConfigError, training_batches, validate
 from bnsweep.points import group_jobs, member_suffix, stacked_points
 from bnsweep.runs import member_dir
@@ -33,11 +33,10 @@ def _compose(overrides: Sequence[str]) -> DictConfig:
 
 
 def estimate(cfg: DictConfig) -> float | None:
-    """Seconds one run of cfg takes on this project's 2-core CPU, roughly: training and
-    evaluated samples × the architecture's cost (COST_MS). None for an unknown network."""
-    cost = COST_MS.get(OmegaConf.select(cfg, "model._target_", default=""))
-    if cost is None:
-        return None
+    """Seconds one run of cfg takes, roughly: training and evaluated samples × the network's
+    cost per sample: bnsweep's own nets' measured on this project's 2-core CPU (COST_MS), any
+    other's timed here (``timed_cost``)."""
+    cost = COST_MS.get(OmegaConf.select(cfg, "model._target_", default="")) or timed_cost(cfg)
     train_ms, eval_ms = cost
     steps = training_batches(cfg)
     samples = steps * cfg.data.batch_size
@@ -57,12 +56,60 @@ def estimate(cfg: DictConfig) -> float | None:
     return samples * train_ms / 1000 + evaluated * eval_ms / 1000 + 0.5
 
 
+_TIMED: dict[str, tuple[float, float]] = {}
+
+
+def timed_cost(cfg: DictConfig, steps: int = 3) -> tuple[float, float]:
+    """(ms per training sample, ms per evaluated sample) of cfg's network, timed on this
+    machine's CPU: a few training steps (forward, backward, the optimizer's step) on a batch of
+    the data's shape after one to warm up, and an evaluation batch. Once per network, bn option,
+    optimizer and batch in a process. A network that cannot be built is refused in one line."""
+    import time
+
+    import torch
+    from hydra.utils import instantiate
+
+    from bnsweep.config import refusal
+    from bnsweep.train import build_net
+
+    picked = [OmegaConf.select(cfg, k) for k in ("model", "bn", "optimizer", "data.batch_size",
+                                                 "data.channels", "data.image_size")]  # fmt: skip
+    key = str([OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+               for v in picked])  # fmt: skip
+    if key in _TIMED:
+        return _TIMED[key]
+    try:
+        net = build_net(cfg)
+    except Exception as e:
+        if (refused := refusal(e)) is not None:
+            raise refused from e
+        raise
+    shape = (cfg.data.batch_size, cfg.data.channels, *cfg.data.image_size)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(shape, generator=g), torch.randint(cfg.data.num_classes, shape[:1], generator=g)
+    opt = instantiate(cfg.optimizer)(net.parameters())
+    took = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        took.append(time.perf_counter() - start)
+    net.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        net(x)
+        evaluated = time.perf_counter() - start
+    _TIMED[key] = (1000 * min(took[1:]) / shape[0], 1000 * evaluated / shape[0])
+    return _TIMED[key]
+
+
 def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
     """The sweep's config (its fixed settings) and its jobs, in Hydra's order and numbering."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides = [a for a in without_config_dirs(args) if not a.startswith("-")]
     base = _compose([o for o in overrides if not is_sweep(o.split("=", 1)[-1])])
     validate(base)
     params = OmegaConf.select(base, "hydra.sweeper.params", default=None) or {}
@@ -121,6 +168,7 @@ def dry_run(args: Sequence[str]) -> int:
     if known:
         total = sum(known) + 6
         print(f"about {duration(total)} one after another on a 2-core CPU like the project's "
-              f"(rough: samples × each network's measured cost); hydra/launcher=joblib "
+              f"(rough: samples × each network's measured cost, or one timed on this machine's "
+              f"CPU for a network of your own); hydra/launcher=joblib "
               f"hydra.launcher.n_jobs=2 runs 2 at a time; a GPU is far faster")  # fmt: skip
     return 0

@@ -27,6 +27,7 @@ from bnsweep.files import (
 )
 from bnsweep.keys import HPARAM_KEYS, PRECISE_KEYS, computes
 from bnsweep.lit import BNStatsLogger, LitClassifier
+from bnsweep.networks import NetworkError, build_network, swap_line
 from bnsweep.nn import norm_layers
 from bnsweep.record import finished_record, write_record
 from bnsweep.runs import RunRefused, claim
@@ -89,10 +90,17 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
     Seeds every RNG first (pl.seed_everything): what the global RNG holds afterwards is what
     the run's dropout draws from.
     """
+    return build_counted(cfg)[0]
+
+
+def build_counted(cfg: DictConfig) -> tuple[torch.nn.Module, int]:
+    """build_net's network, and how many torch BN layers of it were swapped for cfg.bn."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    net = instantiate(cfg.model, norm=instantiate(layer_config(cfg)))
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    bn = OmegaConf.select(cfg, "bn._target_", default="")
+    net, swapped = build_network(model, instantiate(layer_config(cfg)), bn)
     instantiate(cfg.init)(net, generator=torch.Generator().manual_seed(cfg.seed))
-    return net
+    return net, swapped
 
 
 def layer_config(cfg: DictConfig) -> dict:
@@ -123,16 +131,47 @@ def percentile_config(cfg: DictConfig) -> dict | None:
 
 
 def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
-    """Network, LightningModule, DataModule."""
+    """Network, LightningModule, DataModule. How many torch BN layers of the network were
+    swapped: ``module.swapped``."""
+    net, swapped = build_counted(cfg)
     module = LitClassifier(
-        build_net(cfg),
+        net,
         optimizer=instantiate(cfg.optimizer),
+        num_classes=int(OmegaConf.select(cfg, "data.num_classes", default=10)),
         percentiles=percentile_config(cfg),
         compile=bool(OmegaConf.select(cfg, "trainer.compile", default=False)),
         precise=precise_config(cfg),
         probes=probes_config(cfg),
     )
+    module.swapped = swapped
     return module, instantiate(cfg.data)
+
+
+def prepare(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
+    """``build``, the data found and verified, then the pre-flight check (bnsweep.preflight): a
+    network or data that cannot train is refused in one line here, before the run claims its
+    folder."""
+    from bnsweep import preflight
+
+    try:
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()  # missing or corrupt data fails here, before any file is written
+        module, _ = build(cfg)
+        preflight.check(module, datamodule, training_device(cfg))
+    except Exception as e:
+        if (refused := refusal(e)) is not None:  # a constructor refused a config value
+            raise refused from e
+        raise
+    if module.swapped:
+        print(swap_line(module.swapped, choices(cfg).get("bn", "")), file=sys.stderr)
+    return module, datamodule
+
+
+def training_device(cfg: DictConfig) -> torch.device:
+    """The device the Trainer will train on: a CUDA GPU where asked for or (auto) present."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if gpu else "cpu")
 
 
 def _interactive() -> bool:
@@ -192,19 +231,22 @@ def run(cfg: DictConfig, process: ProcessStart | None = None) -> dict[str, Any]:
     validate(cfg)
     tune_allocator()
     run_dir = Path(cfg.run_dir)
+    start = time.time()
+    quiet_lightning(hydra_verbose())
+    # the pre-flight check before the folder is claimed; not for a finished run a resume skips
+    done = cfg.get("resume", False) and (run_dir / "metrics.json").exists()
+    built = None if done else prepare(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(run_dir, "run folder"):
         if (finished := claim(run_dir, cfg)) is not None:
             return finished
-        return _train(cfg, run_dir, process)
+        return _train(cfg, run_dir, process, built or prepare(cfg), start)
 
 
-def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None) -> dict[str, Any]:
-    start = time.time()
-    quiet_lightning(hydra_verbose())
+def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None,
+           built: tuple[LitClassifier, pl.LightningDataModule], start: float) -> dict[str, Any]:  # fmt: skip
+    module, datamodule = built
     try:
-        module, datamodule = build(cfg)
-        datamodule.prepare_data()  # missing or corrupt data fails here, before any file is written
         trainer = make_trainer(cfg, run_dir)
     except Exception as e:
         if (refused := refusal(e)) is not None:  # a constructor refused a config value
@@ -296,7 +338,7 @@ def startup_times(process: ProcessStart | None, first_step_at: float | None) -> 
 
 # errors that are the user's input, not a bug: reported in one line, exit status 2
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, DataError, RunRefused, FolderInUse, DamagedFile,
+    ConfigError, DataError, NetworkError, RunRefused, FolderInUse, DamagedFile,
 )  # fmt: skip
 
 

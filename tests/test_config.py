@@ -20,7 +20,8 @@ def options(group: str) -> list[str]:
 
 
 GROUPS = ["model", "bn", "init", "optimizer", "data", "trainer", "logger"]
-ALL = [(g, o) for g in GROUPS for o in options(g)]
+# the data options of one's own need one's data (tests/test_own_network.py)
+ALL = [(g, o) for g in GROUPS for o in options(g) if (g, o) not in (("data", "npz"), ("data", "image_folder"))]
 
 
 def test_every_group_has_the_documented_options():
@@ -29,9 +30,9 @@ def test_every_group_has_the_documented_options():
     }  # fmt: skip
     assert set(options("bn")) == {"momentum", "window", "cumulative", "torch", "population", "ghost",
                                   "renorm", "renorm_short", "group", "layer", "none"}  # fmt: skip
-    assert set(options("init")) == {"truncated_normal", "normal", "glorot", "torch", "orthogonal"}
+    assert set(options("init")) == {"truncated_normal", "normal", "glorot", "torch", "orthogonal", "own"}
     assert set(options("optimizer")) == {"adam", "sgd", "adagrad"}
-    assert set(options("data")) == {"mnist", "fashion_mnist"}
+    assert set(options("data")) == {"mnist", "fashion_mnist", "npz", "image_folder"}
     assert {"default", "tensorboard", "csv"} <= set(options("logger"))
 
 
@@ -81,7 +82,13 @@ def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
             assert isinstance(layers["fc1.bn"], nn.LayerNorm) and layers["conv1.bn"].num_groups == 1
         if option == "ghost":
             assert all(m.ghost_batch_size == 8 for m in layers.values())
-    if group == "model":
+    if group == "model" and option == "torchvision":  # resnet18 with our BN: torch's parameters,
+        import torchvision  # but a first conv of 1 input channel instead of 3
+
+        reference = count_parameters(torchvision.models.resnet18(num_classes=10))
+        assert count_parameters(module.net) == reference - 2 * 64 * 7 * 7
+        assert norm_layers(module.net) and all(isinstance(m, BatchNorm) for m in norm_layers(module.net).values())
+    elif group == "model":
         assert count_parameters(module.net) == PARAMETERS[option]
 
 
@@ -128,7 +135,7 @@ def test_seed_zero_is_a_seed(make_cfg):
         ),
         (["optimizer.lr=-1"], "optimizer.lr must be a finite number > 0, got -1"),
         (["seed=-3"], "seed must be an integer in [0, 4294967295], got -3"),
-        (["data.val_size=60000"], "data.val_size must be an integer in [0, 59998] (0: validate on the test set; at least 2 training images must remain), got 60000"),
+        (["data.val_size=60000"], "data.val_size must be an integer in [0, 59998] or a fraction in (0, 1) (0: validate on the test set; at least 2 training images must remain), got 60000"),
     ],
 )
 def test_validate_names_key_and_value(make_cfg, overrides, message):

@@ -297,7 +297,7 @@ BAD_INPUT = [
     (["trainer.accelerator=tpu"], "error: trainer.accelerator must be one of ['auto', 'cpu', 'gpu', 'cuda'], got 'tpu'"),
     (["trainer.devices=0"], "error: trainer.devices must be a positive integer, -1 (all), 'auto' or a list of device ids, got 0"),
     (["model=lenet_bn1", "data.val_size=59999"],
-     "error: data.val_size must be an integer in [0, 59998] (0: validate on the test set; at least 2 training images must remain), got 59999"),
+     "error: data.val_size must be an integer in [0, 59998] or a fraction in (0, 1) (0: validate on the test set; at least 2 training images must remain), got 59999"),
     # an upper bound the key lacked, and messages without the key
     (["bn=window", "bn.window=1000000000"],
      "error: bn.window must be an integer in [1, 8600] (the run's training batches), got 1000000000"),
