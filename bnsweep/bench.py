@@ -244,6 +244,50 @@ def step_rows(rounds: int) -> list[str]:
     ]
 
 
+def generic_rows(rounds: int) -> list[str]:
+    """The own-network path: a training step of lenet_fc_bn2 built by ``_target_`` through
+    bnsweep.networks (signature read, norm factory passed, swap walked) against the same net
+    built by calling its constructor, side by side; and the pre-flight check's one-off cost."""
+    import functools
+
+    import torch.nn.functional as F
+
+    from bnsweep import preflight
+    from bnsweep.nn import LeNet
+    from bnsweep.nn.init import glorot_uniform
+    from bnsweep.train import build, build_net
+
+    cfg = compose_train([*STEP_RUN, "run_dir=/tmp/bnsweep-bench-generic"])
+    generic = build_net(cfg)
+    torch.manual_seed(0)
+    direct = LeNet(bn=["conv1", "conv2", "fc1", "fc2"], norm=functools.partial(make_batchnorm))
+    glorot_uniform(direct, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 1, 28, 28, generator=g), torch.randint(10, (64,), generator=g)
+
+    def stepper(net: nn.Module) -> Callable[[], None]:
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+
+        def step() -> None:
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+
+        return step
+
+    t_gen, t_dir = side_by_side(stepper(generic), stepper(direct), repeats=5 * rounds, inner=20)
+    module, dm = build(cfg)
+    start = time.perf_counter()
+    preflight.check(module, dm, torch.device("cpu"))
+    once = time.perf_counter() - start
+    return [
+        f"| training step, lenet_fc_bn2, batch 64 | built by _target_ (bnsweep.networks) vs by "
+        f"its constructor | {t_gen * 1e3:.2f} ms | {t_dir * 1e3:.2f} ms | {t_gen / t_dir:.3f}× | ≤ 1.02× |",
+        f"| the pre-flight check, once per run | one step + one eval batch on copies, data set "
+        f"up | {once:.2f} s | | | |",
+    ]
+
+
 def data_rows(rounds: int) -> list[str]:
     import gzip
 
@@ -533,7 +577,7 @@ def _vectorized_sweep_row(seeds: int, rounds: int, device: str, points: tuple[st
     )
 
 
-SECTIONS = ("bn", "step", "data", "startup", "memory", "sweep", "vectorize")
+SECTIONS = ("bn", "step", "generic", "data", "startup", "memory", "sweep", "vectorize")
 
 
 def bn_rows(repeats: int) -> list[str]:
@@ -579,6 +623,7 @@ def main(argv: list[str] | None = None) -> None:
     sections: dict[str, Callable[[], list[str]]] = {
         "bn": lambda: bn_rows(args.repeats),
         "step": lambda: step_rows(args.rounds),
+        "generic": lambda: generic_rows(args.rounds),
         "data": lambda: data_rows(args.rounds),
         "startup": lambda: startup_rows(args.rounds),
         "memory": memory_rows,
