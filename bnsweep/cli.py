@@ -304,6 +304,11 @@ def option_files(group_dir: Path, option: str) -> list[Path]:
     return out
 
 
+def _global(path: Path) -> bool:
+    """Whether an option's file is in the global package (its keys name their group)."""
+    return any(line.startswith("# @package _global_") for line in path.read_text().splitlines()[:3])
+
+
 def help_text(app: str, argv: Sequence[str] = (), conf: Path = CONF) -> str:
     """``python train.py --help`` / ``python sweep.py --help``: the keys of the default options,
     or of those chosen on the command line (``bn=window --help``)."""
@@ -313,9 +318,15 @@ def help_text(app: str, argv: Sequence[str] = (), conf: Path = CONF) -> str:
         if isinstance(entry, dict) or OmegaConf.is_dict(entry):
             defaults.update(dict(entry))
     defaults["study"] = "custom"
+    folders = [*config_dirs(argv), conf]  # a config folder of the user's first, as Hydra reads it
+
+    def found(group: str, option: str) -> Path | None:
+        return next((d / group / f"{option}.yaml" for d in folders
+                     if (d / group / f"{option}.yaml").is_file()), None)  # fmt: skip
+
     for a in argv:
         group, _, option = a.partition("=")
-        if group in groups and (conf / group / f"{option}.yaml").is_file():
+        if group in groups and found(group, option) is not None:
             defaults[group] = option
     usage = {
         "train": "python train.py [group=option ...] [key=value ...]   one training run",
@@ -325,15 +336,19 @@ def help_text(app: str, argv: Sequence[str] = (), conf: Path = CONF) -> str:
     lines = [usage, "", "Config groups (group=option; * the one whose keys are listed below):"]
     for group in groups:
         lines.append(f"  {group}")
-        for path in sorted((conf / group).glob("*.yaml")):
-            star = "*" if defaults.get(group) == path.stem else " "
-            lines.append(f"    {star}{path.stem:<20} {option_description(path)}")
+        names = sorted({p.stem for d in folders for p in (d / group).glob("*.yaml")})
+        for name in names:
+            path = found(group, name)
+            star = "*" if defaults.get(group) == name else " "
+            yours = f" ({path.parent.parent})" if path.parent.parent != conf else ""
+            lines.append(f"    {star}{name:<20} {option_description(path)}{yours}")
     lines += ["", "Keys (key=value), with their defaults:"]
     files = [(conf / "train.yaml", "")]
     if app == "sweep":
         files.append((conf / "sweep.yaml", ""))
     for g in ("model", "bn", "init", "optimizer", "data", "trainer"):
-        files += [(path, f"{g}.") for path in option_files(conf / g, defaults[g])]
+        chosen = found(g, defaults[g])
+        files += [(path, "" if _global(path) else f"{g}.") for path in option_files(chosen.parent, defaults[g])]
     seen = set()
     for path, prefix in files:
         for key, default, text in key_descriptions(path, prefix):

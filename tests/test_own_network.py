@@ -232,6 +232,16 @@ def test_refusals_of_a_network_name_the_key(cli, tmp_path, args, message):
     assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").iterdir())
 
 
+def test_help_lists_the_users_options_and_keys(cli, tmp_path):
+    conf = user_study(tmp_path)
+    proc = cli("train.py", "--config-dir", str(conf), "model=normnet", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert f"    *normnet               ({conf})" in proc.stdout.splitlines()
+    assert "  model.in_channels=${data.channels}" in proc.stdout.splitlines()
+    vision = cli("train.py", "model=torchvision", "--help").stdout
+    assert "  model.name=resnet18              the builder's name in torchvision.models" in vision
+
+
 def test_vectorize_refuses_a_network_of_ones_own(cli, tmp_path):
     conf = user_study(tmp_path)
     proc = cli("sweep.py", "--config-dir", str(conf), "model=normnet", "sweep.vectorize=true",

@@ -313,17 +313,20 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on(tmp_path, mnist_di
     import bnsweep.train
     import bnsweep.vectorize
 
-    plain = bnsweep.train.build_net
+    counted = bnsweep.train.build_counted
 
-    def poisoned(cfg):
-        net = plain(cfg)
+    def plain(cfg):
+        return counted(cfg)[0]
+
+    def poisoned(cfg):  # every network a run or a job builds goes through build_counted
+        net, swapped = counted(cfg)
         if cfg.seed == 1:
             with torch.no_grad():
                 net.fc3.bias[0] = math.nan
-        return net
+        return net, swapped
 
-    monkeypatch.setattr(bnsweep.train, "build_net", poisoned)
-    monkeypatch.setattr(bnsweep.vectorize, "build_net", poisoned)
+    monkeypatch.setattr(bnsweep.train, "build_counted", poisoned)
+    _ = bnsweep.vectorize  # its build_net calls bnsweep.train.build_counted
     overrides = ["model=lenet_fc_bn2", *SHORT]
     members = bnsweep.vectorize.run_members(
         _cfg(tmp_path, mnist_dir, "job", "seeds=[0,1,2]", *overrides)
