@@ -278,6 +278,11 @@ class LitClassifier(pl.LightningModule):
         if self.trainer.sanity_checking:
             self._tracked = []  # Lightning's sanity check is no validation of the run
             return
+        if self.diverged_step is None and not (torch.isfinite(loss) and stats_finite(self.net)):
+            # a NaN or infinite evaluation (or running statistic) is divergence too: a result,
+            # recorded at this step, and the run stops here as for a non-finite training loss
+            self.diverged_step = self.global_step
+            self.trainer.should_stop = True
         self.val_acc_best(acc)
         self.log("val/acc", acc, prog_bar=True)
         self.log("val/loss", loss)
@@ -349,6 +354,16 @@ class LitClassifier(pl.LightningModule):
         if self.precise is not None:
             self.log(f"test/acc_{self.other}", self.test_acc_other.compute())
             self.test_acc_other.reset()
+
+
+def stats_finite(net: nn.Module, members: int = 1) -> bool | list[bool]:
+    """Whether every running statistic of the network's BN layers is finite; with ``members``
+    > 1 (a stacked network, member-blocked channels), per member."""
+    ok = torch.ones(members, dtype=torch.bool)
+    for m in batch_norms(net).values():
+        for t in (m.running_mean, m.running_var):
+            ok &= torch.isfinite(t.detach().view(members, -1)).all(1).cpu()
+    return bool(ok[0]) if members == 1 else ok.tolist()
 
 
 def _stat_buffers(net: nn.Module) -> list[Tensor]:

@@ -51,6 +51,8 @@ def member_checkpoint(ckpt: dict, net: StackedNet, m: int) -> dict:
         "diverged_step": saved["diverged_step"][m],
         "fit_done": saved.get("fit_done", False),
     }
+    if m in saved.get("stopped_at_eval", []):  # diverged in an evaluation: stopped after its step
+        own["stopped_at_eval"] = True
     rest = {k: v for k, v in ckpt.items() if k not in _OWN}
     return {**rest, "state_dict": state, "optimizer_states": optimizers, "callbacks": {},
             "bnsweep": own}  # fmt: skip
@@ -86,6 +88,7 @@ def stack_checkpoints(ckpts: list[dict], net: StackedNet) -> dict:
         "epoch_n": own[0]["epoch_n"],
         "diverged_step": diverged,
         "frozen": frozen,
+        "stopped_at_eval": [m for m, o in enumerate(own) if o.get("stopped_at_eval")],
         "fit_done": all(o.get("fit_done", False) for o in own),
     }
     rest = {k: v for k, v in ckpts[0].items() if k not in _OWN}

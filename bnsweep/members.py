@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -19,6 +20,7 @@ from bnsweep.lit import (
     new_history,
     payload,
     percentile_spec,
+    stats_finite,
     unit_percentiles,
 )
 from bnsweep.nn import capture_preactivations, norm_layers
@@ -57,6 +59,9 @@ class LitMembers(pl.LightningModule):
         self.history = [new_history(self.track) for _ in range(s)]
         self.diverged_step: list[int | None] = [None] * s
         self.frozen: dict[int, dict[str, Tensor]] = {}  # member -> its weights and statistics
+        # members whose divergence was an evaluation's (NaN or infinite validation loss or
+        # running statistic): stopped after their step, as an independent run stops there
+        self.stopped_at_eval: list[int] = []
         self.fit_done = False  # training has ended: a checkpoint saved now is the final state
         self.restored_step: int | None = None  # the step of a final state restored (no fit)
         self.resumed_from_step: int | None = None
@@ -217,6 +222,7 @@ class LitMembers(pl.LightningModule):
         quantiles = None
         if self.track is not None and tracked:
             quantiles = unit_percentiles(torch.cat(tracked, 1), self.track["q"])  # (S, len(q))
+        finite_stats = stats_finite(self.net.net, self.members)
         for m, (acc, loss) in enumerate(means):
             diverged = self.diverged_step[m]
             if diverged is not None and not self.final_validation:
@@ -236,6 +242,14 @@ class LitMembers(pl.LightningModule):
                     logged[key] = v
             self._log(m, logged, step)
             self.validated_now.append(m)
+            if diverged is None and not (math.isfinite(loss) and finite_stats[m]):
+                # an evaluation NaN or infinite: diverged here, as its independent run stops
+                self.diverged_step[m] = self.global_step
+                self.stopped_at_eval.append(m)
+                self.frozen[m] = {k: v.detach().clone() for k, v in self._member_views(m).items()}
+                self._record_epoch([m])
+        if not self.active():
+            self.trainer.should_stop = True
 
     def _bn_dashboards(self, pre: dict[str, Tensor]) -> None:
         """Per member, what BNStatsLogger writes for an independent run: running statistics
@@ -265,7 +279,7 @@ class LitMembers(pl.LightningModule):
         """The step member m is at: the global step, or where it stopped when it diverged."""
         d = self.diverged_step[m]
         step = self.global_step if self.restored_step is None else self.restored_step
-        return step if d is None else d + 1
+        return step if d is None else d if m in self.stopped_at_eval else d + 1
 
     def _log(self, m: int, metrics: dict[str, float], step: int | None = None) -> None:
         step = self.global_step if step is None else step
@@ -274,7 +288,7 @@ class LitMembers(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["bnsweep"] = payload(self, [g.get_state() for g in self.net.generators],
-                                        frozen=self.frozen)  # fmt: skip
+                                        frozen=self.frozen, stopped_at_eval=self.stopped_at_eval)  # fmt: skip
 
     def restore(self, checkpoint: dict) -> None:
         """The weights and bookkeeping of a job checkpoint, without a Trainer (training had
@@ -291,4 +305,5 @@ class LitMembers(pl.LightningModule):
         self.epoch_sums.load(saved)
         self.diverged_step = saved["diverged_step"]
         self.frozen = saved["frozen"]
+        self.stopped_at_eval = list(saved.get("stopped_at_eval", []))
         self.fit_done = saved.get("fit_done", False)

@@ -11,6 +11,7 @@ it (written before) has the same layout and reads as version 0.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ def finished_record(
     ``other`` holds the test accuracy with the other statistics (``test/acc_precise`` or
     ``test/acc_running``), and the last validation's is recorded beside it."""
     h = history
+    if diverged_step is None and test[1] is not None and not math.isfinite(test[1]):
+        diverged_step = steps  # a NaN or infinite test loss: diverged, at the end of training
     extra: dict[str, float | None] = {}
     for key, value in (other or {}).items():  # test/acc_precise: and val/acc_precise before it
         val_key = "val/" + key.split("/", 1)[1]

@@ -450,9 +450,13 @@ def end_of_sweep(sweep_dir: Path, jobs: list[dict[str, Any]]) -> None:
             print(f"error: the report could not be written in {sweep_dir}: {e.strerror or e}",
                   file=sys.stderr)  # fmt: skip
         except ReportError as e:  # what the runs allow to compare: known only now
-            bad_report = f"error: {e}; the runs are intact: python -m bnsweep.report {sweep_dir} --baseline KEY=VALUE writes the report"
+            bad_report = (f"error: {e}; the runs are intact: python -m bnsweep.report {sweep_dir} "
+                          "--baseline KEY=VALUE writes the report", 2)  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - a report that cannot be written is said, not lost
+            bad_report = (f"error: the report of {sweep_dir} could not be written ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())}); the runs are intact", 1)  # fmt: skip
     print(f"sweep folder  {sweep_dir}")
-    diverged = [r.path.name for r in runs if r.status == "finished" and r.metrics.get("diverged")]
+    diverged = [r.path.name for r in runs if r.diverged]
     if diverged:
         print(f"diverged: {len(diverged)} run(s), counted but left out of the means: "
               + " ".join(diverged))  # fmt: skip
@@ -464,8 +468,8 @@ def end_of_sweep(sweep_dir: Path, jobs: list[dict[str, Any]]) -> None:
     if failed:
         print(f"error: {len(failed)} run(s) failed: {' '.join(failed)}", file=sys.stderr)
     if bad_report:
-        print(bad_report, file=sys.stderr)
-        raise SystemExit(2)
+        print(bad_report[0], file=sys.stderr)
+        raise SystemExit(bad_report[1])
     if refused or failed:
         raise SystemExit(1)
 

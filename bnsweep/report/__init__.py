@@ -65,6 +65,7 @@ def report(
             else ""
         )
         + ".\n"
+        + diverged_note(groups)
     )
     differences = compare.markdown(compared, settings.get("power"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +83,17 @@ def report(
     if not quiet:
         print(table + note + differences)
     return rows
+
+
+def diverged_note(groups: dict) -> str:
+    """The points with diverged runs (a loss or a statistic NaN or infinite), by name and seed."""
+    hit = []
+    for point, members in groups.items():
+        seeds = sorted(str(r.metrics.get("seed")) for r in members if r.diverged)
+        if seeds:
+            name = ",".join(f"{k}={v}" for k, v in point) or "the sweep's one point"
+            hit.append(f"{name} (seed{'s' * (len(seeds) > 1)} {', '.join(seeds)})")
+    return f"Diverged (a loss or a statistic NaN or infinite): {'; '.join(hit)}.\n" if hit else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from bnsweep.keys import defines_a_point
+
+# the numbers a run records whose non-finite value means it diverged
+RECORDED = ("train/loss", "val/loss", "test/loss", "train/acc", "val/acc", "test/acc")
 
 
 @dataclass
@@ -28,8 +32,20 @@ class Run:
         return self.metrics.get("status", "finished")
 
     @property
+    def diverged(self) -> bool:
+        """A finished run that diverged: so recorded, or (a record made before non-finite
+        evaluations counted) a loss or accuracy it recorded is NaN or infinite."""
+        if self.status != "finished":
+            return False
+        if self.metrics.get("diverged", False):
+            return True
+        m, h = self.metrics, self.metrics.get("history", {})
+        values = [m.get(k) for k in RECORDED] + [v for k in RECORDED for v in h.get(k, [])]
+        return any(isinstance(v, float) and not math.isfinite(v) for v in values)
+
+    @property
     def ok(self) -> bool:
-        return self.status == "finished" and not self.metrics.get("diverged", False)
+        return self.status == "finished" and not self.diverged
 
     def shown(self, key: str) -> str:
         """A key's value as a label shows it: as typed, else the option's name or the value."""

@@ -20,7 +20,9 @@ THRESHOLDS = (0.97, 0.98)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n − 1); std 0 for a single value, NaN for none."""
+    """Mean and sample standard deviation (n − 1); std 0 for a single value, NaN for none.
+    Non-finite values never reach the statistics (diverged runs are left out before)."""
+    values = [v for v in values if math.isfinite(v)]
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -93,12 +95,12 @@ def summarize(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
         row: dict[str, Any] = dict(point)
         row["seeds"] = " ".join(str(r.metrics.get("seed")) for r in sorted(good, key=_seed))
         row["n_finished"] = len(good)
-        row["n_diverged"] = sum(r.metrics.get("diverged", False) for r in members)
+        row["n_diverged"] = sum(r.diverged for r in members)
         row["n_failed"] = sum(r.status == "failed" for r in members)
         values = [run_values(r) for r in good]
         extra = [k for k in dict.fromkeys(k for v in values for k in v) if k.endswith("_drift")]
         for col, key in [*COLUMNS, *((k, k) for k in extra)]:
-            present = [v[key] for v in values if v.get(key) is not None]
+            present = [v[key] for v in values if v.get(key) is not None and math.isfinite(v[key])]
             row[f"{col}_mean"], row[f"{col}_std"] = mean_std(present)
             row[f"{col}_ci_low"], row[f"{col}_ci_high"] = mean_ci(present)
             row[f"{col}_n"] = len(present)  # steps_to: the seeds that reached it
