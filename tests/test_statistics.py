@@ -174,3 +174,53 @@ def test_every_pair_is_compared_in_small_sweeps_and_refused_in_large_ones(tmp_pa
 
     with pytest.raises(ConfigError, match=r"^report.power must be null or a number in \(0, 1\), got 1.5$"):
         validate(compose_cfg("sweep", ["report.power=1.5", "run_dir=/tmp/x"]))
+
+
+def _comparison_rows(n: int) -> list[dict]:
+    """n comparisons against one baseline of three swept keys, as comparisons() makes them."""
+    base = "model=lenet_fc_bn2,model.activation=sigmoid,init.std=0.01"
+    rows = []
+    for i in range(n):
+        point = f"model=lenet_fc_bn2,model.activation=sigmoid,init.std={0.02 + 0.01 * i:g}"
+        for metric in ("val_acc", "test_acc"):
+            rows.append({"point": point, "baseline": base, "metric": metric, "diff": 0.001 * i,
+                         "ci_low": 0.001 * i - 0.01, "ci_high": 0.001 * i + 0.01, "p": 0.5,
+                         "p_holm": 1.0, "effect": 0.1, "significant": i % 7 == 0,
+                         "differs": f"init.std={0.02 + 0.01 * i:g}", "baseline_differs": "init.std=0.01"})  # fmt: skip
+    return rows
+
+
+def test_compare_png_names_the_baseline_once_and_reads_at_any_size(tmp_path):
+    """Rows name only what differs from the baseline, named once above; at most 30 rows a page
+    (compare.png, compare_2.png), each page's height bounded, and a report with fewer pages
+    removes the earlier report's extra pages."""
+    from PIL import Image
+
+    from bnsweep.report.compare import ROWS_PER_PAGE, forest_labels, forest_plot
+
+    rows = _comparison_rows(49)
+    pairs, labels, baseline = forest_labels(rows)
+    assert baseline == "model=lenet_fc_bn2, model.activation=sigmoid, init.std=0.01"
+    assert [labels[p] for p in pairs[:3]] == ["init.std=0.02", "init.std=0.03", "init.std=0.04"]
+    forest_plot(tmp_path / "compare.png", rows)
+    pages = sorted(p.name for p in tmp_path.glob("compare*.png"))
+    assert pages == ["compare.png", "compare_2.png"] and ROWS_PER_PAGE == 30
+    for page in pages:
+        width, height = Image.open(tmp_path / page).size
+        assert height <= 1400 and width <= 1000, (page, width, height)  # 100 % in a browser
+    forest_plot(tmp_path / "compare.png", _comparison_rows(3))
+    assert sorted(p.name for p in tmp_path.glob("compare*.png")) == ["compare.png"]
+
+
+def test_compare_png_of_every_pair_labels_both_sides():
+    from bnsweep.report.compare import forest_labels
+
+    rows = [{"point": "a=2,b=1", "baseline": "a=1,b=1", "metric": "val_acc", "differs": "a=2",
+             "baseline_differs": "a=1"},
+            {"point": "a=3,b=2", "baseline": "a=1,b=1", "metric": "val_acc", "differs": "a=3,b=2",
+             "baseline_differs": "a=1,b=1"},
+            {"point": "a=3,b=2", "baseline": "a=2,b=1", "metric": "val_acc", "differs": "a=3,b=2",
+             "baseline_differs": "a=2,b=1"}]  # fmt: skip
+    pairs, labels, baseline = forest_labels(rows)
+    assert baseline is None
+    assert [labels[p] for p in pairs] == ["a=2  −  a=1", "a=3, b=2  −  a=1, b=1", "a=3, b=2  −  a=2, b=1"]

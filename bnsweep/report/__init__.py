@@ -115,7 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compare", choices=["baseline", "all"], help="all: every pair of points")
     p.add_argument("--power", type=float, help="e.g. 0.8: the seeds a paired test needs for "
                    "that power at the observed effect")  # fmt: skip
+    p.add_argument("--replot", type=Path, metavar="COMPARISONS_CSV",
+                   help="draw compare.png again from a comparisons.csv, into --out")  # fmt: skip
     args = p.parse_args(argv)
+    if args.replot:
+        if args.out is None:
+            p.error("--replot needs --out <folder> for compare.png")
+        compare.forest_plot(args.out / "compare.png", compare.read_csv(args.replot))
+        return 0
     given = {"val_acc_ylim": list(args.ylim) if args.ylim else None, "baseline": args.baseline,
              "compare": args.compare, "power": args.power, "final_y": args.final_y}  # fmt: skip
     settings = {k: v for k, v in given.items() if v is not None} or None

@@ -115,7 +115,11 @@ def comparisons(ordered: Sequence[tuple[tuple, Sequence[Run]]], settings: Mappin
         for c, adjusted in zip(made, holm([c.p for c in made])):
             c.p_adj = adjusted
         for (point, base), c in zip(pairs, made):
+            differs = [i for i, (kv, bv) in enumerate(zip(point, base)) if kv != bv]
             row = {"point": point_label(point), "baseline": point_label(base), "metric": col,
+                   # the keys in which the two differ, each side's values: the plot's labels
+                   "differs": point_label(tuple(point[i] for i in differs)),
+                   "baseline_differs": point_label(tuple(base[i] for i in differs)),
                    "test": c.test, "n": c.n[0], "n_baseline": c.n[1], "diff": c.diff,
                    "ci_low": c.ci[0], "ci_high": c.ci[1], "p": c.p, "p_holm": c.p_adj,
                    "effect": c.effect, "significant": c.significant}  # fmt: skip
@@ -171,9 +175,15 @@ def markdown(rows: Sequence[Mapping[str, Any]], power: Any = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+ROWS_PER_PAGE = 30  # of compare.png; more comparisons go on compare_2.png, compare_3.png, …
+
+
 def forest_plot(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path | None:
     """compare.png: each comparison's difference with its 95 % CI, for test and validation
-    accuracy, a line at 0; significant ones filled."""
+    accuracy side by side (one label column), a line at 0; significant ones filled. Against one
+    baseline, the baseline is named once, above, and a row names only the values in which its
+    point differs from it; every pair (report.compare=all): "A − B" in the keys they differ in.
+    At most ROWS_PER_PAGE rows a page; nothing is clipped (the figure fits its labels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,23 +192,99 @@ def forest_plot(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path | None:
     panels = [m for m in ("test_acc", "val_acc") if any(r["metric"] == m and not math.isnan(r["diff"]) for r in rows)]
     if not panels:
         return None
-    n = max(sum(r["metric"] == m for r in rows) for m in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 1.2 + 0.45 * n), squeeze=False)
+    by = {(r["point"], r["baseline"], r["metric"]): r for r in rows}
+    pairs, labels, baseline = forest_labels(rows, panels)
+    pages = [pairs[i:i + ROWS_PER_PAGE] for i in range(0, len(pairs), ROWS_PER_PAGE)]
+    for page, shown in enumerate(pages):
+        out = path if page == 0 else path.with_name(f"{path.stem}_{page + 1}{path.suffix}")
+        _forest_page(plt, out, shown, by, panels, labels, baseline,
+                     f" (page {page + 1} of {len(pages)})" if len(pages) > 1 else "")  # fmt: skip
+    for stale in path.parent.glob(f"{path.stem}_*{path.suffix}"):  # pages of an earlier report
+        suffix = stale.stem.removeprefix(f"{path.stem}_")
+        if suffix.isdigit() and int(suffix) > len(pages):
+            stale.unlink()
+    return path
+
+
+def forest_labels(rows: Sequence[Mapping[str, Any]], panels: Sequence[str] = ("test_acc", "val_acc")
+                  ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], str], str | None]:  # fmt: skip
+    """The (point, baseline) pairs compare.png draws, each one's row label, and the baseline
+    named once above (None when the pairs have several: report.compare=all). Against one
+    baseline a row names the values in which its point differs from it; else "A − B"."""
+    pairs = list(dict.fromkeys((r["point"], r["baseline"]) for r in rows if r["metric"] in panels))
+    first = {}
+    for r in rows:
+        first.setdefault((r["point"], r["baseline"]), r)
+    bases = list(dict.fromkeys(b for _, b in pairs))
+    one = len(bases) == 1
+
+    def shown(text: str) -> str:
+        return ", ".join(_split_label(text))
+
+    labels = {pair: shown(first[pair]["differs"]) if one else
+              f"{shown(first[pair]['differs'])}  −  {shown(first[pair]['baseline_differs'])}"
+              for pair in pairs}  # fmt: skip
+    return pairs, labels, shown(bases[0]) if one else None
+
+
+def _forest_page(plt, out: Path, pairs: list, by: Mapping, panels: list[str], labels: Mapping,
+                 baseline: str | None, page: str) -> None:  # noqa: ANN001 (pyplot)  # fmt: skip
+    import textwrap
+
+    n = len(pairs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 1.4 + 0.32 * n),
+                             sharey=True, squeeze=False)  # fmt: skip
     for ax, metric in zip(axes[0], panels):
-        mine = [r for r in rows if r["metric"] == metric]
-        for i, r in enumerate(mine):
-            y = len(mine) - 1 - i
-            lo, hi = r["ci_low"], r["ci_high"]
-            if not math.isnan(lo):
-                ax.plot([lo, hi], [y, y], color="C0", linewidth=2)
+        for i, (point, base) in enumerate(pairs):
+            r = by.get((point, base, metric))
+            if r is None or math.isnan(r["diff"]):
+                continue
+            y = n - 1 - i
+            if not math.isnan(r["ci_low"]):
+                ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="C0", linewidth=2)
             ax.plot([r["diff"]], [y], "o", color="C0", markerfacecolor="C0" if r["significant"] else "white")
         ax.axvline(0, color="grey", linewidth=1, linestyle="--")
-        ax.set_yticks(range(len(mine)))
-        ax.set_yticklabels([f"{r['point']}\nvs {r['baseline']}" for r in reversed(mine)], fontsize=7)
-        ax.set_xlabel(f"{metric.replace('_', ' ')}: difference [95 % CI]")
-        ax.set_title("filled: significant (Holm p < 0.05)", fontsize=8)
+        ax.set_ylim(-0.6, n - 0.4)
+        ax.set_xlabel(f"{metric.replace('_', ' ')}:\ndifference [95 % CI]", fontsize=9)
+        ax.tick_params(labelsize=8)
+    axes[0][0].set_yticks(range(n))
+    axes[0][0].set_yticklabels([labels[pair] for pair in reversed(pairs)], fontsize=8)
+    head = (f"point − baseline, the baseline: {baseline}" if baseline else "A − B (every pair)")
+    fig.suptitle("\n".join(textwrap.wrap(head + page, 90)) + "\nfilled: significant (Holm p < 0.05)",
+                 fontsize=9)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # the labels' width, whatever it is
     plt.close(fig)
-    return path
+
+
+def _split_label(label: str) -> list[str]:
+    """``a=1,b=[x,y]`` -> ["a=1", "b=[x,y]"]: the key=value items of a point's label."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(label):
+        depth += ch in "[{(" and 1 or -(ch in "]})" and 1 or 0)
+        if ch == "," and depth == 0:
+            items.append(label[start:i])
+            start = i + 1
+    return [*items, label[start:]]
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """comparisons.csv as rows forest_plot takes (one written before its ``differs`` columns:
+    derived from the labels)."""
+    import csv
+
+    rows = []
+    with Path(path).open() as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = dict(raw)
+            for key in ("diff", "ci_low", "ci_high", "p", "p_holm", "effect"):
+                row[key] = float(raw[key]) if raw[key] not in ("", None) else math.nan
+            row["significant"] = raw["significant"] == "True"
+            if not raw.get("differs"):
+                a, b = _split_label(raw["point"]), _split_label(raw["baseline"])
+                keep = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+                row["differs"] = ",".join(a[i] for i in keep)
+                row["baseline_differs"] = ",".join(b[i] for i in keep)
+            rows.append(row)
+    return rows
 
