@@ -4,6 +4,7 @@ text on stdout, so that a terminal and a log read alike; light (no torch)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def job_start(num: int, total: int | None, name: str, eta_s: float | None) -> st
     """``job 3/15 · 2_model=lenet_bn2,seed=0 · ETA 21 min``"""
     of = f"/{total}" if total else ""
     eta = f"ETA {duration(eta_s)}" if eta_s is not None else "ETA after the first job"
-    return f"job {num + 1}{of} · {name} · {eta}"
+    return f"job {num + 1}{of} · {readable(name)} · {eta}"
 
 
 def job_end(num: int, total: int | None, status: str, seconds: float,
@@ -105,3 +106,24 @@ def eta(jobs: Sequence[Mapping[str, Any]], total: int | None, parallel: int) -> 
     if not ran or not total:
         return None
     return sum(ran) / len(ran) * max(total - len(jobs), 0) / max(parallel, 1)
+
+
+# a number with a fraction or an exponent, standing alone in a label (not part of a name)
+_FLOAT = re.compile(r"(?<![\w.])[-+]?(?:(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(?![\w.])")
+SHOWN_DIGITS = 12
+
+
+def readable(text: str) -> str:
+    """A label with each number as the user typed it: a float that Hydra's ``range`` or float
+    arithmetic wrote with its binary noise (``0.060000000000000005``, ``0.35000000000000003``)
+    at SHOWN_DIGITS significant digits (``0.06``, ``0.35``); every other number, and the rest
+    of the text, as it is."""
+
+    def short(m: re.Match) -> str:
+        s = m.group(0)
+        mantissa = re.split("[eE]", s)[0]
+        if len(re.sub(r"\D", "", mantissa).lstrip("0")) <= SHOWN_DIGITS:
+            return s
+        return f"{float(s):.{SHOWN_DIGITS}g}"
+
+    return _FLOAT.sub(short, text)

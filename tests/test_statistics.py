@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 from helpers import SHORT, read_summary, refused_with, sweep_dir_of
@@ -224,3 +225,72 @@ def test_compare_png_of_every_pair_labels_both_sides():
     pairs, labels, baseline = forest_labels(rows)
     assert baseline is None
     assert [labels[p] for p in pairs] == ["a=2  −  a=1", "a=3, b=2  −  a=1, b=1", "a=3, b=2  −  a=2, b=1"]
+
+
+def _fake_runs(values: list[str], key: str = "init.std", seeds: int = 2) -> list:
+    """Finished runs of points that differ in one key, with short validation curves."""
+    from bnsweep.report.runs import Run
+
+    runs = []
+    for i, v in enumerate(values):
+        for s in range(seeds):
+            acc = [0.5 + 0.01 * i + 0.001 * s, 0.6 + 0.01 * i]
+            h = {"val_step": [10, 20], "val_epoch": [0.5, 1.0], "val/acc": acc, "val/loss": [1.0, 0.9],
+                 "train_epoch": [1.0], "train/acc": [0.6], "train/loss": [0.9]}  # fmt: skip
+            metrics = {"status": "finished", "diverged": False, "seed": s, "history": h,
+                       "val/acc": acc[-1], "val/acc_best": max(acc), "test/acc": 0.6,
+                       "train/loss": 0.9, "val/loss": 0.9, "wall_time_s": 1.0}  # fmt: skip
+            runs.append(Run(Path(f"/x/{i}_{key}={v},seed={s}"), metrics, {key: v}, {key: v}))
+    return runs
+
+
+def _figure_of(runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bnsweep.report.plots import curve_figure
+    from bnsweep.report.runs import group_by_point
+
+    return curve_figure(plt, group_by_point(runs), "val_step", "val/acc", "training step", "validation accuracy")
+
+
+def test_curves_of_fifty_numeric_points_take_a_colour_bar_not_a_legend():
+    """init.std=range(0.01,0.51,0.01): 50 points coloured by value (a colour bar), labels as
+    typed (0.06, not 0.060000000000000005), no legend over the data."""
+    values = [repr(0.01 + 0.01 * i) for i in range(50)]  # Hydra's range: 0.060000000000000005 …
+    assert "0.060000000000000005" in values
+    fig = _figure_of(_fake_runs(values))
+    ax, bar = fig.axes
+    assert ax.get_legend() is None and bar.get_ylabel() == "init.std"
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "init.std=0.06 (n=2)" in labels and not any("0000000" in t for t in labels)
+
+
+def test_many_categorical_points_put_the_legend_beside_the_axes():
+    """More than 10 points of a categorical key: the legend stands beside the axes (it covers
+    no data), the saved figure holds it whole; up to 10 it stays inside."""
+    names = [f"lenet_variant_{i}" for i in range(12)]
+    fig = _figure_of(_fake_runs(names, key="model", seeds=1))
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    data = ax.get_window_extent()
+    assert legend.x0 >= data.x1  # beside, not over the data area
+    few = _figure_of(_fake_runs(names[:3], key="model", seeds=1))
+    few.canvas.draw()
+    inside, area = few.axes[0].get_legend().get_window_extent(), few.axes[0].get_window_extent()
+    assert area.x0 <= inside.x0 and inside.x1 <= area.x1  # up to 10: inside the axes
+
+
+def test_labels_show_numbers_as_typed():
+    from bnsweep.terminal import readable
+
+    table = {
+        "0.060000000000000005": "0.06", "0.35000000000000003": "0.35", "0.41000000000000003": "0.41",
+        "init.std=0.47000000000000003,seed=0": "init.std=0.47,seed=0", "1e-4": "1e-4", "1e+30": "1e+30",
+        "0.1": "0.1", "3": "3", "4294967295": "4294967295", "model=lenet_bn1": "model=lenet_bn1",
+        "[conv1,fc1]": "[conv1,fc1]", "1.0000000000000002e-05": "1e-05", "-0.30000000000000004": "-0.3",
+    }  # fmt: skip
+    assert {t: readable(t) for t in table} == table

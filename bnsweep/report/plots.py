@@ -33,17 +33,74 @@ def finished_points(groups: dict) -> list[tuple[tuple, list[Run]]]:
 
 
 def band(ax, members: Sequence[Run], x_key: str, y_key: str | Callable[[dict], list[float]],
-         label: str) -> tuple[float, float]:  # fmt: skip
+         label: str, color: Any = None) -> tuple[float, float]:  # fmt: skip
     """The mean over seeds with markers and a ±std band (a single point: its ±std bar); returns
     the band's lowest and highest value."""
     x, mean, std = curves(members, x_key, y_key)
     lo, hi = [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)]
     if len(x) == 1:
-        ax.errorbar(x, mean, yerr=std, marker="o", capsize=4, label=label)
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=4, label=label, color=color)
     else:
-        line = ax.plot(x, mean, marker="o", markersize=3, label=label)[0]
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+        line = ax.plot(x, mean, marker="o", markersize=3, label=label, color=color)[0]
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2 if color is None else 0.08)
     return min(lo, default=0.0), max(hi, default=0.0)
+
+
+LEGEND_INSIDE = 10  # points a legend holds inside the axes; more go beside them
+
+
+def point_colors(plt, points: Sequence[tuple]) -> tuple[list, Any] | None:  # noqa: ANN001
+    """For points that differ in one numeric key: each point's colour on a continuous colour
+    map of its value (log when the values span two decades or more), and the ScalarMappable
+    of the colour bar; None otherwise (a legend names the points)."""
+    import matplotlib.colors as mcolors
+
+    if len(points) < 2 or any(len(p) != 1 for p in points):
+        return None
+    values = [sort_key(p[0][1]) for p in points]
+    if any(kind != 0 for kind, _ in values):
+        return None
+    numbers = [float(v) for _, v in values]
+    lo, hi = min(numbers), max(numbers)
+    log = lo > 0 and hi / lo >= 100
+    norm = (mcolors.LogNorm if log else mcolors.Normalize)(vmin=lo, vmax=hi if hi > lo else lo + 1)
+    cmap = plt.get_cmap("viridis")
+    mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    return [cmap(norm(v)) for v in numbers], mappable
+
+
+def legend_or_colorbar(fig, ax, points: Sequence[tuple], colors) -> None:  # noqa: ANN001
+    """A colour bar for a numeric key's points; a legend in the axes for up to LEGEND_INSIDE
+    points, beside them (in columns of 25) for more."""
+    if colors is not None:
+        bar = fig.colorbar(colors[1], ax=ax)
+        bar.set_label(points[0][0][0] + (" (log scale)" if "Log" in type(colors[1].norm).__name__ else ""))
+        return
+    n = len(points)
+    if n <= LEGEND_INSIDE:
+        ax.legend(fontsize=8, title="point (seeds)", title_fontsize=8)
+    else:
+        ax.legend(fontsize=7, title="point (seeds)", title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), borderaxespad=0, ncols=-(-n // 25))  # fmt: skip
+
+
+def curve_figure(plt, groups: dict, xk: str, yk: str, xl: str, yl: str, ylim=None):  # noqa: ANN001, ANN201
+    """One curve (mean ± std band) per point: coloured by the value of a numeric swept key with
+    a colour bar, else named in a legend (beside the axes past LEGEND_INSIDE points)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    shown = finished_points(groups)
+    colors = point_colors(plt, [p for p, _ in shown])
+    for i, (point, good) in enumerate(shown):
+        band(ax, good, xk, yk, f"{point_label(point)} (n={len(good)})",
+             colors[0][i] if colors else None)  # fmt: skip
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl + " (mean ± std over seeds)")
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    legend_or_colorbar(fig, ax, [p for p, _ in shown], colors)
+    fig.tight_layout()
+    return fig
 
 
 def by_steps(groups: dict) -> bool:
@@ -74,17 +131,8 @@ def plot(sweep_dir: Path, keys: list[str], groups: dict, rows: list[dict[str, An
                           "epoch (a fraction: where a run stopped mid-epoch)" if steps else "epoch",
                           "training accuracy (epoch mean)"),
     }.items():  # fmt: skip
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for point, good in finished_points(groups):
-            band(ax, good, xk, yk, f"{point_label(point)} (n={len(good)})")
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl + " (mean ± std over seeds)")
-        if ylim and name == "val_acc.png":
-            ax.set_ylim(*ylim)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title="point (seeds)", title_fontsize=8)
-        fig.tight_layout()
-        fig.savefig(sweep_dir / name, dpi=110)
+        fig = curve_figure(plt, groups, xk, yk, xl, yl, ylim if name == "val_acc.png" else None)
+        fig.savefig(sweep_dir / name, dpi=110, bbox_inches="tight")  # a legend beside: kept whole
         plt.close(fig)
         written.append(sweep_dir / name)
     tracked = any(percentile_keys(r.metrics["history"]) for m in groups.values() for r in m if r.ok)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bnsweep.keys import defines_a_point
+from bnsweep.terminal import readable
 
 # the numbers a run records whose non-finite value means it diverged
 RECORDED = ("train/loss", "val/loss", "test/loss", "train/acc", "val/acc", "test/acc")
@@ -47,12 +48,17 @@ class Run:
     def ok(self) -> bool:
         return self.status == "finished" and not self.diverged
 
-    def shown(self, key: str) -> str:
-        """A key's value as a label shows it: as typed, else the option's name or the value."""
+    def exact(self, key: str) -> str:
+        """A key's value as the command line wrote it, else the option's name or the value."""
         if key in self.typed:
             return self.typed[key]
         value = self.settings.get(key, "")
         return value if isinstance(value, str) else json.dumps(value)
+
+    def shown(self, key: str) -> str:
+        """A key's value as a label shows it: ``exact``'s, with a float's binary noise from
+        Hydra's range() left out (0.060000000000000005 reads 0.06: bnsweep.terminal.readable)."""
+        return readable(self.exact(key))
 
 
 def _parse_override(text: str) -> tuple[str, str] | None:

@@ -93,6 +93,9 @@ def summarize(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
     for point, members in group_by_point(runs).items():
         good = [r for r in members if r.ok]
         row: dict[str, Any] = dict(point)
+        for k in keys:  # the exact value beside a label that left a float's noise out
+            if k in members[0].settings and members[0].exact(k) != row[k]:
+                row[f"{k} (exact)"] = members[0].exact(k)
         row["seeds"] = " ".join(str(r.metrics.get("seed")) for r in sorted(good, key=_seed))
         row["n_finished"] = len(good)
         row["n_diverged"] = sum(r.diverged for r in members)
