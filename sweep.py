@@ -33,11 +33,17 @@ if __name__ == "__main__":
     os.environ["BNSWEEP_TYPED"] = json.dumps(sys.argv[1:])  # command.txt: what was typed
     sys.argv = [sys.argv[0], *sweep_argv(sys.argv[1:])]
     skip_mode_probe()
+    from bnsweep import interrupts
+
+    interrupts.install()  # Ctrl-C, SIGTERM: one line, where it stopped and how to go on
     try:
         main()
     except BaseException as e:
-        from bnsweep.sweep import SweepStopped, stopped
+        from bnsweep.sweep import SweepStopped, interrupted_line, stopped
 
+        if interrupts.received() is not None and isinstance(e, (KeyboardInterrupt, SystemExit)):
+            print(interrupted_line(), file=sys.stderr)
+            sys.exit(interrupts.exit_status())
         if not isinstance(e, SweepStopped):
             raise
         sys.exit(stopped(e))

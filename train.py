@@ -26,6 +26,13 @@ if __name__ == "__main__":
         from bnsweep.cli import help_text
 
         sys.exit(print(help_text("train", sys.argv[1:])))
+    import json
+    import os
+
+    from bnsweep.interrupts import install
+
+    install()  # Ctrl-C, SIGTERM: one line, where it stopped and how to go on (exit 130, 143)
+    os.environ["BNSWEEP_TYPED"] = json.dumps(sys.argv[1:])  # the resume command: as typed
     sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
     check_output_dir(sys.argv[1:])
     register_resolvers()

@@ -48,6 +48,24 @@ def stopped(e: SweepStopped) -> int:
     return 1
 
 
+# the job this process runs now (what an interruption's line names)
+CURRENT: dict[str, Any] = {}
+
+
+def interrupted_line() -> str:
+    """What sweep.py says when a signal stops it: the job, and the command that goes on."""
+    from bnsweep.interrupts import go_on
+    from bnsweep.terminal import readable
+
+    if not CURRENT:
+        return "interrupted before the first job; nothing ran"
+    of = f" of {CURRENT['total']}" if CURRENT.get("total") else ""
+    typed = json.loads(os.environ.get("BNSWEEP_TYPED", "[]"))
+    again = go_on("sweep.py", typed, [f"resume={CURRENT['sweep_dir']}"], drop=["hydra.sweep.dir"])
+    return (f"interrupted at job {CURRENT['job']}{of} ({readable(CURRENT['name'])}); the runs that "
+            f"finished are kept; go on with: {again}")  # fmt: skip
+
+
 def run_job(cfg: DictConfig) -> float:
     """One job of a sweep: a training run (with sweep.vectorize, all seeds of a point) whose
     failure is recorded, not raised. A refused job (its folder holds another run, or is in use)
@@ -82,6 +100,7 @@ def run_job(cfg: DictConfig) -> float:
     run_dir = Path(cfg.run_dir)
     num = HydraConfig.get().job.num if HydraConfig.initialized() else 0
     total, parallel, before = _invocation(run_dir.parent)
+    CURRENT.update(sweep_dir=run_dir.parent, job=num + 1, total=total, name=run_dir.name)
     print(terminal.job_start(num, total, run_dir.name, terminal.eta(before, total, parallel)),
           flush=True)  # fmt: skip
     threads = cfg.get("threads") or threads_per_job()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bnsweep import checkpoints
+from bnsweep import checkpoints, interrupts
 from bnsweep.checkpoints import AtomicCheckpointIO, RunCheckpoints
 from bnsweep.config import ConfigError, refusal, validate
 from bnsweep.data import DataError
@@ -261,10 +264,12 @@ def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None,
         steps, epochs = resumed[1]["global_step"], resumed[1]["epoch"]
     else:
         ckpt_path = resumed[0] if resumed is not None else None
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with interruptible(trainer, run_dir):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if not module.history["val_step"] or module.history["val_step"][-1] != trainer.global_step:
             # stopped between validations (max_steps mid-epoch): validate the final weights too
-            trainer.validate(module, datamodule=datamodule, verbose=False)
+            with interruptible(trainer, run_dir):
+                trainer.validate(module, datamodule=datamodule, verbose=False)
             if checkpoints.improved(module.history["val/acc"]):
                 trainer.save_checkpoint(run_dir / "ckpt" / "best.ckpt", weights_only=False)
         module.fit_done = True  # the final state: a resume from here on only tests
@@ -274,7 +279,8 @@ def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None,
     weights = cfg.get("test_weights", "last")
     if weights == "best":  # the best validation's weights, BN statistics included
         module.load_state_dict(checkpoints.load(run_dir / "ckpt" / "best.ckpt")["state_dict"])
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    with interruptible(trainer, run_dir, testing=True):
+        trainer.test(module, datamodule=datamodule, verbose=False)
     tested = {k: float(v) for k, v in trainer.callback_metrics.items()}
     picked = choices(cfg)
     record = finished_record(
@@ -300,6 +306,23 @@ def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None,
     log_final(trainer.loggers, record["hparams"])
     write_record(run_dir, record)
     return record
+
+
+@contextmanager
+def interruptible(trainer: pl.Trainer, run_dir: Path, testing: bool = False) -> Iterator[None]:
+    """A SIGINT or SIGTERM inside (Lightning answers it with exit status 1) becomes
+    Interrupted: the step reached, of how many, and the last checkpoint's step."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        if interrupts.received() is None or isinstance(sys.exc_info()[1], interrupts.Interrupted):
+            raise
+        saved = checkpoints.readable(run_dir / "ckpt")
+        total = None
+        with suppress(Exception):  # what the Trainer knows of its length, after a stop
+            total = trainer.max_steps if trainer.max_steps > 0 else int(trainer.max_epochs * trainer.num_training_batches)
+        raise interrupts.Interrupted(trainer.global_step, total, saved[1]["global_step"] if saved else None,
+                                     testing) from None  # fmt: skip
 
 
 def log_final(loggers: list, hp: dict[str, Any]) -> None:
@@ -354,6 +377,17 @@ def main(cfg: DictConfig, import_s: float | None = None) -> float | None:
         skipped = (run_dir / "metrics.json").stat().st_mtime < started
         print((finished_block if skipped else run_block)(run_dir, metrics))
         return metrics["val/acc_best"]
+    except KeyboardInterrupt as e:
+        claimed = (run_dir / "run_config.json").exists()
+        if not claimed:
+            remove_unstarted(run_dir)
+        typed = json.loads(os.environ.get("BNSWEEP_TYPED", "[]"))
+        again = interrupts.go_on("train.py", typed, [f"hydra.run.dir={run_dir}", "resume=true"])
+        where = e.where() if isinstance(e, interrupts.Interrupted) else (
+            "before training began" if claimed else "before the run began; nothing was written")
+        print(f"interrupted {where}; go on with: {again}" if claimed else f"interrupted {where}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(interrupts.exit_status())
     except USER_ERRORS as e:
         remove_unstarted(run_dir)
         print(f"error: {e}", file=sys.stderr)

@@ -66,6 +66,7 @@ def report(
         )
         + ".\n"
         + diverged_note(groups)
+        + unfinished_note(out_dir)
     )
     differences = compare.markdown(compared, settings.get("power"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,14 @@ def report(
     if not quiet:
         print(table + note + differences)
     return rows
+
+
+def unfinished_note(sweep_dir: Path) -> str:
+    """The run folders of a sweep that hold no result (interrupted, or running now): named,
+    not counted (a resume continues them)."""
+    names = sorted(p.parent.name for p in Path(sweep_dir).glob("*/run_config.json")
+                   if not (p.parent / "metrics.json").exists())  # fmt: skip
+    return f"Unfinished (interrupted, or running now; resume= continues them): {', '.join(names)}.\n" if names else ""
 
 
 def diverged_note(groups: dict) -> str:
