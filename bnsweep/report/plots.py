@@ -33,7 +33,7 @@ def finished_points(groups: dict) -> list[tuple[tuple, list[Run]]]:
 
 
 def band(ax, members: Sequence[Run], x_key: str, y_key: str | Callable[[dict], list[float]],
-         label: str, color: Any = None) -> tuple[float, float]:  # fmt: skip
+         label: str, color: Any = None, linestyle: str = "-") -> tuple[float, float]:  # fmt: skip
     """The mean over seeds with markers and a ±std band (a single point: its ±std bar); returns
     the band's lowest and highest value."""
     x, mean, std = curves(members, x_key, y_key)
@@ -41,7 +41,7 @@ def band(ax, members: Sequence[Run], x_key: str, y_key: str | Callable[[dict], l
     if len(x) == 1:
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=4, label=label, color=color)
     else:
-        line = ax.plot(x, mean, marker="o", markersize=3, label=label, color=color)[0]
+        line = ax.plot(x, mean, marker="o", markersize=3, label=label, color=color, linestyle=linestyle)[0]
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2 if color is None else 0.08)
     return min(lo, default=0.0), max(hi, default=0.0)
 
@@ -90,9 +90,11 @@ def curve_figure(plt, groups: dict, xk: str, yk: str, xl: str, yl: str, ylim=Non
     fig, ax = plt.subplots(figsize=(8, 5))
     shown = finished_points(groups)
     colors = point_colors(plt, [p for p, _ in shown])
+    many = colors is None and len(shown) > LEGEND_INSIDE  # 20 colours, then another dash
     for i, (point, good) in enumerate(shown):
-        band(ax, good, xk, yk, f"{point_label(point)} (n={len(good)})",
-             colors[0][i] if colors else None)  # fmt: skip
+        color = colors[0][i] if colors else plt.get_cmap("tab20")(i % 20) if many else None
+        band(ax, good, xk, yk, f"{point_label(point)} (n={len(good)})", color,
+             ("-", "--", ":", "-.")[i // 20 % 4] if many else "-")  # fmt: skip
     ax.set_xlabel(xl)
     ax.set_ylabel(yl + " (mean ± std over seeds)")
     if ylim:
