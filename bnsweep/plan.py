@@ -110,7 +110,7 @@ def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = [a for a in without_config_dirs(args) if not a.startswith("-")]
-    base = _compose([o for o in overrides if not is_sweep(o.split("=", 1)[-1])])
+    base = _compose([o for o in overrides if not is_sweep(o)])
     validate(base)
     params = OmegaConf.select(base, "hydra.sweeper.params", default=None) or {}
     if not str(base.hydra.sweeper._target_).endswith("BasicSweeper"):

@@ -288,7 +288,7 @@ def sweep_settings(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             key, value = text.split("=", 1)
             given[key.lstrip("+~")] = value
     given["study"] = str(hydra.runtime.choices.get("study", "custom"))
-    return {k: {"swept": is_sweep(v), "value": v} for k, v in sorted(given.items())
+    return {k: {"swept": is_sweep(f"{k}={v}"), "value": v} for k, v in sorted(given.items())
             if k == "study" or (k != SEED and computes(k))}  # fmt: skip
 
 

@@ -347,3 +347,26 @@ def test_ray_local_launcher_gives_the_basic_launchers_numbers(cli, tmp_path):
     assert ray.returncode == 0, ray.stderr[-3000:]
     (ray_dir,) = set((tmp_path / "outputs" / "sweep").iterdir()) - {basic_dir}
     assert numbers_of(ray_dir) == numbers_of(basic_dir)
+
+
+@pytest.mark.parametrize(
+    "override, sweeps",
+    [
+        ("a=1,2", True), ("a=range(1,3)", True), ("a=choice(1,2)", True), ("a=interval(0,1)", True),
+        ("a=glob(*)", True), ("init.std=range(0.01,0.51,0.01)", True), ("a=tag(x,choice(1,2))", True),
+        ("a=1", False), ("a=sort([3,1])", False), ("a=shuffle([1,2,3])", False), ("a=x\\,y", False),
+        ("a='x,y'", False), ('a="x,y"', False), ("a=[1,2]", False), ("model.bn=[conv1,fc1]", False),
+        ("a={b:1,c:2}", False), ("a=", False),
+    ],
+)
+def test_a_sweep_is_what_hydras_parser_calls_one(override, sweeps):
+    """One override parser, Hydra's: bnsweep's sweep test agrees with OverridesParser on every
+    form (the character scan it replaced called sort([…]), shuffle([…]) and x\\,y sweeps)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from bnsweep.cli import folder_name_excludes, is_sweep
+
+    assert is_sweep(override) is sweeps
+    assert OverridesParser.create().parse_override(override).is_sweep_override() is sweeps
+    key = override.split("=", 1)[0]
+    assert (key in folder_name_excludes([override])) is not sweeps  # a fixed key names no folder
