@@ -20,7 +20,13 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     import sys
 
-    from bnsweep.cli import check_output_dir, quote_paths, register_resolvers, skip_mode_probe
+    from bnsweep.cli import (
+        check_output_dir,
+        quote_paths,
+        register_resolvers,
+        skip_mode_probe,
+        trainer_overrides,
+    )
 
     if {"--help", "-h"} & set(sys.argv[1:]):  # described from conf/ (Hydra's: --hydra-help)
         from bnsweep.cli import help_text
@@ -33,7 +39,7 @@ if __name__ == "__main__":
 
     install()  # Ctrl-C, SIGTERM: one line, where it stopped and how to go on (exit 130, 143)
     os.environ["BNSWEEP_TYPED"] = json.dumps(sys.argv[1:])  # the resume command: as typed
-    sys.argv = [sys.argv[0], *quote_paths(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *trainer_overrides(quote_paths(sys.argv[1:]))]
     check_output_dir(sys.argv[1:])
     register_resolvers()
     skip_mode_probe()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -151,7 +152,7 @@ def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     fan-out: each point's job trains every seed of ``seeds``. ``seeds=0,1,2`` is read as the list it
     means, not as a sweep over a ``seeds`` key. Run folders are named by the swept keys only.
     """
-    args = quote_paths(argv)
+    args = trainer_overrides(quote_paths(argv), conf)
     if any(a in NO_RUN_FLAGS or a.startswith("--cfg") for a in args):
         return args
     args = resume_args(args)
@@ -362,3 +363,51 @@ def help_text(app: str, argv: Sequence[str] = (), conf: Path = CONF) -> str:
     if app == "sweep":
         lines.insert(-3, "--dry-run lists the jobs, their run folders and a rough time, without running.")
     return "\n".join(lines)
+
+
+def trainer_arguments() -> list[str]:
+    """The arguments of ``pytorch_lightning.Trainer``, read from its source file (importing
+    Lightning takes seconds); [] where that file does not read as expected."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytorch_lightning")
+    if spec is None or spec.origin is None:
+        return []
+    try:
+        tree = ast.parse((Path(spec.origin).parent / "trainer" / "trainer.py").read_text())
+    except (OSError, SyntaxError):
+        return []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            for f in node.body:
+                if isinstance(f, ast.FunctionDef) and f.name == "__init__":
+                    return [a.arg for a in [*f.args.args[1:], *f.args.kwonlyargs]]
+    return []
+
+
+def trainer_overrides(argv: Sequence[str], conf: Path = CONF) -> list[str]:
+    """``trainer.KEY=value`` for any Trainer argument, as for those conf/trainer/ lists: one it
+    does not list is added (Hydra's ``++``); a key that is no Trainer argument (nor bnsweep's
+    ``trainer.compile``) is refused in one line naming the closest ones."""
+    import difflib
+    import re
+
+    listed: set[str] = set()
+    for folder in [*config_dirs(argv), conf]:
+        for path in (folder / "trainer").glob("*.yaml"):
+            listed |= {str(k) for k in OmegaConf.load(path).keys()}
+    arguments = None
+    out = []
+    for a in argv:
+        found = re.match(r"trainer\.(\w+)=", a)
+        if found and found[1] not in listed:
+            arguments = trainer_arguments() if arguments is None else arguments
+            if arguments and found[1] not in arguments:
+                close = difflib.get_close_matches(found[1], [*arguments, *listed], n=3)
+                print(f"error: trainer.{found[1]} is not an argument of pytorch_lightning.Trainer; "
+                      f"the closest: {', '.join(close) or 'none'}", file=sys.stderr)  # fmt: skip
+                raise SystemExit(2)
+            a = "++" + a if arguments else a
+        out.append(a)
+    return out

@@ -53,6 +53,9 @@ NORMALIZATIONS = ("scale", "standardize", "per_pixel")
 ACTIVATIONS = ("sigmoid", "tanh", "relu")  # bnsweep.nn.layers.ACTIVATIONS
 POSITIONS = ("pre", "post")
 EVALUATE = ("running", "precise")
+# Lightning's precisions that BN trains in: mixed (activations in 16 bits, BN's statistics and the
+# weights in float32) or full; the 16-bit "true" ones would keep BN's running statistics in 16 bits
+PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed", 32, 64, "32", "64")
 # the networks sweep.vectorize stacks (bnsweep.nn.stacked): bnsweep's own, whose forward keeps
 # each member's channels apart; another network's forward may mix them (a concatenation, a
 # mean over channels), so it is refused rather than trained wrong
@@ -134,6 +137,7 @@ RULES: dict[str, Rule] = {
         "null, -1 (no limit) or an integer >= 1",
     ),
     "trainer.compile": (lambda v: isinstance(v, bool), "true or false"),
+    "trainer.precision": (lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}"),
     "trainer.max_steps": (lambda v: _int(v) and (v >= 1 or v == -1), "-1 (no limit) or an integer >= 1"),
     "trainer.val_check_interval": (
         lambda v: v is None or (_int(v) and v >= 1) or (_number(v) and 0 < v <= 1),
@@ -161,6 +165,17 @@ def validate(cfg: DictConfig) -> None:
             f"got {window}"
         )
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
+    if precision == "16-mixed" and (accelerator == "cpu" or not _cuda_available()):
+        raise ConfigError("trainer.precision=16-mixed needs a CUDA GPU (float16 autocast and its "
+                          "gradient scaler); on the CPU: trainer.precision=bf16-mixed")  # fmt: skip
+    devices = _value(cfg, "trainer.devices")
+    if devices is not _MISSING and _several(devices, accelerator):
+        raise ConfigError(
+            f"trainer.devices={_shown(devices)} would train one run on several devices, which "
+            "bnsweep does not do yet (each process would claim the run folder: it hung); use "
+            "trainer.devices=1, and a sweep to use every device"
+        )
     if accelerator in ("gpu", "cuda") and not _cuda_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} but no CUDA GPU is available here "
@@ -357,6 +372,20 @@ def refusal(e: BaseException) -> ConfigError | None:
     ):
         return ConfigError(" ".join(str(cause).split()))
     return None
+
+
+def _several(devices: Any, accelerator: str) -> bool:
+    """Whether ``trainer.devices`` asks for more than one device (auto and -1: all the GPUs
+    there are; the CPU counts as one device)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if devices in ("auto", -1):
+        if accelerator == "cpu" or not _cuda_available():
+            return devices == -1  # Lightning on the CPU: -1 is a process per core
+        import torch
+
+        return torch.cuda.device_count() > 1
+    return _int(devices) and devices > 1
 
 
 def _cuda_available() -> bool:

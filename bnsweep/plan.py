@@ -13,6 +13,7 @@ from bnsweep.architectures import COST_MS
 from bnsweep.cli import CONF, is_sweep, without_config_dirs
 from bnsweep.config import ConfigError, training_batches, validate
 from bnsweep.points import group_jobs, member_suffix, stacked_points
+from bnsweep.resolvers import folder_name
 from bnsweep.runs import member_dir
 from bnsweep.terminal import duration
 
@@ -127,7 +128,7 @@ def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
     jobs = []
     for num, job in enumerate(expanded):
         cfg = _compose(job)
-        folder = f"{num}_{cfg.hydra.job.override_dirname}"
+        folder = f"{num}_{folder_name(cfg.hydra.job.override_dirname)}"
         if not cfg.sweep.vectorize:
             once = estimate(cfg)
             jobs.append(Job(num, folder, [folder], once))

@@ -42,9 +42,11 @@ def rng_kept() -> Iterator[None]:
             torch.cuda.set_rng_state_all(states[3])
 
 
-def check(module: torch.nn.Module, datamodule, device: torch.device) -> None:  # noqa: ANN001
+def check(module: torch.nn.Module, datamodule, device: torch.device,
+          precision: str | int = "32-true") -> None:  # noqa: ANN001  # fmt: skip
     """Raise NetworkError (one line) if the LightningModule ``module``'s network cannot take a
-    training step and an evaluation batch of ``datamodule``'s real data on ``device``."""
+    training step and an evaluation batch of ``datamodule``'s real data on ``device``, its
+    forward passes under autocast for a mixed ``precision`` as Lightning runs them."""
     from bnsweep.lit import dashboard_layers
 
     datamodule.setup("fit")  # on the CPU; the Trainer moves it to its device
@@ -54,11 +56,17 @@ def check(module: torch.nn.Module, datamodule, device: torch.device) -> None:  #
     classes = datamodule.num_classes
     with rng_kept():
         net = copy.deepcopy(module.net).to(device).train()
+        if precision == "64-true" or str(precision) == "64":
+            net, x, xv = net.double(), x.double(), xv.double()
+        low = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+        autocast = torch.autocast(device.type, dtype=low, enabled=low is not None)
         stage = "training step"
         try:
-            logits = net(x)
-            _check_logits(logits, len(x), classes)
-            F.cross_entropy(logits, y).backward()
+            with autocast:
+                logits = net(x)
+                _check_logits(logits, len(x), classes)
+                loss = F.cross_entropy(logits, y)
+            loss.backward()
             module.optimizer_factory(net.parameters()).step()
             if getattr(module, "precise", None) is not None:
                 stage = "PreciseBN recomputation"
@@ -69,7 +77,7 @@ def check(module: torch.nn.Module, datamodule, device: torch.device) -> None:  #
             track = getattr(module, "track", None)
             if track is not None:
                 layers.append(track["layer"])
-            with torch.no_grad(), capture_preactivations(net, list(dict.fromkeys(layers))) as pre:
+            with torch.no_grad(), autocast, capture_preactivations(net, list(dict.fromkeys(layers))) as pre:
                 logits = net(xv)
             _check_logits(logits, len(xv), classes)
             if track is not None:

@@ -10,6 +10,8 @@
 - ``${data_fact:KEY}``, inside a data config: a fact of its source read from the data itself
   (``num_classes``, ``channels``, ``image_size``; ``bnsweep.sources.facts``), for data=npz and
   data=image_folder, whose model configs read them as ``${data.num_classes}``.
+- ``${folder_name:${hydra.job.override_dirname}}``: a sweep job's folder, less the ``+`` / ``++``
+  of keys a command line adds.
 - ``${steps_for_samples:SAMPLES,BATCH}``: the training steps that see SAMPLES samples in batches
   of BATCH, ⌈SAMPLES/BATCH⌉ (a fixed budget of samples whatever the batch size).
 """
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -41,7 +44,14 @@ def data_fact(key: str, *, _parent_: Any) -> Any:  # noqa: ANN401 (a number or a
     return facts(_parent_)[key]
 
 
+def folder_name(override_dirname: str) -> str:
+    """A sweep job's folder name from Hydra's override_dirname, without the ``+``/``++``/``~``
+    that add a key (``++trainer.precision=bf16-mixed`` names ``trainer.precision=bf16-mixed``)."""
+    return re.sub(r"(^|,)[+~]+", r"\1", override_dirname)
+
+
 RESOLVERS = {
+    "folder_name": folder_name,
     "data_fact": data_fact,
     "bn_name": lambda layers, choice: choice if layers or layers is None else "nobn",
     "min": lambda a, b: min(a, b),

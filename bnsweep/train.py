@@ -160,7 +160,8 @@ def prepare(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()  # missing or corrupt data fails here, before any file is written
         module, _ = build(cfg)
-        preflight.check(module, datamodule, training_device(cfg))
+        precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
+        preflight.check(module, datamodule, training_device(cfg), precision)
     except Exception as e:
         if (refused := refusal(e)) is not None:  # a constructor refused a config value
             raise refused from e

@@ -48,6 +48,7 @@ from bnsweep.nn.estimators import (
 )
 from bnsweep.nn.functional import batch_constants, batch_norm_train
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SHAPE_NAMES = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
 
 
@@ -194,6 +195,14 @@ class BatchNorm(nn.Module):
     # eval at the FC shapes (docs/benchmarks.md).
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in _LOW_PRECISION:
+            # mixed precision (autocast's bf16 / fp16 activations), as torch's BN takes it: the
+            # statistics, the normalisation and the running statistics in float32, the output
+            # in the input's dtype
+            return self._forward(x.float()).to(x.dtype)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         buffers = self._buffers
         use_batch_stats = self.training or not self.track_running_stats
