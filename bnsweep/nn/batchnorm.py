@@ -195,10 +195,12 @@ class BatchNorm(nn.Module):
     # eval at the FC shapes (docs/benchmarks.md).
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype in _LOW_PRECISION:
-            # mixed precision (autocast's bf16 / fp16 activations), as torch's BN takes it: the
-            # statistics, the normalisation and the running statistics in float32, the output
-            # in the input's dtype
+        own = self._buffers["running_mean"] if self.track_running_stats else self._parameters["weight"]
+        if x.dtype in _LOW_PRECISION and own is not None and own.dtype not in _LOW_PRECISION:
+            # mixed precision (autocast's bf16 / fp16 activations into a float32 layer), as
+            # torch's BN takes it: the statistics, the normalisation and the running statistics
+            # in float32, the output in the input's dtype. A layer cast to 16 bits itself
+            # computes in its dtype.
             return self._forward(x.float()).to(x.dtype)
         return self._forward(x)
 
