@@ -422,3 +422,36 @@ def test_example_files_are_the_users_own():
     """The example imports nothing of bnsweep (a user's network needs no edit of bnsweep)."""
     for path in EXAMPLE.rglob("*.py"):
         assert "import bnsweep" not in path.read_text() and "from bnsweep" not in path.read_text()
+
+
+def test_init_schemes_reach_every_conv_and_linear_of_ones_own_network(make_cfg, monkeypatch):
+    """init.std on a network of one's own redraws every Conv/Linear (qualified names for
+    init.layers); init=own keeps its constructor's weights, seeded by the run's seed."""
+    from bnsweep.train import build_net
+
+    monkeypatch.chdir(EXAMPLE)  # where the user runs from: resnets.py found in the working directory
+    base = ["hydra.searchpath=[file://" + str(EXAMPLE / "conf") + "]", "model=small_resnet"]
+    cfg = make_cfg(*base, "init=truncated_normal", "init.std=0.01",
+                   "+init.layers={blocks.0.conv1:{std:0.5,bias:0}}")  # fmt: skip
+    net = build_net(cfg)
+    convs = {n: m for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert len(convs) == 6  # the stem's, two per block, the head
+    for name, m in convs.items():
+        bound = 1.0 if name == "blocks.0.conv1" else 0.02  # truncated at ±2·std
+        assert m.weight.abs().max() <= bound and m.weight.std() > bound / 10, name
+    own = [build_net(make_cfg(*base, "init=own", f"seed={s}")) for s in (0, 0, 1)]
+    assert torch.equal(own[0].head.weight, own[1].head.weight)
+    assert not torch.equal(own[0].head.weight, own[2].head.weight)
+
+
+def test_npz_checksum_is_checked_when_given(cli, tmp_path, mnist_npz):
+    import hashlib
+
+    digest = hashlib.md5(mnist_npz.read_bytes()).hexdigest()
+    wrong = "0" * 32
+    proc = cli("train.py", "data=npz", f"data.path={mnist_npz}", f"data.md5={wrong}", *SHORT)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and line == (f"error: data.path={mnist_npz}: md5 of its contents is "
+                                             f"{digest}, expected data.md5={wrong}"), proc.stderr  # fmt: skip
+    ok = cli("train.py", "data=npz", f"data.path={mnist_npz}", f"data.md5={digest}", *SHORT)
+    assert ok.returncode == 0, ok.stderr
