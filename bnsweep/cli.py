@@ -391,7 +391,6 @@ def trainer_overrides(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     does not list is added (Hydra's ``++``); a key that is no Trainer argument (nor bnsweep's
     ``trainer.compile``) is refused in one line naming the closest ones."""
     import difflib
-    import re
 
     listed: set[str] = set()
     for folder in [*config_dirs(argv), conf]:

@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from bnsweep.lit import (
     EpochSums,
     bn_dashboards,
+    dashboard_layers,
     logging_step,
     new_history,
     payload,
@@ -206,7 +207,7 @@ class LitMembers(pl.LightningModule):
         layers = [self.track["layer"]] if self.track else []
         dashboards = batch_idx == 0 and not self.trainer.sanity_checking
         if dashboards:  # the BN layers' blocks, captured in the same forward pass
-            layers += [name.rsplit(".", 1)[0] for name in norm_layers(self.net.net)]
+            layers += list(dashboard_layers(self.net.net).values())
         pre = self._eval_batch(x, y, list(dict.fromkeys(layers)))
         if self.track:
             self._keep_unit(pre[self.track["layer"]])

@@ -173,12 +173,12 @@ def image_folder_files(root: Path) -> tuple[list[str], dict[str, list[tuple[Path
 GREY = ("1", "L", "I;16", "I", "F")  # PIL's modes of one-channel images
 
 
-def _open(path: Path, mode: str | None = None):  # noqa: ANN202 (a PIL image)
+def _open(path: Path):  # noqa: ANN202 (a PIL image)
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return im.convert(mode or ("L" if im.mode in GREY else "RGB"))
+            return im.convert("L" if im.mode in GREY else "RGB")
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 

@@ -133,9 +133,10 @@ def percentile_config(cfg: DictConfig) -> dict | None:
     return OmegaConf.to_container(track, resolve=True) if track is not None else None
 
 
-def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
-    """Network, LightningModule, DataModule. How many torch BN layers of the network were
-    swapped: ``module.swapped``."""
+def build(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None
+          ) -> tuple[LitClassifier, pl.LightningDataModule]:  # fmt: skip
+    """Network, LightningModule, DataModule (``datamodule`` where one is made already). How
+    many torch BN layers of the network were swapped: ``module.swapped``."""
     net, swapped = build_counted(cfg)
     module = LitClassifier(
         net,
@@ -147,7 +148,7 @@ def build(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
         probes=probes_config(cfg),
     )
     module.swapped = swapped
-    return module, instantiate(cfg.data)
+    return module, datamodule if datamodule is not None else instantiate(cfg.data)
 
 
 def prepare(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
@@ -159,7 +160,7 @@ def prepare(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
     try:
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()  # missing or corrupt data fails here, before any file is written
-        module, _ = build(cfg)
+        module, datamodule = build(cfg, datamodule)
         precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
         preflight.check(module, datamodule, training_device(cfg), precision)
     except Exception as e:
