@@ -6,13 +6,13 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from bnsweep.config import exit_if_invalid
+    from bnsweep.config.checks import exit_if_invalid
 
     exit_if_invalid(cfg)  # a bad value: one line, before the heavy imports
     import time
 
     before = time.perf_counter()
-    from bnsweep.train import main as run_main  # heavy imports after --help / --cfg
+    from bnsweep.run.training import main as run_main  # heavy imports after --help / --cfg
 
     return run_main(cfg, import_s=time.perf_counter() - before)
 
@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     import sys
 
-    from bnsweep.cli import (
+    from bnsweep.config.cli import (
         check_output_dir,
         quote_paths,
         register_resolvers,
@@ -29,13 +29,13 @@ if __name__ == "__main__":
     )
 
     if {"--help", "-h"} & set(sys.argv[1:]):  # described from conf/ (Hydra's: --hydra-help)
-        from bnsweep.cli import help_text
+        from bnsweep.config.cli import help_text
 
         sys.exit(print(help_text("train", sys.argv[1:])))
     import json
     import os
 
-    from bnsweep.interrupts import install
+    from bnsweep.run.interrupts import install
 
     install()  # Ctrl-C, SIGTERM: one line, where it stopped and how to go on (exit 130, 143)
     os.environ["BNSWEEP_TYPED"] = json.dumps(sys.argv[1:])  # the resume command: as typed

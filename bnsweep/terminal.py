@@ -22,7 +22,9 @@ def duration(seconds: float) -> str:
 
 
 def _acc(value: float | None) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+    return (
+        "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+    )
 
 
 def best_validation(history: Mapping[str, Sequence[float]]) -> tuple[float | None, int | None]:
@@ -109,7 +111,9 @@ def eta(jobs: Sequence[Mapping[str, Any]], total: int | None, parallel: int) -> 
 
 
 # a number with a fraction or an exponent, standing alone in a label (not part of a name)
-_FLOAT = re.compile(r"(?<![\w.])[-+]?(?:(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(?![\w.])")
+_FLOAT = re.compile(
+    r"(?<![\w.])[-+]?(?:(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(?![\w.])"
+)
 SHOWN_DIGITS = 12
 
 

@@ -69,7 +69,7 @@ def tree(folder: Path) -> dict[str, str]:
 def raw_bytes(mnist_dir: Path, name: str) -> bytes:
     """The uncompressed IDX bytes of one MNIST file, whatever form the data source gave
     (torchvision's .gz, the package index's uncompressed files, dotted names)."""
-    from bnsweep.data import DATASETS, locate
+    from bnsweep.data.catalog import DATASETS, locate
 
     spec = DATASETS["mnist"]
     key = next(k for k, f in spec.files.items() if f.name == name)
@@ -81,7 +81,7 @@ def raw_bytes(mnist_dir: Path, name: str) -> bytes:
 def write_mnist_copy(mnist_dir: Path, dest: Path, gz: bool) -> Path:
     """The four MNIST files in ``dest/MNIST/raw``, gzip-compressed (torchvision's names) or not;
     returns ``dest``."""
-    from bnsweep.data import DATASETS
+    from bnsweep.data.catalog import DATASETS
 
     raw = dest / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)

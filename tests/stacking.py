@@ -57,7 +57,7 @@ def assert_members_evaluate_as_alone(nets, stacked, x, out_atol: float) -> None:
 def plain_module(cfg, state_dict: dict):
     """cfg's plain LightningModule holding ``state_dict`` (a member checkpoint read as an
     independent run's), in eval mode on the CPU."""
-    from bnsweep.train import build
+    from bnsweep.run.training import build
 
     module, _ = build(cfg)
     module.load_state_dict(state_dict)
@@ -66,7 +66,7 @@ def plain_module(cfg, state_dict: dict):
 
 def accuracy_on_test_set(module, mnist_dir: Path) -> float:
     """The module's accuracy on all 10,000 MNIST test images."""
-    from bnsweep.data import MNISTDataModule
+    from bnsweep.data.modules import MNISTDataModule
 
     dm = MNISTDataModule(root=str(mnist_dir), download=False)
     dm.setup()
@@ -92,5 +92,3 @@ def killed_at_step(monkeypatch, module: type, step: int):
             yield
     finally:
         monkeypatch.setattr(module, "training_step", original)
-
-

@@ -16,7 +16,7 @@ from bnsweep.nn import (
     make_batchnorm,
     recompute_population_stats,
 )
-from bnsweep.nn.batchnorm import batch_norm_train
+from bnsweep.nn.functional import batch_norm_train
 
 SHAPES = {"1d": (6,), "2d": (4, 5, 5)}  # per-sample shape after N; C first
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -226,8 +226,16 @@ def test_reset_running_stats_and_parameters():
 @pytest.mark.parametrize(
     "make, x, message",
     [
-        (lambda: BatchNorm(4), torch.randn(3, 4, 1, 1, 1, 2), "got a 6-D tensor of shape (3, 4, 1, 1, 1, 2)"),
-        (lambda: BatchNorm1d(4), torch.randn(3, 4, 2, 2), "expects (N, C) or (N, C, L) input, got a 4-D"),
+        (
+            lambda: BatchNorm(4),
+            torch.randn(3, 4, 1, 1, 1, 2),
+            "got a 6-D tensor of shape (3, 4, 1, 1, 1, 2)",
+        ),
+        (
+            lambda: BatchNorm1d(4),
+            torch.randn(3, 4, 2, 2),
+            "expects (N, C) or (N, C, L) input, got a 4-D",
+        ),
         (lambda: BatchNorm2d(4), torch.randn(3, 4), "expects (N, C, H, W) input, got a 2-D"),
         (lambda: BatchNorm2d(4), torch.randn(3, 5, 2, 2), "got input with 5 channels"),
         (lambda: BatchNorm1d(4), torch.randn(1, 4), "more than 1 value per channel"),
@@ -367,7 +375,7 @@ def test_bfloat16_training_step_matches_torch_in_bfloat16(kind):
     float64 truth as torch's own bfloat16 layer, within bfloat16's rounding."""
     shape = (64, 6) if kind == "1d" else (64, 6, 28, 28)
     g = torch.Generator().manual_seed(0)
-    x64 = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 5)
+    x64 = torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 5
     grad = torch.randn(shape, generator=g, dtype=torch.float64)
     out = {}
     for name, layer, dtype in (
@@ -383,4 +391,8 @@ def test_bfloat16_training_step_matches_torch_in_bfloat16(kind):
     for what, ours, ref, truth in zip(("y", "grad", "mean", "var"), *out.values()):
         ours_err = (ours - truth).abs().max().item()
         torch_err = (ref - truth).abs().max().item()
-        assert ours_err <= 2 * torch_err + 1e-2 * truth.abs().max().item(), (what, ours_err, torch_err)
+        assert ours_err <= 2 * torch_err + 1e-2 * truth.abs().max().item(), (
+            what,
+            ours_err,
+            torch_err,
+        )

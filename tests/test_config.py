@@ -9,10 +9,10 @@ from conftest import CONF
 from hydra.utils import instantiate
 from torch import nn
 
-from bnsweep.config import ConfigError, validate
-from bnsweep.data import MNISTDataModule
+from bnsweep.config.checks import ConfigError, validate
+from bnsweep.data.modules import MNISTDataModule
 from bnsweep.nn import BatchNorm, BatchRenorm, count_parameters, norm_layers
-from bnsweep.train import build, layer_config, make_trainer
+from bnsweep.run.training import build, layer_config, make_trainer
 
 
 def options(group: str) -> list[str]:
@@ -21,7 +21,12 @@ def options(group: str) -> list[str]:
 
 GROUPS = ["model", "bn", "init", "optimizer", "data", "trainer", "logger"]
 # the data options of one's own need one's data (tests/test_own_network.py)
-ALL = [(g, o) for g in GROUPS for o in options(g) if (g, o) not in (("data", "npz"), ("data", "image_folder"))]
+ALL = [
+    (g, o)
+    for g in GROUPS
+    for o in options(g)
+    if (g, o) not in (("data", "npz"), ("data", "image_folder"))
+]
 
 
 def test_every_group_has_the_documented_options():
@@ -30,7 +35,14 @@ def test_every_group_has_the_documented_options():
     }  # fmt: skip
     assert set(options("bn")) == {"momentum", "window", "cumulative", "torch", "population", "ghost",
                                   "renorm", "renorm_short", "group", "layer", "none"}  # fmt: skip
-    assert set(options("init")) == {"truncated_normal", "normal", "glorot", "torch", "orthogonal", "own"}
+    assert set(options("init")) == {
+        "truncated_normal",
+        "normal",
+        "glorot",
+        "torch",
+        "orthogonal",
+        "own",
+    }
     assert set(options("optimizer")) == {"adam", "sgd", "adagrad"}
     assert set(options("data")) == {"mnist", "fashion_mnist", "npz", "image_folder"}
     assert {"default", "tensorboard", "csv"} <= set(options("logger"))
@@ -60,7 +72,8 @@ def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
         assert kinds == expected
     if group == "bn":
         net = instantiate(
-            make_cfg("model=lenet_fc_bn2", f"bn={option}").model, norm=instantiate(layer_config(cfg))
+            make_cfg("model=lenet_fc_bn2", f"bn={option}").model,
+            norm=instantiate(layer_config(cfg)),
         )
         layers = norm_layers(net)  # one norm per listed layer, as wide as that layer's output
         if option == "none":  # nothing in BN's slot: the identity
@@ -68,7 +81,11 @@ def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
             return
 
         def width(m: nn.Module) -> int:
-            return getattr(m, "num_features", None) or getattr(m, "num_channels", None) or m.normalized_shape[0]
+            return (
+                getattr(m, "num_features", None)
+                or getattr(m, "num_channels", None)
+                or m.normalized_shape[0]
+            )
 
         widths = {"conv1.bn": 6, "conv2.bn": 16, "fc1.bn": 120, "fc2.bn": 84}
         assert {k: width(m) for k, m in layers.items()} == widths
@@ -87,7 +104,9 @@ def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
 
         reference = count_parameters(torchvision.models.resnet18(num_classes=10))
         assert count_parameters(module.net) == reference - 2 * 64 * 7 * 7
-        assert norm_layers(module.net) and all(isinstance(m, BatchNorm) for m in norm_layers(module.net).values())
+        assert norm_layers(module.net) and all(
+            isinstance(m, BatchNorm) for m in norm_layers(module.net).values()
+        )
     elif group == "model":
         assert count_parameters(module.net) == PARAMETERS[option]
 
@@ -126,7 +145,10 @@ def test_seed_zero_is_a_seed(make_cfg):
     [
         (["bn=window", "bn.window=0"], "bn.window must be a positive integer, got 0"),
         (["bn=window", "bn.window=abc"], "bn.window must be a positive integer, got 'abc'"),
-        (["bn.momentum=1.5"], "bn.momentum must be a number in [0, 1], or null (the cumulative average), got 1.5"),
+        (
+            ["bn.momentum=1.5"],
+            "bn.momentum must be a number in [0, 1], or null (the cumulative average), got 1.5",
+        ),
         (["bn.eps=0"], "bn.eps must be a finite number > 0, got 0"),
         (["init.std=-1"], "init.std must be a finite number > 0, got -1"),
         (
@@ -135,7 +157,10 @@ def test_seed_zero_is_a_seed(make_cfg):
         ),
         (["optimizer.lr=-1"], "optimizer.lr must be a finite number > 0, got -1"),
         (["seed=-3"], "seed must be an integer in [0, 4294967295], got -3"),
-        (["data.val_size=60000"], "data.val_size must be an integer in [0, 59998] or a fraction in (0, 1) (0: validate on the test set; at least 2 training images must remain), got 60000"),
+        (
+            ["data.val_size=60000"],
+            "data.val_size must be an integer in [0, 59998] or a fraction in (0, 1) (0: validate on the test set; at least 2 training images must remain), got 60000",
+        ),
     ],
 )
 def test_validate_names_key_and_value(make_cfg, overrides, message):

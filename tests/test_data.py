@@ -10,15 +10,9 @@ import pytest
 import torch
 from helpers import raw_bytes, write_mnist_copy
 
-from bnsweep.data import (
-    DATASETS,
-    Batches,
-    DataError,
-    MNISTDataModule,
-    cache_dir,
-    load_raw,
-    locate,
-)
+from bnsweep.data.cache import cache_dir, load_raw
+from bnsweep.data.catalog import DATASETS, DataError, locate
+from bnsweep.data.modules import Batches, MNISTDataModule
 
 MNIST = DATASETS["mnist"]
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -54,7 +48,10 @@ def test_cached_dataset_equals_the_decoded_raw_files(mnist_dir, tmp_path, monkey
 
 
 # the forms a data source gives: torchvision's .gz files, the package index's uncompressed ones
-FORMS = {"gz": ("t10k-labels-idx1-ubyte.gz", gzip.compress), "raw": ("t10k-labels-idx1-ubyte", bytes)}
+FORMS = {
+    "gz": ("t10k-labels-idx1-ubyte.gz", gzip.compress),
+    "raw": ("t10k-labels-idx1-ubyte", bytes),
+}
 
 
 @pytest.mark.parametrize("form", list(FORMS))
@@ -151,7 +148,12 @@ def test_corrupt_file_is_rejected_by_name(mnist_dir, tmp_path, form):
 
 def test_an_unreadable_file_is_named(mnist_dir, tmp_path, monkeypatch):
     """A data file that cannot be read (permissions) is one DataError naming it."""
-    victim = write_mnist_copy(mnist_dir, tmp_path, gz=True) / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    victim = (
+        write_mnist_copy(mnist_dir, tmp_path, gz=True)
+        / "MNIST"
+        / "raw"
+        / "t10k-labels-idx1-ubyte.gz"
+    )
     read = Path.read_bytes
 
     def denied(path: Path) -> bytes:

@@ -40,7 +40,10 @@ def test_a_sweep_with_nan_evaluations_writes_its_report(cli, tmp_path, vectorize
     assert rows["1e+30"]["n_finished"] == "0" and rows["1e+30"]["n_diverged"] == "2"
     assert rows["0.01"]["n_finished"] == "2" and rows["1e+30"]["val_acc_n"] == "0"
     summary = (sweep / "summary.md").read_text()
-    assert "Diverged (a loss or a statistic NaN or infinite): optimizer.lr=1e+30 (seeds 0, 1)." in summary
+    assert (
+        "Diverged (a loss or a statistic NaN or infinite): optimizer.lr=1e+30 (seeds 0, 1)."
+        in summary
+    )
     assert (sweep / "val_acc.png").is_file()
     report = subprocess.run([sys.executable, "-m", "bnsweep.report", str(sweep)], capture_output=True,
                             text=True, cwd=tmp_path)  # fmt: skip
@@ -67,8 +70,8 @@ def test_an_old_record_with_a_nan_evaluation_is_reported_as_diverged(cli, tmp_pa
 
 
 def test_a_report_that_cannot_be_written_ends_the_sweep_non_zero(tmp_path, monkeypatch, capsys):
-    import bnsweep.sweep as sweep_module
-    from bnsweep.record import finished_record, write_record
+    import bnsweep.sweep.callback as sweep_module
+    from bnsweep.run.record import finished_record, write_record
 
     run = tmp_path / "0_a=1,seed=0"
     run.mkdir()
@@ -90,16 +93,18 @@ def test_a_report_that_cannot_be_written_ends_the_sweep_non_zero(tmp_path, monke
                    "object has no attribute 'numerator'); the runs are intact"]  # fmt: skip
 
 
-def test_a_member_whose_evaluation_is_nan_diverges_as_its_run_does(tmp_path, mnist_dir, monkeypatch):
+def test_a_member_whose_evaluation_is_nan_diverges_as_its_run_does(
+    tmp_path, mnist_dir, monkeypatch
+):
     """Seed 1's BN running mean is NaN from the start: training is untouched (batch statistics),
     its first validation is NaN. In a vectorized job it stops there, as its independent run
     does, and seeds 0 and 2 train on as alone."""
     from test_vectorize import _assert_equal_runs, _cfg, _independent
 
-    import bnsweep.train
-    import bnsweep.vectorize
+    import bnsweep.run.training
+    import bnsweep.sweep.vectorize
 
-    counted = bnsweep.train.build_counted
+    counted = bnsweep.run.training.build_counted
 
     def poisoned(cfg):
         net, swapped = counted(cfg)
@@ -108,9 +113,11 @@ def test_a_member_whose_evaluation_is_nan_diverges_as_its_run_does(tmp_path, mni
                 net.conv1.bn.running_mean[0] = math.nan
         return net, swapped
 
-    monkeypatch.setattr(bnsweep.train, "build_counted", poisoned)
+    monkeypatch.setattr(bnsweep.run.training, "build_counted", poisoned)
     overrides = ["model=lenet_bn1", *SHORT]
-    members = bnsweep.vectorize.run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[0,1,2]", *overrides))
+    members = bnsweep.sweep.vectorize.run_members(
+        _cfg(tmp_path, mnist_dir, "job", "seeds=[0,1,2]", *overrides)
+    )
     assert [m["diverged"] for m in members] == [False, True, False]
     alone = _independent(tmp_path, mnist_dir, 1, *overrides)
     assert alone["diverged_step"] == members[1]["diverged_step"] == 10

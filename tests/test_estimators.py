@@ -45,7 +45,7 @@ def test_a_registered_estimator_trains_through_the_compose_api(toy, tmp_path):
     cfg = compose_cfg("train", [f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]",
                                 "model=lenet_fc_bn2", "bn=toy_last_batch", "bn.scale=2.0",
                                 f"run_dir={tmp_path}"])  # fmt: skip
-    from bnsweep.train import build_net
+    from bnsweep.run.training import build_net
 
     net = build_net(cfg)
     layers = list(norm_layers(net).values())
@@ -91,8 +91,8 @@ def test_an_unknown_estimator_lists_the_registered_ones(toy):
 
 
 def test_a_registered_estimator_runs_a_whole_training_run(toy, tmp_path, mnist_dir):
-    from bnsweep.checkpoints import load
-    from bnsweep.train import run
+    from bnsweep.run.checkpoints import load
+    from bnsweep.run.training import run
 
     cfg = compose_cfg("train", [f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]",
                                 "model=lenet_fc_bn2", "bn=toy_last_batch", f"run_dir={tmp_path}",

@@ -12,9 +12,9 @@ from conftest import compose_cfg
 from helpers import read_summary, sweep_dir_of
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnsweep.data import MNISTDataModule
-from bnsweep.report import DRIFT_SKIP
-from bnsweep.train import build, run
+from bnsweep.data.modules import MNISTDataModule
+from bnsweep.report.summary import DRIFT_SKIP
+from bnsweep.run.training import build, run
 
 Q = [15.0, 50.0, 85.0]
 KEYS = [f"preact/fc3_u7/p{q:g}" for q in Q]

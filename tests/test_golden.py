@@ -61,8 +61,8 @@ def compute(workdir: Path) -> dict[str, dict]:
 
 
 def _compute(workdir: Path) -> dict[str, dict]:
-    from bnsweep.train import run
-    from bnsweep.vectorize import run_members
+    from bnsweep.run.training import run
+    from bnsweep.sweep.vectorize import run_members
 
     def cfg(name: str, *overrides: str):
         base = [f"run_dir={workdir / name}", f"data.root={mnist_root()}", "data.download=false"]
@@ -71,7 +71,9 @@ def _compute(workdir: Path) -> dict[str, dict]:
     out = {}
     for bn in ESTIMATORS:
         run(cfg(f"plain_{bn}", f"bn={bn}", "seed=0"))
-        out[f"plain/{bn}"] = numbers(json.loads((workdir / f"plain_{bn}" / "metrics.json").read_text()))
+        out[f"plain/{bn}"] = numbers(
+            json.loads((workdir / f"plain_{bn}" / "metrics.json").read_text())
+        )
     for seed, m in zip((0, 1), run_members(cfg("job", "bn=window", "seeds=[0,1]"))):
         out[f"vectorized/window/seed={seed}"] = numbers(m)
     return out
@@ -80,9 +82,18 @@ def _compute(workdir: Path) -> dict[str, dict]:
 def cpu() -> str:
     """The CPU as far as its float kernels go: model name and the vector instruction sets."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    isa = [f for f in ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+        "?",
+    )
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+    )
+    isa = [
+        f
+        for f in ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+        if f in flags
+    ]
     return f"{model} ({' '.join(isa)})"
 
 
@@ -143,7 +154,9 @@ def compare(ours: dict, expected_runs: dict, exact: bool) -> None:
             k: v for k, v in theirs.items() if not _evaluation(k)}, name  # fmt: skip
         assert {k: v for k, v in h.items() if not _evaluation(k)} == {
             k: v for k, v in g.items() if not _evaluation(k)}, name  # fmt: skip
-        for key in [k for k in theirs if _evaluation(k)] + [f"history {k}" for k in g if _evaluation(k)]:
+        for key in [k for k in theirs if _evaluation(k)] + [
+            f"history {k}" for k in g if _evaluation(k)
+        ]:
             a = h[key[8:]] if key.startswith("history") else [mine[key]]
             b = g[key[8:]] if key.startswith("history") else [theirs[key]]
             for x, y in zip(a, b, strict=True):

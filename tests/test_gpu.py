@@ -135,7 +135,7 @@ def _cfg(tmp_path, mnist_dir, name, *overrides):
 
 
 def test_a_run_on_the_gpu_trains_lenet_fc_bn2_on_real_mnist(tmp_path, mnist_dir):
-    from bnsweep.train import run
+    from bnsweep.run.training import run
 
     result = run(_cfg(tmp_path, mnist_dir, "run", "seed=0", "model=lenet_fc_bn2",
                       "trainer.max_epochs=1"))  # fmt: skip
@@ -153,8 +153,8 @@ def test_vectorized_members_on_the_gpu_match_their_independent_gpu_runs(
     GPU run, 200 steps: the same data order and initialisation, so the same results up to the
     rounding of other kernels (in full float32: with TF32 the two drift apart faster); and the
     member's checkpoint gives its test accuracy in a plain network on the CPU."""
-    from bnsweep.train import run
-    from bnsweep.vectorize import run_members
+    from bnsweep.run.training import run
+    from bnsweep.sweep.vectorize import run_members
 
     # SGD: Adam would turn the rounding-noise gradients of the biases before BN into steps of
     # size lr that differ between kernels (training cancels them, eval sees them through the
@@ -196,10 +196,10 @@ def test_an_interrupted_gpu_run_resumes_mid_epoch(tmp_path, mnist_dir, monkeypat
     """Killed at step 25 of a 40-step epoch, resumed from the step-20 checkpoint on the GPU: the
     epoch sums read from the checkpoint (on the CPU) join the GPU's, and the run reports what
     the uninterrupted one reports (CNN with BN and dropout: the CUDA generators' states too)."""
-    from bnsweep.lit import LitClassifier
-    from bnsweep.members import LitMembers
-    from bnsweep.train import run
-    from bnsweep.vectorize import run_members
+    from bnsweep.run.lit import LitClassifier
+    from bnsweep.run.training import run
+    from bnsweep.sweep.members import LitMembers
+    from bnsweep.sweep.vectorize import run_members
 
     overrides = ["model=cnn_bn", "bn=window", "data.batch_size=16", "data.train_size=640",
                  "trainer.max_epochs=2", "trainer.val_check_interval=10",
@@ -217,7 +217,9 @@ def test_an_interrupted_gpu_run_resumes_mid_epoch(tmp_path, mnist_dir, monkeypat
     resumed = go("job", "resume=true")
     for r, w in zip(resumed, whole):
         assert r["resumed_from_step"] == 20 and r["device"] == "cuda:0"
-        assert r["history"]["val_step"] == w["history"]["val_step"] == [10, 20, 30, 40, 50, 60, 70, 80]
+        assert (
+            r["history"]["val_step"] == w["history"]["val_step"] == [10, 20, 30, 40, 50, 60, 70, 80]
+        )
         for key in ("train/loss", "val/loss", "val/acc"):
             assert r["history"][key] == pytest.approx(w["history"][key], abs=1e-5), key
         assert r["test/acc"] == pytest.approx(w["test/acc"], abs=1e-6)

@@ -49,14 +49,18 @@ def run_again(command: str, cwd: Path, mnist_dir: Path) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_run_says_where_and_goes_on_to_the_same_numbers(tmp_path, mnist_dir, sig, status):
+def test_an_interrupted_run_says_where_and_goes_on_to_the_same_numbers(
+    tmp_path, mnist_dir, sig, status
+):
     proc = start("train.py", [*LONG, "hydra.run.dir=cut"], tmp_path, mnist_dir)
     wait_for("cut/ckpt/last.ckpt", tmp_path, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == status
     (line,) = err.strip().splitlines()[-1:]
-    found = re.fullmatch(r"interrupted at step (\d+) of 250 \(last checkpoint step (\d+)\); go on with: (.*)", line)
+    found = re.fullmatch(
+        r"interrupted at step (\d+) of 250 \(last checkpoint step (\d+)\); go on with: (.*)", line
+    )
     assert found, err
     assert int(found[1]) >= int(found[2]) >= 25 and int(found[2]) % 25 == 0
     assert not (tmp_path / "cut" / "metrics.json").exists()  # no partial record

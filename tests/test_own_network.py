@@ -33,7 +33,7 @@ sys.path.insert(0, str(EXAMPLE))
 from resnets import SmallResNet  # noqa: E402  (the example's own module, as a user writes it)
 
 # a network that takes a norm factory and calls it the way torchvision and timm call norm_layer
-NORM_NET = '''
+NORM_NET = """
 import torch.nn.functional as F
 from torch import nn
 
@@ -59,7 +59,7 @@ class Broken(nn.Module):
 
     def forward(self, x):
         return self.fc(x.flatten(1))
-'''
+"""
 
 
 def user_study(folder: Path) -> Path:
@@ -67,7 +67,8 @@ def user_study(folder: Path) -> Path:
     (folder / "conf" / "model").mkdir(parents=True, exist_ok=True)
     (folder / "mynets.py").write_text(NORM_NET)
     (folder / "conf" / "model" / "normnet.yaml").write_text(
-        "_target_: mynets.NormNet\nnum_classes: ${data.num_classes}\nin_channels: ${data.channels}\n")
+        "_target_: mynets.NormNet\nnum_classes: ${data.num_classes}\nin_channels: ${data.channels}\n"
+    )
     (folder / "conf" / "model" / "broken.yaml").write_text("_target_: mynets.Broken\n")
     return folder / "conf"
 
@@ -89,7 +90,9 @@ def test_norm_factory_called_as_norm_layer_takes_any_rank(factory, shape):
     y = layer.double()(x)
     assert y.shape == x.shape
     if factory in (make_batchnorm, make_torch_batchnorm):
-        ref = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[len(shape)]
+        ref = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[
+            len(shape)
+        ]
         torch.testing.assert_close(y, ref(4).double()(x))
 
 
@@ -130,7 +133,9 @@ def test_swap_keeps_what_the_network_computes():
 
 def test_swap_makes_the_window_continue_from_the_copied_statistics():
     net = trained_resnet()
-    swapped, _ = swap_batchnorms(copy.deepcopy(net), lambda c, s: make_batchnorm(c, s, estimator="window", window=3))
+    swapped, _ = swap_batchnorms(
+        copy.deepcopy(net), lambda c, s: make_batchnorm(c, s, estimator="window", window=3)
+    )
     for (_, old), (_, new) in zip(
         ((n, m) for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)),
         ((n, m) for n, m in swapped.named_modules() if isinstance(m, BatchNorm)),
@@ -190,7 +195,11 @@ def test_broken_network_is_refused_before_its_folder(cli, tmp_path):
     assert line.startswith(
         "error: the network failed its pre-flight training step on a batch of shape (64, 1, 28, 28): "
         "RuntimeError: mat1 and mat2 shapes cannot be multiplied")  # fmt: skip
-    where = next(i for i, text in enumerate(NORM_NET.splitlines(), 1) if "return self.fc(x.flatten(1))" in text)
+    where = next(
+        i
+        for i, text in enumerate(NORM_NET.splitlines(), 1)
+        if "return self.fc(x.flatten(1))" in text
+    )
     assert line.endswith(f"(at mynets.py:{where} (forward))"), line
     assert tree(tmp_path / "outputs") == before
 
@@ -198,24 +207,37 @@ def test_broken_network_is_refused_before_its_folder(cli, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["model=normnet", "percentiles={layer:nope,unit:0}"],
-         "error: percentiles.layer must name a layer of the network, e.g. ['conv', 'bn', 'fc', "
-         "'bn_fc', 'out'], got 'nope'"),
-        (["model=normnet", "+model.bn_position=post"],
-         "error: model.bn_position is not a parameter of mynets.NormNet (it takes: num_classes, "
-         "in_channels)"),
-        (["model=normnet", "model._target_=mynets.Nope"], "error: model._target_=mynets.Nope: mynets has no 'Nope'"),
-        (["model=normnet", "model._target_=nowhere.Net"],
-         "error: model._target_=nowhere.Net cannot be imported: no module 'nowhere' (modules are "
-         "looked up on PYTHONPATH and in the working directory, {cwd})"),
-        (["model=torchvision", "model.name=fasterrcnn_resnet50_fpn"],
-         "error: model.name must be a classifier builder of torchvision.models, got "
-         "'fasterrcnn_resnet50_fpn'; e.g. resnet18, resnet50, vgg11_bn, mobilenet_v3_small, "
-         "efficientnet_b0, densenet121 ({n} in all: torchvision.models.list_models(module=torchvision.models))"),
-        (["model=torchvision", "model.name=vgg11_bn"],
-         "error: the network failed its pre-flight training step on a batch of shape (64, 1, 28, 28): "
-         "RuntimeError: Given input size: (512x1x1). Calculated output size: (512x0x0). Output size "
-         "is too small (at torchvision/models/vgg.py:{line} (forward))"),
+        (
+            ["model=normnet", "percentiles={layer:nope,unit:0}"],
+            "error: percentiles.layer must name a layer of the network, e.g. ['conv', 'bn', 'fc', "
+            "'bn_fc', 'out'], got 'nope'",
+        ),
+        (
+            ["model=normnet", "+model.bn_position=post"],
+            "error: model.bn_position is not a parameter of mynets.NormNet (it takes: num_classes, "
+            "in_channels)",
+        ),
+        (
+            ["model=normnet", "model._target_=mynets.Nope"],
+            "error: model._target_=mynets.Nope: mynets has no 'Nope'",
+        ),
+        (
+            ["model=normnet", "model._target_=nowhere.Net"],
+            "error: model._target_=nowhere.Net cannot be imported: no module 'nowhere' (modules are "
+            "looked up on PYTHONPATH and in the working directory, {cwd})",
+        ),
+        (
+            ["model=torchvision", "model.name=fasterrcnn_resnet50_fpn"],
+            "error: model.name must be a classifier builder of torchvision.models, got "
+            "'fasterrcnn_resnet50_fpn'; e.g. resnet18, resnet50, vgg11_bn, mobilenet_v3_small, "
+            "efficientnet_b0, densenet121 ({n} in all: torchvision.models.list_models(module=torchvision.models))",
+        ),
+        (
+            ["model=torchvision", "model.name=vgg11_bn"],
+            "error: the network failed its pre-flight training step on a batch of shape (64, 1, 28, 28): "
+            "RuntimeError: Given input size: (512x1x1). Calculated output size: (512x0x0). Output size "
+            "is too small (at torchvision/models/vgg.py:{line} (forward))",
+        ),
     ],
 )
 def test_refusals_of_a_network_name_the_key(cli, tmp_path, args, message):
@@ -229,7 +251,9 @@ def test_refusals_of_a_network_name_the_key(cli, tmp_path, args, message):
     message = message.format(cwd=tmp_path, n=len(models.list_models(module=models)))
     # the last line: the first run in a fresh cache says where it decoded MNIST to, above
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message, proc.stderr
-    assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").iterdir())
+    assert not (tmp_path / "outputs" / "train").exists() or not any(
+        (tmp_path / "outputs" / "train").iterdir()
+    )
 
 
 def test_help_lists_the_users_options_and_keys(cli, tmp_path):
@@ -269,7 +293,9 @@ def test_the_example_study_as_a_two_seed_sweep(cli, tmp_path):
     says: the residual net with torch's BN layers swapped, bn=momentum,window × 2 seeds; the
     summary, the comparison, each run's HPARAMS and an accuracy far above chance."""
     shutil.copytree(EXAMPLE, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("outputs"))
-    proc = cli("sweep.py", "--config-dir", "conf", "study=estimators", "trainer.limit_val_batches=2")
+    proc = cli(
+        "sweep.py", "--config-dir", "conf", "study=estimators", "trainer.limit_val_batches=2"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "model: 5 torch BatchNorm layers swapped for bn=momentum" in proc.stderr
     sweep = sweep_dir_of(tmp_path)
@@ -278,7 +304,10 @@ def test_the_example_study_as_a_two_seed_sweep(cli, tmp_path):
     assert all(r["n_finished"] == "2" for r in rows)
     for run in (p.parent for p in sweep.glob("*/metrics.json")):
         record = json.loads((run / "metrics.json").read_text())
-        assert record["hparams"]["model"] == "small_resnet" and record["hparams"]["bn"] in ("momentum", "window")
+        assert record["hparams"]["model"] == "small_resnet" and record["hparams"]["bn"] in (
+            "momentum",
+            "window",
+        )
         assert record["test/acc"] >= 0.85, (run.name, record["test/acc"])  # 200 steps, 10 classes
     assert "bn=window" in (sweep / "comparisons.csv").read_text()
 
@@ -289,7 +318,8 @@ def test_the_example_study_as_a_two_seed_sweep(cli, tmp_path):
 @pytest.fixture(scope="module")
 def mnist_npz(tmp_path_factory, mnist_dir) -> Path:
     """The real MNIST in Keras' mnist.npz layout (uint8, N×H×W)."""
-    from bnsweep.data import DATASETS, load_raw
+    from bnsweep.data.cache import load_raw
+    from bnsweep.data.catalog import DATASETS
 
     raw = load_raw(DATASETS["mnist"], mnist_dir, download=False, cache=False)
     path = tmp_path_factory.mktemp("npz") / "mnist.npz"
@@ -311,7 +341,7 @@ def test_npz_of_mnist_trains_as_mnist_does(cli, tmp_path, mnist_npz):
 
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 def test_npz_layouts_and_float_images(tmp_path, mnist_npz, layout):
-    from bnsweep.data import NpzDataModule
+    from bnsweep.data.modules import NpzDataModule
 
     with np.load(mnist_npz) as z:
         x, y = z["x_train"][:300], z["y_train"][:300]
@@ -324,20 +354,36 @@ def test_npz_layouts_and_float_images(tmp_path, mnist_npz, layout):
     assert dm.facts == {"num_classes": int(y.max()) + 1, "channels": 1, "image_size": [28, 28]}
     assert len(dm.tensors["x_train"]) == 200
     # float images are taken as they are: the same pixels as uint8 / 255
-    torch.testing.assert_close(dm.tensors["x_test"], torch.from_numpy(img[:50]).reshape(50, 1, 28, 28))
+    torch.testing.assert_close(
+        dm.tensors["x_test"], torch.from_numpy(img[:50]).reshape(50, 1, 28, 28)
+    )
 
 
 @pytest.mark.parametrize(
     "arrays, message",
     [
-        ({"x_train": np.zeros((4, 28, 28), np.uint8), "y_train": np.zeros(4, np.int64)},
-         "has no array 'x_test'"),
-        ({"x_train": np.zeros((4, 28, 28), np.uint8), "y_train": np.zeros(3, np.int64),
-          "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.int64)},
-         "x_train holds 4 images but y_train 3 labels"),
-        ({"x_train": np.zeros((4, 28), np.uint8), "y_train": np.zeros(4, np.int64),
-          "x_test": np.zeros((2, 28), np.uint8), "y_test": np.zeros(2, np.int64)},
-         "x_train must be N×H×W, N×H×W×C or N×C×H×W images, got shape (4, 28)"),
+        (
+            {"x_train": np.zeros((4, 28, 28), np.uint8), "y_train": np.zeros(4, np.int64)},
+            "has no array 'x_test'",
+        ),
+        (
+            {
+                "x_train": np.zeros((4, 28, 28), np.uint8),
+                "y_train": np.zeros(3, np.int64),
+                "x_test": np.zeros((2, 28, 28), np.uint8),
+                "y_test": np.zeros(2, np.int64),
+            },
+            "x_train holds 4 images but y_train 3 labels",
+        ),
+        (
+            {
+                "x_train": np.zeros((4, 28), np.uint8),
+                "y_train": np.zeros(4, np.int64),
+                "x_test": np.zeros((2, 28), np.uint8),
+                "y_test": np.zeros(2, np.int64),
+            },
+            "x_train must be N×H×W, N×H×W×C or N×C×H×W images, got shape (4, 28)",
+        ),
     ],
 )
 def test_a_bad_npz_is_one_line(cli, tmp_path, arrays, message):
@@ -345,7 +391,9 @@ def test_a_bad_npz_is_one_line(cli, tmp_path, arrays, message):
     np.savez(path, **arrays)
     proc = cli("train.py", "data=npz", f"data.path={path}", "data.val_size=1")
     line = proc.stderr.strip().splitlines()[-1]  # (a fresh cache's line may stand above)
-    assert proc.returncode == 2 and line.startswith(f"error: data.path={path}") and message in line, proc.stderr
+    assert (
+        proc.returncode == 2 and line.startswith(f"error: data.path={path}") and message in line
+    ), proc.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
 
 
@@ -362,7 +410,7 @@ def write_image_folder(root: Path, x: np.ndarray, y: np.ndarray, rgb: bool = Fal
 def test_image_folder_reads_the_pixels_and_classes(tmp_path, mnist_npz):
     """train/ and test/ folders of class folders: the decoded images are the source's pixels,
     classes numbered in sorted order; one folder alone holds a fixed test split out."""
-    from bnsweep.data import ImageFolderDataModule
+    from bnsweep.data.modules import ImageFolderDataModule
 
     with np.load(mnist_npz) as z:
         x, y, xt, yt = z["x_train"][:200], z["y_train"][:200], z["x_test"][:60], z["y_test"][:60]
@@ -427,9 +475,11 @@ def test_example_files_are_the_users_own():
 def test_init_schemes_reach_every_conv_and_linear_of_ones_own_network(make_cfg, monkeypatch):
     """init.std on a network of one's own redraws every Conv/Linear (qualified names for
     init.layers); init=own keeps its constructor's weights, seeded by the run's seed."""
-    from bnsweep.train import build_net
+    from bnsweep.run.training import build_net
 
-    monkeypatch.chdir(EXAMPLE)  # where the user runs from: resnets.py found in the working directory
+    monkeypatch.chdir(
+        EXAMPLE
+    )  # where the user runs from: resnets.py found in the working directory
     base = ["hydra.searchpath=[file://" + str(EXAMPLE / "conf") + "]", "model=small_resnet"]
     cfg = make_cfg(*base, "init=truncated_normal", "init.std=0.01",
                    "+init.layers={blocks.0.conv1:{std:0.5,bias:0}}")  # fmt: skip

@@ -15,17 +15,24 @@ from conftest import ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 reads pyproject.toml itself
 # modules imported only where a launcher plugin of an extra runs (sweep.py imports them then)
-PLUGIN_MODULES = {"bnsweep/launchers.py"}
+PLUGIN_MODULES = {"bnsweep/sweep/launchers.py"}
 
 
 def _name(requirement: str) -> str:
-    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-").replace(".", "-")
+    return (
+        re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+        .lower()
+        .replace("_", "-")
+        .replace(".", "-")
+    )
 
 
 def _imports(path: Path) -> list[tuple[str, int, bool]]:
     """(top-level module, line, at module level) of each absolute import of a file."""
     tree = ast.parse(path.read_text())
-    top_level = {id(n) for n in tree.body} | {id(n) for s in tree.body if isinstance(s, ast.If) for n in s.body}
+    top_level = {id(n) for n in tree.body} | {
+        id(n) for s in tree.body if isinstance(s, ast.If) for n in s.body
+    }
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -67,4 +74,6 @@ def test_plugin_modules_are_imported_only_where_their_launcher_runs():
         for node in tree.body:
             if isinstance(node, ast.ImportFrom) and node.module:
                 module = node.module.replace(".", "/") + ".py"
-                assert module not in PLUGIN_MODULES, f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}"
+                assert module not in PLUGIN_MODULES, (
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}"
+                )

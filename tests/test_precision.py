@@ -36,7 +36,9 @@ def test_our_bn_under_bf16_autocast_equals_torchs(spatial, estimator):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 y = layer(a(xx))
             (y.float() ** 2).mean().backward()
-        results.append((y, xx.grad, layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var))
+        results.append(
+            (y, xx.grad, layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var)
+        )
     (ty, tdx, tg, tb, tm, tv), (oy, odx, og, ob, om, ov) = results
     assert oy.dtype == ty.dtype == torch.bfloat16  # the output in the input's dtype
     assert om.dtype == ov.dtype == torch.float32  # the running statistics stay float32
@@ -64,9 +66,13 @@ def test_every_bn_option_trains_under_bf16_autocast(factory):
 
 
 def test_any_trainer_argument_is_a_trainer_key(cli, tmp_path):
-    proc = cli("train.py", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0", "--cfg", "job")
+    proc = cli(
+        "train.py", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0", "--cfg", "job"
+    )
     assert proc.returncode == 0, proc.stderr
-    assert "  precision: bf16-mixed\n" in proc.stdout and "  gradient_clip_val: 1.0\n" in proc.stdout
+    assert (
+        "  precision: bf16-mixed\n" in proc.stdout and "  gradient_clip_val: 1.0\n" in proc.stdout
+    )
     assert refused_with(cli("train.py", "trainer.precison=bf16-mixed"),
                         "error: trainer.precison is not an argument of pytorch_lightning.Trainer; "
                         "the closest: precision")  # fmt: skip
@@ -92,9 +98,13 @@ def test_a_bf16_mixed_run_trains_as_a_32_true_one(cli, tmp_path):
              "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "bn.precise_batches=2",
              "probes.every=100", "percentiles={layer:fc2,unit:0}"]  # fmt: skip
     for precision in ("32-true", "bf16-mixed"):
-        proc = cli("train.py", *steps, f"trainer.precision={precision}", f"hydra.run.dir={precision}")
+        proc = cli(
+            "train.py", *steps, f"trainer.precision={precision}", f"hydra.run.dir={precision}"
+        )
         assert proc.returncode == 0, proc.stderr
-    full, mixed = (json.loads((tmp_path / p / "metrics.json").read_text()) for p in ("32-true", "bf16-mixed"))
+    full, mixed = (
+        json.loads((tmp_path / p / "metrics.json").read_text()) for p in ("32-true", "bf16-mixed")
+    )
     assert not mixed["diverged"] and mixed["test/acc"] > 0.9
     assert abs(mixed["test/acc"] - full["test/acc"]) <= 0.01, (mixed["test/acc"], full["test/acc"])
     assert abs(mixed["val/acc"] - full["val/acc"]) <= 0.01
@@ -108,7 +118,9 @@ def test_a_vectorized_job_in_bf16_mixed(cli, tmp_path):
         proc = cli("sweep.py", "model=lenet_fc_bn2", f"trainer.precision={precision}", "sweep.vectorize=true",
                    "seeds=[0,1]", f"hydra.sweep.dir={precision}", *SHORT)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        records = [json.loads(p.read_text()) for p in sorted((tmp_path / precision).rglob("metrics.json"))]
+        records = [
+            json.loads(p.read_text()) for p in sorted((tmp_path / precision).rglob("metrics.json"))
+        ]
         assert len(records) == 2 and not any(r["diverged"] for r in records)
         acc[precision] = [r["val/acc"] for r in records]
     assert all(abs(a - b) <= 0.01 for a, b in zip(acc["bf16-mixed"], acc["32-true"])), acc

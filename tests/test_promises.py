@@ -17,8 +17,14 @@ import torch
 from helpers import SHORT, popen, read_summary, refused_with, tree
 
 # numbers that must repeat exactly after a resume (times and the resume's own step excluded)
-VOLATILE = ("wall_time_s", "fit_time_s", "startup_s", "resumed_from_step", "job_wall_time_s",
-            "overrides")  # the command line (resume=true), not a result
+VOLATILE = (
+    "wall_time_s",
+    "fit_time_s",
+    "startup_s",
+    "resumed_from_step",
+    "job_wall_time_s",
+    "overrides",
+)  # the command line (resume=true), not a result
 
 
 SWEEP = ["model=lenet_bn1", "seeds=[0,1]", *SHORT, "trainer.accelerator=cpu"]
@@ -72,10 +78,13 @@ def test_a_rerun_into_a_finished_sweep_folder_changes_nothing(cli, tmp_path, fin
     before = tree(d)
 
     again = cli("sweep.py", *args)
-    assert refused_with(again, (
-        f"error: hydra.sweep.dir={d} already holds a sweep; resume={d} continues it, or choose "
-        "another folder"
-    ))
+    assert refused_with(
+        again,
+        (
+            f"error: hydra.sweep.dir={d} already holds a sweep; resume={d} continues it, or choose "
+            "another folder"
+        ),
+    )
     assert tree(d) == before
 
     changed = cli("sweep.py", *args, "optimizer.lr=0.01", f"resume={d}")
@@ -94,7 +103,9 @@ def test_a_rerun_into_a_finished_sweep_folder_changes_nothing(cli, tmp_path, fin
     resumed = cli("sweep.py", *args, f"resume={d}")
     assert resumed.returncode == 1
     lines = resumed.stderr.strip().splitlines()
-    assert f"refused: {victim} holds a run of another config (optimizer.lr: 0.002 → 0.001)" in lines[0]
+    assert (
+        f"refused: {victim} holds a run of another config (optimizer.lr: 0.002 → 0.001)" in lines[0]
+    )
     assert lines[-1].startswith("error: 1 job(s) refused, their folders left as they were:")
     assert tree(victim) == victim_before
     assert json.loads((victim / "metrics.json").read_text())["status"] == "finished"
@@ -127,7 +138,9 @@ def test_a_moved_sweep_folder_resumes(cli, tmp_path, finished_sweep):
     assert [r["n_finished"] for r in read_summary(d)] == ["2"]
 
 
-def test_a_resume_that_extends_a_swept_list_never_counts_a_seed_twice(cli, tmp_path, finished_sweep):
+def test_a_resume_that_extends_a_swept_list_never_counts_a_seed_twice(
+    cli, tmp_path, finished_sweep
+):
     """Item 6: resuming with more values of a swept key (here a fixed key turned into a swept
     one) finds the existing runs by their config, whatever the new job numbers and names."""
     d = copy_of(finished_sweep, tmp_path / "D")
@@ -153,10 +166,13 @@ def test_a_refused_train_run_leaves_the_finished_folder_as_it_was(cli, tmp_path,
     assert (d / ".hydra" / "config.yaml").is_file() and (d / ".hydra" / "overrides.yaml").is_file()
     before = tree(d)
     again = cli("train.py", *args)
-    assert refused_with(again, (
-        f"error: {d} already holds a run; refusing to overwrite it (resume=true skips a "
-        "finished run and continues an interrupted one)"
-    ))
+    assert refused_with(
+        again,
+        (
+            f"error: {d} already holds a run; refusing to overwrite it (resume=true skips a "
+            "finished run and continues an interrupted one)"
+        ),
+    )
     other = cli("train.py", *args, "optimizer.lr=0.01", "resume=true")
     assert other.returncode == 2
     assert other.stderr.strip().startswith(
@@ -189,9 +205,9 @@ def test_a_kill_after_training_ended_resumes_to_the_same_metrics(
     """Item 5: a kill after the last training step (before or after the final state's
     checkpoint, before metrics.json) resumes to exactly the metrics of an uninterrupted run,
     training metrics, epochs and history included."""
-    import bnsweep.train
-    from bnsweep.lit import LitClassifier
-    from bnsweep.train import run
+    import bnsweep.run.training
+    from bnsweep.run.lit import LitClassifier
+    from bnsweep.run.training import run
 
     whole = run(_run_cfg(make_cfg, tmp_path / "whole", *SCHEDULES[schedule]))
 
@@ -199,7 +215,7 @@ def test_a_kill_after_training_ended_resumes_to_the_same_metrics(
         raise KeyboardInterrupt("killed")
 
     if killed_at == "metrics.json":
-        monkeypatch.setattr(bnsweep.train, "write_record", lambda run_dir, record: killed())
+        monkeypatch.setattr(bnsweep.run.training, "write_record", lambda run_dir, record: killed())
     else:
         save = LitClassifier.on_save_checkpoint
         monkeypatch.setattr(LitClassifier, "on_save_checkpoint",
@@ -220,8 +236,8 @@ def test_a_kill_after_a_vectorized_job_ended_resumes_to_the_same_metrics(
     metrics.json: the resumed members' metrics equal the uninterrupted job's."""
     from conftest import compose_cfg
 
-    import bnsweep.vectorize
-    from bnsweep.vectorize import run_members
+    import bnsweep.sweep.vectorize
+    from bnsweep.sweep.vectorize import run_members
 
     def cfg(name: str, *extra: str):
         return compose_cfg("sweep", [f"run_dir={tmp_path / name}", f"data.root={mnist_dir}",
@@ -229,10 +245,11 @@ def test_a_kill_after_a_vectorized_job_ended_resumes_to_the_same_metrics(
                                      "model=lenet_fc_bn2", "seeds=[0,1]", *SHORT, *extra])  # fmt: skip
 
     whole = run_members(cfg("whole"))
+
     def killed_at_metrics(run_dir, record):  # the kill comes as metrics.json is written
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(bnsweep.vectorize, "write_record", killed_at_metrics)
+    monkeypatch.setattr(bnsweep.sweep.vectorize, "write_record", killed_at_metrics)
     with pytest.raises(KeyboardInterrupt):
         run_members(cfg("job"))
     monkeypatch.undo()
@@ -294,7 +311,7 @@ def test_a_full_disk_mid_run_keeps_the_last_checkpoint_and_the_resume_is_exact(
     ends with the numbers of an uninterrupted run."""
     import pytorch_lightning as pl
 
-    from bnsweep.train import run
+    from bnsweep.run.training import run
 
     schedule = SCHEDULES["steps"]
     whole = run(_run_cfg(make_cfg, tmp_path / "whole", *schedule))
@@ -326,8 +343,8 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(make_cfg, tmp_
     """Items 4 and 13: a truncated or garbage last.ckpt is named in a one-line warning, the run
     resumes from prev.ckpt, and ends with the uninterrupted run's numbers; with no readable
     checkpoint at all it starts over (one line), never a traceback."""
-    from bnsweep import checkpoints
-    from bnsweep.train import run
+    from bnsweep.run import checkpoints
+    from bnsweep.run.training import run
 
     schedule = SCHEDULES["steps"]
     whole = run(_run_cfg(make_cfg, tmp_path / "whole", *schedule))
@@ -398,7 +415,13 @@ def test_a_full_disk_during_a_sweep_is_one_line_and_what_finished_is_kept(
     folder, exit 1, no traceback; the first run is intact; the third never starts; once there
     is room again, resume= finishes the sweep."""
     d = small_disk / "sweep"
-    args = ["model=lenet_bn1", "seeds=[0,1,2]", *SHORT, "trainer.max_steps=60", f"hydra.sweep.dir={d}"]
+    args = [
+        "model=lenet_bn1",
+        "seeds=[0,1,2]",
+        *SHORT,
+        "trainer.max_steps=60",
+        f"hydra.sweep.dir={d}",
+    ]
     proc = popen("sweep.py", *args, cwd=tmp_path, mnist_dir=mnist_dir)
     filler = None
     deadline = time.time() + 300
@@ -452,7 +475,13 @@ def test_two_sweeps_into_one_folder_the_second_is_refused(cli, tmp_path, mnist_d
     """Item 7: while a sweep runs, a second one into its folder is refused in one line naming
     the first one's PID, and writes nothing there; so is a second train.py into a run folder."""
     d = tmp_path / "D"
-    args = ["model=lenet_bn1", "seeds=[0,1]", *SHORT, "trainer.max_steps=200", f"hydra.sweep.dir={d}"]
+    args = [
+        "model=lenet_bn1",
+        "seeds=[0,1]",
+        *SHORT,
+        "trainer.max_steps=200",
+        f"hydra.sweep.dir={d}",
+    ]
     first = popen("sweep.py", *args, cwd=tmp_path, mnist_dir=mnist_dir)
     try:
         deadline = time.time() + 120
@@ -483,7 +512,8 @@ def test_two_sweeps_into_one_folder_the_second_is_refused(cli, tmp_path, mnist_d
 def test_a_changed_byte_in_the_dataset_cache_is_noticed(mnist_dir, tmp_path, monkeypatch):
     """Item 11: the decoded cache carries the sha256 of the verified arrays; a cache whose bytes
     changed (same size) is not used: the sources are decoded and checked again."""
-    from bnsweep.data import DATASETS, load_raw
+    from bnsweep.data.cache import load_raw
+    from bnsweep.data.catalog import DATASETS
 
     monkeypatch.setenv("BNSWEEP_CACHE", str(tmp_path / "cache"))
     mnist = DATASETS["mnist"]

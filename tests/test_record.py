@@ -1,4 +1,4 @@
-"""metrics.json has one writer and one reader (bnsweep/record.py): what they write and refuse."""
+"""metrics.json has one writer and one reader (bnsweep/run/record.py): what they write and refuse."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bnsweep.files import DamagedFile
-from bnsweep.record import SCHEMA, failed_record, finished_record, read_record, write_record
+from bnsweep.run.record import SCHEMA, failed_record, finished_record, read_record, write_record
 
 HISTORY = {"val_step": [10, 20], "val_epoch": [0.5, 1.0], "val/acc": [0.8, 0.7],
            "val/loss": [0.6, 0.9], "train_epoch": [1.0], "train/acc": [0.75], "train/loss": [0.7]}  # fmt: skip

@@ -105,7 +105,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_sweep(cli, tmp_path, mnist_d
 
 
 def test_a_finished_run_folder_is_never_overwritten(make_cfg, tmp_path):
-    from bnsweep.train import run
+    from bnsweep.run.training import run
 
     cfg = make_cfg("trainer.max_steps=3", "data.train_size=256", "logger=none", "trainer.limit_val_batches=1",
                    "trainer.limit_test_batches=1")  # fmt: skip
@@ -130,11 +130,26 @@ SWEEP_BAD_INPUT = [
     (["bn=window", "bn.window=0"], 2, "error: bn.window must be a positive integer, got 0"),
     (["init.std=-1"], 2, "error: init.std must be a finite number > 0, got -1"),
     # checked before any job, not once per job (or never)
-    (["data.normalize=foo"], 2, "error: data.normalize must be one of ['scale', 'standardize', 'per_pixel'], got 'foo'"),
-    (["model=lenet_fc_bn2", "model.bn=[nonexistent_layer]"], 2,
-     "error: model.bn of LeNet names unknown layer(s) ['nonexistent_layer']; choose from ['conv1', 'conv2', 'fc1', 'fc2']"),
-    (["trainer.max_epochs=0"], 2, "error: trainer.max_epochs must be null, -1 (no limit) or an integer >= 1, got 0"),
-    (["seeds=[4294967296]"], 1, "error: seeds must be distinct integers in [0, 4294967295], got '[4294967296]'"),
+    (
+        ["data.normalize=foo"],
+        2,
+        "error: data.normalize must be one of ['scale', 'standardize', 'per_pixel'], got 'foo'",
+    ),
+    (
+        ["model=lenet_fc_bn2", "model.bn=[nonexistent_layer]"],
+        2,
+        "error: model.bn of LeNet names unknown layer(s) ['nonexistent_layer']; choose from ['conv1', 'conv2', 'fc1', 'fc2']",
+    ),
+    (
+        ["trainer.max_epochs=0"],
+        2,
+        "error: trainer.max_epochs must be null, -1 (no limit) or an integer >= 1, got 0",
+    ),
+    (
+        ["seeds=[4294967296]"],
+        1,
+        "error: seeds must be distinct integers in [0, 4294967295], got '[4294967296]'",
+    ),
     (
         ["data.root=/nonexistent", "data.download=false"],
         2,

@@ -29,7 +29,10 @@ def _slurm_answers() -> str | None:
         return f"sinfo does not answer ({e})"
     if not any(s in ("idle", "mixed") for s in states):
         return f"no idle Slurm node (sinfo: {states or 'nothing'}); scripts/slurm-local.sh start"
-    if shutil.which("sacct") is None or subprocess.run(["sacct", "-n", "-X"], capture_output=True).returncode:
+    if (
+        shutil.which("sacct") is None
+        or subprocess.run(["sacct", "-n", "-X"], capture_output=True).returncode
+    ):
         return "sacct does not answer (no accounting): scripts/slurm-local.sh start sets it up"
     return None
 
@@ -109,7 +112,9 @@ def test_a_sweep_through_slurm_survives_scancel_and_requeue_and_equals_the_basic
     assert (sweep / "summary.md").exists()
     lost = _metrics(sweep / NAMES[1])
     assert lost["status"] == "failed"
-    assert lost["error"].startswith(f"error: Slurm job {array}_1 ended without a result (state CANCELLED")
+    assert lost["error"].startswith(
+        f"error: Slurm job {array}_1 ended without a result (state CANCELLED"
+    )
     assert f"{array}_1|CANCELLED" in _sacct(f"{array}_1")
     for i in (0, 2, 3):
         assert f"{array}_{i}|COMPLETED" in _sacct(f"{array}_{i}")
@@ -157,7 +162,9 @@ def test_cluster_registration_is_idempotent():
     the cluster", because the listing it searched cuts names to 10 characters."""
     script = str(ROOT / "scripts" / "slurm-local.sh")
     for _ in range(2):
-        done = subprocess.run(["bash", script, "register"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["bash", script, "register"], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
     listed = subprocess.run(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"],
                             capture_output=True, text=True).stdout.split()  # fmt: skip

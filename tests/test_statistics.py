@@ -41,7 +41,14 @@ def test_welch_t_test_gives_the_sleep_datas_published_numbers():
     # the same from each group's mean, sample std and n (what a committed summary.csv keeps)
     from bnsweep.report.stats import welch
 
-    s = welch(statistics.fmean(DRUG_1), statistics.stdev(DRUG_1), 10, statistics.fmean(DRUG_2), statistics.stdev(DRUG_2), 10)
+    s = welch(
+        statistics.fmean(DRUG_1),
+        statistics.stdev(DRUG_1),
+        10,
+        statistics.fmean(DRUG_2),
+        statistics.stdev(DRUG_2),
+        10,
+    )
     assert (s.statistic, s.df, s.p) == pytest.approx((c.statistic, c.df, c.p), rel=1e-12)
 
 
@@ -96,7 +103,10 @@ def test_a_sweep_marks_a_real_difference_and_not_a_difference_of_seeds(cli, tmp_
     rows = [r for r in read_summary(sweep)]
     assert [r["optimizer.lr"] for r in rows] == ["1e-06", "0.001"]  # as Hydra writes them
     for r in rows:  # n, mean, std and the 95 % CI of every metric
-        values = [json.loads(p.read_text())["test/acc"] for p in sweep.glob(f"*lr={r['optimizer.lr']},*/metrics.json")]
+        values = [
+            json.loads(p.read_text())["test/acc"]
+            for p in sweep.glob(f"*lr={r['optimizer.lr']},*/metrics.json")
+        ]
         lo, hi = mean_ci(values)
         assert float(r["test_acc_n"]) == 6 and float(r["test_acc_ci_low"]) == pytest.approx(lo)
         assert float(r["test_acc_ci_high"]) == pytest.approx(hi)
@@ -115,17 +125,26 @@ def test_a_sweep_marks_a_real_difference_and_not_a_difference_of_seeds(cli, tmp_
     null.mkdir()
     for run in sorted(sweep.glob("*lr=0.001,seed=*")):
         seed = int(run.name.rsplit("=", 1)[1])
-        _relabel(run, null / run.name.replace("optimizer.lr=0.001", "copy"), "a" if seed < 3 else "b")
+        _relabel(
+            run, null / run.name.replace("optimizer.lr=0.001", "copy"), "a" if seed < 3 else "b"
+        )
     report(null, quiet=True, settings={})
     same = {r["metric"]: r for r in csv.DictReader((null / "comparisons.csv").open())}
     for metric in ("val_acc", "test_acc", "train_loss"):
-        assert same[metric]["test"] == "Welch t" and same[metric]["significant"] == "False", same[metric]
+        assert same[metric]["test"] == "Welch t" and same[metric]["significant"] == "False", same[
+            metric
+        ]
 
 
 def test_a_baseline_that_names_no_point_is_one_line(cli, tmp_path):
     # before any job: the swept values are known
-    proc = cli("sweep.py", "-m", "optimizer.lr=1e-6,1e-3", *SHORT, "report.baseline='optimizer.lr=0.1'")
-    assert refused_with(proc, "error: report.baseline='optimizer.lr=0.1' matches no point: optimizer.lr takes 1e-6, 1e-3")
+    proc = cli(
+        "sweep.py", "-m", "optimizer.lr=1e-6,1e-3", *SHORT, "report.baseline='optimizer.lr=0.1'"
+    )
+    assert refused_with(
+        proc,
+        "error: report.baseline='optimizer.lr=0.1' matches no point: optimizer.lr takes 1e-6, 1e-3",
+    )
     assert not (tmp_path / "outputs").exists()
     # a value written otherwise is the same value (1e-3 is Hydra's 0.001)
     from bnsweep.report.compare import check_baseline, find_baseline
@@ -134,7 +153,10 @@ def test_a_baseline_that_names_no_point_is_one_line(cli, tmp_path):
     points = [(("optimizer.lr", "1e-06"),), (("optimizer.lr", "0.001"),)]
     assert find_baseline(points, "optimizer.lr=1e-3") == points[1]
     proc = cli("sweep.py", "-m", "optimizer.lr=1e-6,1e-3", *SHORT, "report.baseline='model=lenet'")
-    assert refused_with(proc, "error: report.baseline='model=lenet' matches no point: model is not swept (swept: optimizer.lr)")
+    assert refused_with(
+        proc,
+        "error: report.baseline='model=lenet' matches no point: model is not swept (swept: optimizer.lr)",
+    )
 
 
 def test_the_report_command_refuses_a_baseline_it_cannot_find(tmp_path):
@@ -148,7 +170,10 @@ def test_the_report_command_refuses_a_baseline_it_cannot_find(tmp_path):
     (tmp_path / "command.txt").write_text("sweep.py -m bn=window,momentum\n")
     run = [sys.executable, "-m", "bnsweep.report", str(tmp_path)]
     proc = subprocess.run([*run, "--baseline", "bn=torch"], capture_output=True, text=True)
-    assert refused_with(proc, "error: report.baseline='bn=torch' matches no point; the points: bn=momentum; bn=window")
+    assert refused_with(
+        proc,
+        "error: report.baseline='bn=torch' matches no point; the points: bn=momentum; bn=window",
+    )
     proc = subprocess.run([*run, "--baseline", "bn=window"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "## Differences against bn=window" in (tmp_path / "summary.md").read_text()
@@ -157,11 +182,17 @@ def test_the_report_command_refuses_a_baseline_it_cannot_find(tmp_path):
 def test_every_pair_is_compared_in_small_sweeps_and_refused_in_large_ones(tmp_path):
     from test_sweep import _fake_run
 
-    from bnsweep.config import ConfigError, validate
+    from bnsweep.config.checks import ConfigError, validate
     from bnsweep.report.compare import ReportError
 
     for i, lr in enumerate(["0.1", "0.2", "0.3"] * 2):
-        _fake_run(tmp_path / "small", str(i), i // 3, [0.9, 0.95 + float(lr) / 10 + i / 1000], [f"optimizer.lr={lr}"])
+        _fake_run(
+            tmp_path / "small",
+            str(i),
+            i // 3,
+            [0.9, 0.95 + float(lr) / 10 + i / 1000],
+            [f"optimizer.lr={lr}"],
+        )
     report(tmp_path / "small", quiet=True, settings={"compare": "all"})
     rows = list(__import__("csv").DictReader((tmp_path / "small" / "comparisons.csv").open()))
     pairs = {(r["point"], r["baseline"]) for r in rows if r["metric"] == "val_acc"}
@@ -169,11 +200,16 @@ def test_every_pair_is_compared_in_small_sweeps_and_refused_in_large_ones(tmp_pa
                      ("optimizer.lr=0.3", "optimizer.lr=0.2")}  # fmt: skip
     for i in range(11):
         _fake_run(tmp_path / "large", str(i), 0, [0.9, 0.95 + i / 1000], [f"optimizer.lr={i + 1}"])
-    with pytest.raises(ReportError, match=r"^report.compare=all compares every pair of at most 10 points; this sweep has 11: use report.baseline$"):
+    with pytest.raises(
+        ReportError,
+        match=r"^report.compare=all compares every pair of at most 10 points; this sweep has 11: use report.baseline$",
+    ):
         report(tmp_path / "large", quiet=True, settings={"compare": "all"})
     from conftest import compose_cfg
 
-    with pytest.raises(ConfigError, match=r"^report.power must be null or a number in \(0, 1\), got 1.5$"):
+    with pytest.raises(
+        ConfigError, match=r"^report.power must be null or a number in \(0, 1\), got 1.5$"
+    ):
         validate(compose_cfg("sweep", ["report.power=1.5", "run_dir=/tmp/x"]))
 
 
@@ -224,7 +260,11 @@ def test_compare_png_of_every_pair_labels_both_sides():
              "baseline_differs": "a=2,b=1"}]  # fmt: skip
     pairs, labels, baseline = forest_labels(rows)
     assert baseline is None
-    assert [labels[p] for p in pairs] == ["a=2  −  a=1", "a=3, b=2  −  a=1, b=1", "a=3, b=2  −  a=2, b=1"]
+    assert [labels[p] for p in pairs] == [
+        "a=2  −  a=1",
+        "a=3, b=2  −  a=1, b=1",
+        "a=3, b=2  −  a=2, b=1",
+    ]
 
 
 def _fake_runs(values: list[str], key: str = "init.std", seeds: int = 2) -> list:
@@ -253,7 +293,9 @@ def _figure_of(runs):
     from bnsweep.report.plots import curve_figure
     from bnsweep.report.runs import group_by_point
 
-    return curve_figure(plt, group_by_point(runs), "val_step", "val/acc", "training step", "validation accuracy")
+    return curve_figure(
+        plt, group_by_point(runs), "val_step", "val/acc", "training step", "validation accuracy"
+    )
 
 
 def test_curves_of_fifty_numeric_points_take_a_colour_bar_not_a_legend():

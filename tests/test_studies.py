@@ -15,9 +15,9 @@ from helpers import SHORT
 from hydra.utils import instantiate
 from torch import nn
 
-from bnsweep.config import ConfigError, validate
+from bnsweep.config.checks import ConfigError, validate
+from bnsweep.config.resolvers import lr_for_batch
 from bnsweep.nn.probes import probe_landscape
-from bnsweep.resolvers import lr_for_batch
 
 # ---------------------------------------------------------------- loss-landscape probes
 
@@ -83,7 +83,7 @@ def test_probes_draw_the_training_steps_dropout_masks():
 
 @pytest.mark.parametrize("model", ["lenet_fc_bn2", "cnn"])  # the CNN: dropout
 def test_probes_leave_training_bit_identical(make_cfg, tmp_path, model):
-    from bnsweep.train import run
+    from bnsweep.run.training import run
 
     records, states = {}, {}
     for name, extra in [("plain", []), ("probed", ["probes.every=3", "probes.steps=[0.5,2]"])]:
@@ -128,12 +128,15 @@ def test_a_bad_sample_budget_is_refused_in_one_line_before_any_folder(cli, tmp_p
     proc = cli("sweep.py", "study=batch_size", f"samples={value}")
     shown = repr(value) if value == "abc" else value
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip() == f"error: samples must be a positive integer (the training samples of a run), got {shown}"
+    assert (
+        proc.stderr.strip()
+        == f"error: samples must be a positive integer (the training samples of a run), got {shown}"
+    )
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
 
 
 def test_probes_with_vectorize_are_refused_in_one_line():
-    from bnsweep.config import check_vectorize
+    from bnsweep.config.checks import check_vectorize
 
     cfg = compose_cfg("sweep", ["sweep.vectorize=true", "probes.every=10"])
     with pytest.raises(ConfigError) as e:
@@ -163,14 +166,17 @@ def test_lr_rules():
     assert lr_for_batch(0.1, 256, 64, "linear") == pytest.approx(0.4)
     assert lr_for_batch(0.1, 256, 64, "sqrt") == pytest.approx(0.2)
     assert lr_for_batch(0.1, 256, 64, "none") == 0.1
-    with pytest.raises(ValueError, match=r"lr_for_batch's rule must be one of \['linear', 'sqrt', 'none'\], got 'cubic'"):
+    with pytest.raises(
+        ValueError,
+        match=r"lr_for_batch's rule must be one of \['linear', 'sqrt', 'none'\], got 'cubic'",
+    ):
         lr_for_batch(0.1, 256, 64, "cubic")
 
 
 def test_bn_none_is_the_network_without_bn(make_cfg):
     """lenet_fc_bn2 bn=none: the same weights and outputs as lenet (no norm layer anywhere)."""
     from bnsweep.nn import norm_layers
-    from bnsweep.train import build_net
+    from bnsweep.run.training import build_net
 
     none = build_net(make_cfg("model=lenet_fc_bn2", "bn=none"))
     plain = build_net(make_cfg("model=lenet"))
@@ -196,7 +202,9 @@ def test_every_new_study_composes_and_validates(study):
         preset = OmegaConf.load(CONF / "study" / f"{preset.defaults[0]}.yaml")
     params = {k: str(v).split(",") for k, v in preset.hydra.sweeper.params.items()}
     for values in itertools.product(*params.values()):
-        point = compose_cfg("sweep", [f"study={study}", *(f"{k}={v}" for k, v in zip(params, values))])
+        point = compose_cfg(
+            "sweep", [f"study={study}", *(f"{k}={v}" for k, v in zip(params, values))]
+        )
         validate(point)
 
 
@@ -224,7 +232,7 @@ def test_a_swept_key_at_its_neutral_value_is_a_point_of_its_own(tmp_path):
     sigmoid from relu, not merge them into one point (found running study=bn_position)."""
     from bnsweep.files import write_json
     from bnsweep.report.runs import group_by_point, load_run_folders
-    from bnsweep.runs import RUN_CONFIG, config_snapshot, write_hydra_files
+    from bnsweep.run.folders import RUN_CONFIG, config_snapshot, write_hydra_files
 
     folders = []
     for i, (act, pos, seed) in enumerate([(a, p, s) for a in ("sigmoid", "relu")
@@ -254,4 +262,7 @@ def test_a_study_presets_report_settings_take_effect():
     assert report.baseline == "bn=momentum,data.batch_size=64" and report.final_y == "error"
     assert compose_cfg("sweep", ["study=batch_size_full"]).seeds == [0, 1, 2, 3, 4]
     # the command line still wins over the preset
-    assert compose_cfg("sweep", ["study=init_scale", "report.val_acc_ylim=null"]).report.val_acc_ylim is None
+    assert (
+        compose_cfg("sweep", ["study=init_scale", "report.val_acc_ylim=null"]).report.val_acc_ylim
+        is None
+    )

@@ -15,7 +15,7 @@ from helpers import SHORT, read_summary, scalars, sweep_dir_of
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnsweep.cli import default_seeds, parse_seeds, sweep_argv
+from bnsweep.config.cli import default_seeds, parse_seeds, sweep_argv
 from bnsweep.report import report
 
 
@@ -62,9 +62,20 @@ def test_two_points_two_seeds(cli, tmp_path):
     infos = {i.name: i for i in experiment.hparam_infos}
     assert list(infos) == ["model", "seed", "bn", "init.std", "optimizer.lr"]  # five: all ticked
     assert infos["model"].differs and infos["seed"].differs and not infos["optimizer.lr"].differs
-    assert sorted(v.string_value for v in infos["model"].domain_discrete.values) == ["lenet_bn1", "lenet_fc_bn2"]
-    assert (infos["seed"].domain_interval.min_value, infos["seed"].domain_interval.max_value) == (0, 1)
-    assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "val/acc_best", "test/acc", "test/loss"]
+    assert sorted(v.string_value for v in infos["model"].domain_discrete.values) == [
+        "lenet_bn1",
+        "lenet_fc_bn2",
+    ]
+    assert (infos["seed"].domain_interval.min_value, infos["seed"].domain_interval.max_value) == (
+        0,
+        1,
+    )
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "val/acc",
+        "val/acc_best",
+        "test/acc",
+        "test/loss",
+    ]
     assert not any(hparams_experiment(run, required=False) for run in runs)  # runs: sessions only
     for png in ("val_acc.png", "train_acc.png"):
         image = matplotlib.image.imread(sweep / png)
@@ -93,8 +104,10 @@ def test_two_points_two_seeds(cli, tmp_path):
     )
     assert again.returncode == 0 and (sweep / "summary.csv").read_text() == before
     # the report never imports torch: a joblib sweep's parent process would pay that alone
-    check = "import sys, bnsweep.sweep as s; s.report(sys.argv[1], quiet=True); print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
-    imported = subprocess.run([sys.executable, "-c", check, str(sweep)], capture_output=True, text=True)
+    check = "import sys, bnsweep.sweep.jobs as s; s.report(sys.argv[1], quiet=True); print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    imported = subprocess.run(
+        [sys.executable, "-c", check, str(sweep)], capture_output=True, text=True
+    )
     assert imported.returncode == 0, imported.stderr[-2000:]
     assert imported.stdout.strip() == "[]"
 
@@ -105,10 +118,13 @@ def test_event_writer_writes_what_torchs_summary_writer_writes(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import custom_scalars
 
-    from bnsweep.report import AGGREGATE_LAYOUT
-    from bnsweep.tensorboard import EventWriter, custom_scalars_summary
+    from bnsweep.report.aggregate import AGGREGATE_LAYOUT
+    from bnsweep.run.tensorboard import EventWriter, custom_scalars_summary
 
-    as_torch = {c: {t: [k, tags] for t, (k, tags) in charts.items()} for c, charts in AGGREGATE_LAYOUT.items()}
+    as_torch = {
+        c: {t: [k, tags] for t, (k, tags) in charts.items()}
+        for c, charts in AGGREGATE_LAYOUT.items()
+    }
     ours = custom_scalars_summary(AGGREGATE_LAYOUT)
     assert ours.SerializeToString() == custom_scalars(as_torch).SerializeToString()
     values = [(3, 0.25), (10, 0.5), (20, 1e-7), (21, -3.75)]
@@ -141,7 +157,9 @@ def hparams_experiment(logdir: Path, required: bool = True):
         for ev in EventFileLoader(str(f)).Load():
             for v in ev.summary.value:
                 if v.tag == "_hparams_/experiment":
-                    data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    data = plugin_data_pb2.HParamsPluginData.FromString(
+                        v.metadata.plugin_data.content
+                    )
                     return data.experiment
     assert not required, f"no HPARAMS experiment in {logdir}"
     return None
@@ -239,7 +257,13 @@ STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_presets_compose(study, tmp_path):
     cfg = compose_cfg("sweep", [f"study={study}", f"run_dir={tmp_path}"])
-    seeds = [0] if study.startswith("optuna") else [0, 1, 2, 3, 4] if study.endswith("_full") else [0, 1, 2]
+    seeds = (
+        [0]
+        if study.startswith("optuna")
+        else [0, 1, 2, 3, 4]
+        if study.endswith("_full")
+        else [0, 1, 2]
+    )
     assert default_seeds([f"study={study}"]) == seeds
     text = (CONF / "study" / f"{study}.yaml").read_text()
     assert text.startswith("# @package _global_\n#")  # documented at the top
@@ -269,7 +293,12 @@ def test_study_presets_compose(study, tmp_path):
 def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
     fewer = ["data.batch_size=2,64"] if study == "batch_size" else []  # 10 of its 35 points
     proc = cli(
-        "sweep.py", f"study={study}", "seeds=[0]", "++trainer.fast_dev_run=true", *fewer, timeout=900
+        "sweep.py",
+        f"study={study}",
+        "seeds=[0]",
+        "++trainer.fast_dev_run=true",
+        *fewer,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = sweep_dir_of(tmp_path)
@@ -352,11 +381,23 @@ def test_ray_local_launcher_gives_the_basic_launchers_numbers(cli, tmp_path):
 @pytest.mark.parametrize(
     "override, sweeps",
     [
-        ("a=1,2", True), ("a=range(1,3)", True), ("a=choice(1,2)", True), ("a=interval(0,1)", True),
-        ("a=glob(*)", True), ("init.std=range(0.01,0.51,0.01)", True), ("a=tag(x,choice(1,2))", True),
-        ("a=1", False), ("a=sort([3,1])", False), ("a=shuffle([1,2,3])", False), ("a=x\\,y", False),
-        ("a='x,y'", False), ('a="x,y"', False), ("a=[1,2]", False), ("model.bn=[conv1,fc1]", False),
-        ("a={b:1,c:2}", False), ("a=", False),
+        ("a=1,2", True),
+        ("a=range(1,3)", True),
+        ("a=choice(1,2)", True),
+        ("a=interval(0,1)", True),
+        ("a=glob(*)", True),
+        ("init.std=range(0.01,0.51,0.01)", True),
+        ("a=tag(x,choice(1,2))", True),
+        ("a=1", False),
+        ("a=sort([3,1])", False),
+        ("a=shuffle([1,2,3])", False),
+        ("a=x\\,y", False),
+        ("a='x,y'", False),
+        ('a="x,y"', False),
+        ("a=[1,2]", False),
+        ("model.bn=[conv1,fc1]", False),
+        ("a={b:1,c:2}", False),
+        ("a=", False),
     ],
 )
 def test_a_sweep_is_what_hydras_parser_calls_one(override, sweeps):
@@ -364,7 +405,7 @@ def test_a_sweep_is_what_hydras_parser_calls_one(override, sweeps):
     form (the character scan it replaced called sort([…]), shuffle([…]) and x\\,y sweeps)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from bnsweep.cli import folder_name_excludes, is_sweep
+    from bnsweep.config.cli import folder_name_excludes, is_sweep
 
     assert is_sweep(override) is sweeps
     assert OverridesParser.create().parse_override(override).is_sweep_override() is sweeps

@@ -40,10 +40,14 @@ def test_the_dry_run_lists_the_jobs_their_folders_and_a_time_without_running(tmp
     proc = script("sweep.py", "study=bn_placement", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith("study=bn_placement: 15 jobs, 15 runs, into outputs/sweep/bn_placement_")
+    assert lines[0].startswith(
+        "study=bn_placement: 15 jobs, 15 runs, into outputs/sweep/bn_placement_"
+    )
     jobs = [line.split()[0] for line in lines[1:-1]]
     models = ["lenet", "lenet_bn1", "lenet_bn2", "lenet_fc_bn1", "lenet_fc_bn2"]
-    assert jobs == [f"{3 * i + s}_model={m},seed={s}" for i, m in enumerate(models) for s in range(3)]
+    assert jobs == [
+        f"{3 * i + s}_model={m},seed={s}" for i, m in enumerate(models) for s in range(3)
+    ]
     assert all("≈ " in line for line in lines[1:-1])
     assert lines[-1].startswith("about ") and "one after another on a 2-core CPU" in lines[-1]
     # vectorized: one job per point, each writing its seeds' run folders
@@ -52,7 +56,10 @@ def test_the_dry_run_lists_the_jobs_their_folders_and_a_time_without_running(tmp
     assert vec[0].split(": ", 1)[1].startswith("2 jobs, 4 runs")
     assert "runs: 0_model=lenet,seed=0, 0_model=lenet,seed=1" in vec[1]
     bad = script("sweep.py", "init.std=-1", "--dry-run", cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: init.std must be a finite number > 0, got -1"
+    assert (
+        bad.returncode == 2
+        and bad.stderr.strip() == "error: init.std must be a finite number > 0, got -1"
+    )
     assert not (tmp_path / "outputs").exists()  # nothing was run or made
 
 
@@ -72,7 +79,9 @@ def test_the_report_refuses_a_folder_that_is_no_sweep_and_compares_chosen_runs(t
     train = tmp_path / "outputs" / "train"
     a = _run_folder(train, "lenet_nobn_s0_x", 0.91, ["model=lenet"])
     b = _run_folder(train, "lenet_fc_bn2_momentum_s0_x", 0.97, ["model=lenet_fc_bn2"])
-    proc = subprocess.run([sys.executable, "-m", "bnsweep.report", str(train)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnsweep.report", str(train)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"error: {train} is not a sweep folder (no command.txt in it); to compare runs: "
@@ -84,7 +93,10 @@ def test_the_report_refuses_a_folder_that_is_no_sweep_and_compares_chosen_runs(t
                            "--out", str(out)], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = {r["model"]: r for r in read_summary(out)}
-    assert float(rows["lenet"]["val_acc_mean"]) == 0.91 and float(rows["lenet_fc_bn2"]["val_acc_mean"]) == 0.97
+    assert (
+        float(rows["lenet"]["val_acc_mean"]) == 0.91
+        and float(rows["lenet_fc_bn2"]["val_acc_mean"]) == 0.97
+    )
     assert "| lenet_fc_bn2 | 1 / 0 / 0 | 0.9700 (n = 1) |" in (out / "summary.md").read_text()
     assert {"val_acc.png", "summary.csv"} <= {p.name for p in out.iterdir()}
     again = subprocess.run([sys.executable, "-m", "bnsweep.report", "--runs", str(a), "--out", str(b)],
@@ -98,9 +110,8 @@ def test_curves_have_markers_a_step_axis_for_runs_validated_mid_epoch_and_the_se
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnsweep.report import load_runs
     from bnsweep.report.plots import band, by_steps
-    from bnsweep.report.runs import group_by_point
+    from bnsweep.report.runs import group_by_point, load_runs
 
     _run_folder(tmp_path, "0_model=lenet,seed=0", 0.91, ["model=lenet", "seed=0"])
     _run_folder(tmp_path, "1_model=lenet_fc_bn2,seed=0", 0.97, ["model=lenet_fc_bn2", "seed=0"])
@@ -119,10 +130,12 @@ def test_curves_have_markers_a_step_axis_for_runs_validated_mid_epoch_and_the_se
     assert (tmp_path / "val_acc.png").stat().st_size > 10_000
 
 
-def test_a_fetched_data_set_says_where_it_came_from_and_went(mnist_dir, tmp_path, monkeypatch, capsys):
+def test_a_fetched_data_set_says_where_it_came_from_and_went(
+    mnist_dir, tmp_path, monkeypatch, capsys
+):
     from helpers import write_mnist_copy
 
-    import bnsweep.datasets as ds
+    import bnsweep.data.catalog as ds
 
     def fake_download(spec, dest):  # the files a mirror would give
         write_mnist_copy(mnist_dir, dest, gz=True)
@@ -131,7 +144,10 @@ def test_a_fetched_data_set_says_where_it_came_from_and_went(mnist_dir, tmp_path
     found = ds.locate(ds.DATASETS["mnist"], tmp_path / "data", download=True)
     assert found["train_images"].parent == tmp_path / "data" / "MNIST" / "raw"
     err = capsys.readouterr().err.strip()
-    assert err == f"data: MNIST fetched from torchvision's mirrors into {tmp_path / 'data' / 'MNIST' / 'raw'}"
+    assert (
+        err
+        == f"data: MNIST fetched from torchvision's mirrors into {tmp_path / 'data' / 'MNIST' / 'raw'}"
+    )
     ds.locate(ds.DATASETS["mnist"], tmp_path / "data", download=True)
     assert capsys.readouterr().err == ""  # once: later runs find them there
     shutil.rmtree(tmp_path / "data")

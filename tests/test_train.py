@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from bnsweep.train import build, run
+from bnsweep.run.training import build, run
 
 QUICK = [
     "trainer.max_steps=40",
@@ -124,7 +124,7 @@ def test_train_cli_short_run(cli, tmp_path):
 def test_test_weights_best_scores_the_best_validations_weights(make_cfg, tmp_path, mnist_dir):
     """test_weights=best: the test set is scored with ckpt/best.ckpt's weights (its BN
     statistics included): the accuracy those weights get on the test images, recomputed here."""
-    from bnsweep.data import MNISTDataModule
+    from bnsweep.data.modules import MNISTDataModule
 
     # lr 0.5 with SGD: the validation accuracy moves up and down, so the best is not the last
     cfg = make_cfg("model=lenet_fc_bn2", "optimizer=sgd", "optimizer.lr=0.5", "logger=none",
@@ -151,14 +151,16 @@ def test_test_loss_is_the_mean_over_images_with_a_smaller_last_batch(make_cfg, t
     computation from the run's last weights, also where the last batch is smaller (3,000 ×
     3 + 1,000): the mean of the batch means, as it once was, weighs the last batch 1/4 for
     its 1/10 of the images."""
-    from bnsweep.data import MNISTDataModule
+    from bnsweep.data.modules import MNISTDataModule
 
     cfg = make_cfg("model=lenet_fc_bn2", "logger=none", "data.train_size=1000", "trainer.max_epochs=null",
                    "trainer.max_steps=15", "trainer.val_check_interval=15", "trainer.check_val_every_n_epoch=null",
                    "trainer.limit_val_batches=1", "data.eval_batch_size=3000")  # fmt: skip
     m = run(cfg)
     module, _ = build(cfg)
-    module.load_state_dict(torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", weights_only=True)["state_dict"])
+    module.load_state_dict(
+        torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    )
     module.eval()
     dm = MNISTDataModule(root=str(mnist_dir), download=False)
     dm.setup()
@@ -167,7 +169,9 @@ def test_test_loss_is_the_mean_over_images_with_a_smaller_last_batch(make_cfg, t
     losses = F.cross_entropy(logits, dm.tensors["y_test"], reduction="none")
     assert m["test/loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
     batch_means = torch.stack([c.mean() for c in losses.split(3000)]).mean().item()
-    assert abs(batch_means - losses.mean().item()) > 1e-4 * losses.mean().item()  # the test tells them apart
+    assert (
+        abs(batch_means - losses.mean().item()) > 1e-4 * losses.mean().item()
+    )  # the test tells them apart
 
 
 def test_training_epoch_means_equal_a_replay_of_the_same_steps(make_cfg, tmp_path):
@@ -344,9 +348,13 @@ def test_corrupt_data_leaves_no_run_folder(cli, tmp_path, mnist_dir):
     victim.write_bytes(bytes(data))
     proc = cli("train.py", f"data.root={copy}", "data.download=false", "data.cache=false", *QUICK)
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith(f"error: corrupt data file {victim}: md5 of its contents is")
+    assert proc.stderr.strip().startswith(
+        f"error: corrupt data file {victim}: md5 of its contents is"
+    )
     assert proc.stderr.strip().count("\n") == 0
-    assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").iterdir())
+    assert not (tmp_path / "outputs" / "train").exists() or not any(
+        (tmp_path / "outputs" / "train").iterdir()
+    )
 
 
 def test_compiled_training_matches_the_eager_run(make_cfg, tmp_path):
@@ -374,7 +382,7 @@ _MALLOC_PROBE = """
 import ctypes, resource, torch
 import torch.nn.functional as F
 from bnsweep.nn import LeNet, make_batchnorm
-from bnsweep.runtime import tune_allocator
+from bnsweep.run.runtime import tune_allocator
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -404,7 +412,7 @@ print(libc.mallinfo2().hblkhd - before)
 
 
 def test_runs_reuse_freed_buffers_instead_of_page_faulting_them_again():
-    """train.run tunes malloc (bnsweep.runtime): large buffers come from the heap and stay
+    """train.run tunes malloc (bnsweep.run.runtime): large buffers come from the heap and stay
     there, so a training step reuses what the previous one freed instead of faulting fresh
     pages in; BNSWEEP_MALLOC=default opts out."""
     import os
@@ -435,7 +443,7 @@ def test_a_histogram_counts_the_finite_values_in_equal_width_buckets():
     bucket closed; a constant tensor is one bucket, no finite value no histogram."""
     import numpy as np
 
-    from bnsweep.tensorboard import histogram_proto
+    from bnsweep.run.tensorboard import histogram_proto
 
     torch.manual_seed(0)
     x = torch.randn(50_000)

@@ -17,7 +17,7 @@ from conftest import compose_cfg
 from helpers import SHORT, refused_with
 from torch import nn
 
-from bnsweep.config import ConfigError, validate
+from bnsweep.config.checks import ConfigError, validate
 from bnsweep.nn import (
     MLP,
     BatchNorm1d,
@@ -196,7 +196,7 @@ def test_recomputed_statistics_are_the_plain_average_over_the_same_batches():
 
 
 def _short_run(make_cfg, tmp_path, name, *overrides):
-    from bnsweep.train import run
+    from bnsweep.run.training import run
 
     cfg = make_cfg(f"run_dir={tmp_path / name}", "model=lenet_fc_bn2", *SHORT, *overrides)
     return run(cfg), tmp_path / name
@@ -216,7 +216,7 @@ def test_precise_bn_leaves_training_bit_identical_and_scores_with_the_recomputed
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the second score: the final weights with statistics recomputed over the first 4 batches of
     # the first epoch's order, scored here on the test batches the run used (limit_test_batches=1)
-    from bnsweep.train import build
+    from bnsweep.run.training import build
 
     cfg = make_cfg("model=lenet_fc_bn2", *SHORT)
     module, data = build(cfg)
@@ -327,14 +327,14 @@ def test_activation_and_position_are_axes_and_the_defaults_are_unchanged(net_cla
 
 
 def test_the_config_lists_the_networks_activations():
-    from bnsweep.config import ACTIVATIONS as NAMES
+    from bnsweep.config.checks import ACTIVATIONS as NAMES
 
     assert tuple(ACTIVATIONS) == NAMES
 
 
 def test_the_tanh_bn_mlp_trains(make_cfg, tmp_path):
     """REFERENCES §2's MLP: 784-100-100-100-10, BN → tanh, now one config."""
-    from bnsweep.train import run
+    from bnsweep.run.training import run
 
     cfg = make_cfg(f"run_dir={tmp_path / 'tanh'}", "model=mlp_bn", "model.activation=tanh", "data.train_size=6000",
                    "trainer.max_steps=300", "trainer.max_epochs=null", "trainer.limit_val_batches=2",
@@ -462,7 +462,7 @@ def test_a_folder_recorded_before_the_new_keys_existed_still_matches():
     """run_config.json of a run made before model.activation, model.bn_position, bn.precise_
     batches … existed: without them. The same run now compares equal (a resume continues it);
     a run that sets one of them to another value does not."""
-    from bnsweep.runs import comparable, config_snapshot
+    from bnsweep.run.folders import comparable, config_snapshot
 
     now = config_snapshot(compose_cfg("train", ["model=lenet_fc_bn2", "run_dir=/tmp/x"]))
     resolved = compose_cfg("train", ["model=lenet_fc_bn2", "run_dir=/tmp/x"])

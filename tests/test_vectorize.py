@@ -119,7 +119,6 @@ def test_fused_kernels_train_each_member_as_alone_to_rounding(exact_fp32, device
                                            msg=f"{bn} {key}")  # fmt: skip
 
 
-
 @pytest.mark.parametrize("bn", list(NORMS))
 def test_stacked_lenet_trains_each_member_as_alone(bn):
     """Five Adam steps and an eval pass: every member's loss, logits, weights and BN running
@@ -204,7 +203,7 @@ def _cfg(tmp_path: Path, mnist_dir: Path, name: str, *overrides: str):
 
 
 def _independent(tmp_path, mnist_dir, seed, *overrides):
-    from bnsweep.train import run
+    from bnsweep.run.training import run
 
     return run(_cfg(tmp_path, mnist_dir, f"alone{seed}", f"seed={seed}", *overrides))
 
@@ -231,7 +230,7 @@ VARIANTS = ["bn=momentum", "bn=window", "bn=cumulative", "bn=ghost",
 
 @pytest.mark.parametrize("bn", VARIANTS)
 def test_vectorized_lenet_fc_bn2_equals_independent_runs(tmp_path, mnist_dir, bn):
-    from bnsweep.vectorize import run_members
+    from bnsweep.sweep.vectorize import run_members
 
     overrides = ["model=lenet_fc_bn2", *bn.split(), *STEPS]
     members = run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[0,1,2]", *overrides))
@@ -258,25 +257,28 @@ def test_vectorized_lenet_fc_bn2_equals_independent_runs(tmp_path, mnist_dir, bn
     assert {p.name for p in (run_dir / "ckpt").iterdir()} == {"last.ckpt", "best.ckpt", "prev.ckpt"}
 
 
-
 def test_member_checkpoint_is_an_independent_runs_checkpoint(tmp_path, mnist_dir):
     """A member's last.ckpt loads into the plain network and gives the member's test accuracy."""
-    from bnsweep.vectorize import run_members
+    from bnsweep.sweep.vectorize import run_members
 
     overrides = ["model=lenet_fc_bn2", "bn=window", *SHORT, "trainer.limit_test_batches=null"]
     members = run_members(_cfg(tmp_path, mnist_dir, "job", "seeds=[3,4]", *overrides))
     ckpt = torch.load(tmp_path / "job,seed=4" / "ckpt" / "last.ckpt", weights_only=True)
     saved = ckpt["bnsweep"]["history"]  # saved at the last validation, before the epoch's end
     assert ckpt["global_step"] == 20 and saved["val/acc"] == members[1]["history"]["val/acc"]
-    module = plain_module(_cfg(tmp_path, mnist_dir, "plain", "seed=4", *overrides), ckpt["state_dict"])
-    assert accuracy_on_test_set(module, mnist_dir) == pytest.approx(members[1]["test/acc"], abs=1e-6)
+    module = plain_module(
+        _cfg(tmp_path, mnist_dir, "plain", "seed=4", *overrides), ckpt["state_dict"]
+    )
+    assert accuracy_on_test_set(module, mnist_dir) == pytest.approx(
+        members[1]["test/acc"], abs=1e-6
+    )
     assert len(ckpt["optimizer_states"][0]["state"]) == len(list(module.parameters()))
 
 
 def test_vectorized_percentiles_and_bn_dashboards_are_each_members(tmp_path, mnist_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from bnsweep.vectorize import run_members
+    from bnsweep.sweep.vectorize import run_members
 
     overrides = ["model=mlp_bn", "+percentiles={layer: fc3, unit: 7, q: [15, 50, 85]}", *SHORT,
                  "logger=tensorboard"]  # fmt: skip
@@ -296,7 +298,7 @@ def test_vectorized_percentiles_and_bn_dashboards_are_each_members(tmp_path, mni
 
 @pytest.mark.slow
 def test_vectorized_cnn_with_dropout_equals_independent_runs(tmp_path, mnist_dir):
-    from bnsweep.vectorize import run_members
+    from bnsweep.sweep.vectorize import run_members
 
     # the init study's optimizer; batch 16 instead of its 50 keeps the 200 steps affordable here
     overrides = ["model=cnn", "optimizer.lr=1e-4", "data.batch_size=16", *STEPS,
@@ -310,10 +312,10 @@ def test_vectorized_cnn_with_dropout_equals_independent_runs(tmp_path, mnist_dir
 def test_a_diverging_member_is_frozen_and_the_others_train_on(tmp_path, mnist_dir, monkeypatch):
     """Seed 1's network gets a NaN bias: it diverges at step 0 as alone; seeds 0 and 2 train as
     alone, and seed 1's report equals its independent run's."""
-    import bnsweep.train
-    import bnsweep.vectorize
+    import bnsweep.run.training
+    import bnsweep.sweep.vectorize
 
-    counted = bnsweep.train.build_counted
+    counted = bnsweep.run.training.build_counted
 
     def plain(cfg):
         return counted(cfg)[0]
@@ -325,10 +327,10 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on(tmp_path, mnist_di
                 net.fc3.bias[0] = math.nan
         return net, swapped
 
-    monkeypatch.setattr(bnsweep.train, "build_counted", poisoned)
-    _ = bnsweep.vectorize  # its build_net calls bnsweep.train.build_counted
+    monkeypatch.setattr(bnsweep.run.training, "build_counted", poisoned)
+    _ = bnsweep.sweep.vectorize  # its build_net calls bnsweep.run.training.build_counted
     overrides = ["model=lenet_fc_bn2", *SHORT]
-    members = bnsweep.vectorize.run_members(
+    members = bnsweep.sweep.vectorize.run_members(
         _cfg(tmp_path, mnist_dir, "job", "seeds=[0,1,2]", *overrides)
     )
     assert [m["diverged"] for m in members] == [False, True, False]
@@ -340,11 +342,13 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on(tmp_path, mnist_di
     assert members[1]["history"]["val_step"] == alone["history"]["val_step"] == [1]
     assert members[1]["test/acc"] == alone["test/acc"]
     # stacked again for a resume, the diverged member stays frozen at its own weights
-    from bnsweep.vectorize import stack_checkpoints
+    from bnsweep.sweep.member_checkpoints import stack_checkpoints
 
     ckpts = [torch.load(tmp_path / f"job,seed={s}" / "ckpt" / "last.ckpt", weights_only=True)
              for s in (0, 1, 2)]  # fmt: skip
-    net = StackedNet([plain(_cfg(tmp_path, mnist_dir, "x", f"seed={s}", *overrides)) for s in (0, 1, 2)])
+    net = StackedNet(
+        [plain(_cfg(tmp_path, mnist_dir, "x", f"seed={s}", *overrides)) for s in (0, 1, 2)]
+    )
     job = stack_checkpoints(ckpts, net)["bnsweep"]
     assert job["diverged_step"] == [None, 0, None] and list(job["frozen"]) == [1]
     bias = job["frozen"][1]["fc3.bias"]
@@ -352,12 +356,11 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on(tmp_path, mnist_di
                                equal_nan=True)  # fmt: skip
 
 
-
 def test_an_interrupted_vectorized_job_resumes_from_its_members_checkpoints(
     tmp_path, mnist_dir, monkeypatch
 ):
-    from bnsweep.members import LitMembers
-    from bnsweep.vectorize import run_members
+    from bnsweep.sweep.members import LitMembers
+    from bnsweep.sweep.vectorize import run_members
 
     # the CNN with BN and dropout: the resumed members draw the masks the whole run draws
     overrides = ["model=cnn_bn", "bn=window", "data.batch_size=16", "data.eval_batch_size=250",
@@ -425,8 +428,14 @@ def test_vectorize_refuses_compile_before_any_job(cli, tmp_path):
 def test_vectorized_sweep_resumes_through_the_command_line(cli, tmp_path):
     """resume=<sweep folder> finds a vectorized sweep's member folders again: a finished member
     is skipped, an unfinished one continues from its last.ckpt, and the report is rewritten."""
-    args = ["-m", "model=lenet_fc_bn2", "sweep.vectorize=true", "seeds=[0,1]", *SHORT,
-            "trainer.accelerator=cpu"]  # equal numbers after a resume: deterministic kernels
+    args = [
+        "-m",
+        "model=lenet_fc_bn2",
+        "sweep.vectorize=true",
+        "seeds=[0,1]",
+        *SHORT,
+        "trainer.accelerator=cpu",
+    ]  # equal numbers after a resume: deterministic kernels
     first = cli("sweep.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     sweep = sweep_dir_of(tmp_path)
@@ -449,8 +458,8 @@ def test_vectorized_sweep_resumes_through_the_command_line(cli, tmp_path):
 
 
 def _planned(*args: str) -> list[tuple[str, list[str]]]:
-    from bnsweep.cli import sweep_argv
-    from bnsweep.plan import plan
+    from bnsweep.config.cli import sweep_argv
+    from bnsweep.sweep.plan import plan
 
     return [(j.folder, j.runs) for j in plan(sweep_argv(list(args)))[1]]
 
@@ -465,9 +474,12 @@ def test_points_differing_only_in_init_or_the_bn_estimator_stack_into_one_job():
                                   for v in ("0.01", "0.1") for s in (0, 1)]),
     ]  # fmt: skip
     # momentum and cumulative keep no buffers of their own: one job; the window keeps its ring
-    assert [f for f, _ in _planned("model=lenet_fc_bn2", "bn=momentum,window,cumulative", *vec)] == [
-        "0_", "1_bn=window"]
-    assert [len(r) for _, r in _planned("model=lenet_fc_bn2", "bn.momentum=0.1,0.01,null", *vec)] == [6]
+    assert [
+        f for f, _ in _planned("model=lenet_fc_bn2", "bn=momentum,window,cumulative", *vec)
+    ] == ["0_", "1_bn=window"]
+    assert [
+        len(r) for _, r in _planned("model=lenet_fc_bn2", "bn.momentum=0.1,0.01,null", *vec)
+    ] == [6]
     # what the training computes differs: ghost batches, renorm's r and d from the running
     # statistics, torch's layer: separate jobs
     for swept in (["bn=momentum,ghost"], ["bn=renorm", "bn.momentum=0.1,0.01"], ["bn=momentum,torch"],
@@ -484,7 +496,8 @@ def test_the_init_scale_study_vectorized_is_one_job_of_27_runs(cli):
     assert lines[0].split(": ", 1)[1].startswith("1 jobs, 27 runs")
     stds = ("0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3", "1.0")
     assert lines[1].split("runs: ")[1].split(", ") == [
-        f"0_init.std={v},seed={s}" for v in stds for s in (0, 1, 2)]
+        f"0_init.std={v},seed={s}" for v in stds for s in (0, 1, 2)
+    ]
 
 
 def _by_member(sweep: Path) -> dict[str, Path]:
@@ -504,7 +517,8 @@ def _assert_bit_identical(vectorized: Path, independent: Path, names: list[str],
         for key in ("test/acc", "test/loss", "val/acc", "val/acc_best", "steps", "seed", "choices"):
             assert a[key] == b[key], (name, key)
         assert json.loads((ours[name] / "run_config.json").read_text()) == json.loads(
-            (alone[name] / "run_config.json").read_text())
+            (alone[name] / "run_config.json").read_text()
+        )
         wa, wb = (torch.load(d / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
                   for d in (ours[name], alone[name]))  # fmt: skip
         assert wa.keys() == wb.keys()
@@ -519,7 +533,9 @@ def _assert_bit_identical(vectorized: Path, independent: Path, names: list[str],
 
 
 def numbers_without_times(sweep: Path) -> list[dict[str, str]]:
-    return [{k: v for k, v in r.items() if not k.startswith("wall_time")} for r in read_summary(sweep)]
+    return [
+        {k: v for k, v in r.items() if not k.startswith("wall_time")} for r in read_summary(sweep)
+    ]
 
 
 def _sweeps(cli, tmp_path: Path, *args: str) -> tuple[Path, Path]:
@@ -577,4 +593,5 @@ def test_a_sweep_of_stacked_points_resumes_through_the_command_line(cli, tmp_pat
     assert after["resumed_from_step"] == 20
     assert after["history"] == before["history"] and after["test/acc"] == before["test/acc"]
     assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == [
-        f"0_init.std={v},seed={s}" for v in ("0.05", "0.1") for s in (0, 1)]
+        f"0_init.std={v},seed={s}" for v in ("0.05", "0.1") for s in (0, 1)
+    ]

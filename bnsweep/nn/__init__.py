@@ -1,68 +1,57 @@
-"""Pure PyTorch core: our BatchNorm layer, the networks of the studies, weight init."""
+"""The model: our BatchNorm layer and its inference-statistics estimators, the studies' networks,
+weight init, and any network by ``_target_`` with the ``bn=`` choice put in (``networks``).
 
-from bnsweep.nn.batchnorm import (
-    BatchNorm,
-    BatchNorm1d,
-    BatchNorm2d,
-    BatchNorm3d,
-    BatchRenorm,
-    TorchBatchNorm,
-    batch_norms,
-    make_batch_renorm,
-    make_batchnorm,
-    make_group_norm,
-    make_layer_norm,
-    make_no_norm,
-    make_torch_batchnorm,
-    norm_layers,
-    recompute_population_stats,
-)
-from bnsweep.nn.cnn import InitCNN
-from bnsweep.nn.estimators import ESTIMATORS, Estimator, register
-from bnsweep.nn.init import glorot_uniform, normal, orthogonal, torch_default, truncated_normal
-from bnsweep.nn.layers import (
-    Block,
-    NormFactory,
-    block_names,
-    capture_preactivations,
-    count_parameters,
-)
-from bnsweep.nn.lenet import LeNet
-from bnsweep.nn.mlp import MLP
-from bnsweep.nn.swap import swap_batchnorms, torch_batchnorms
+Pure PyTorch, plus ``architectures`` (the studies' layer names, without torch, which the config
+checks read). Imports only the shared leaves (``bnsweep.files``); nothing of data, config, run,
+sweep or report. Names below load on first use, so ``bnsweep.nn.architectures`` costs no torch.
+"""
 
-__all__ = [
-    "ESTIMATORS",
-    "MLP",
-    "Estimator",
-    "BatchNorm",
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "TorchBatchNorm",
-    "BatchRenorm",
-    "batch_norms",
-    "make_batch_renorm",
-    "make_group_norm",
-    "make_no_norm",
-    "make_layer_norm",
-    "orthogonal",
-    "Block",
-    "InitCNN",
-    "LeNet",
-    "NormFactory",
-    "make_batchnorm",
-    "block_names",
-    "capture_preactivations",
-    "count_parameters",
-    "glorot_uniform",
-    "normal",
-    "norm_layers",
-    "recompute_population_stats",
-    "register",
-    "make_torch_batchnorm",
-    "torch_default",
-    "truncated_normal",
-    "swap_batchnorms",
-    "torch_batchnorms",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BatchNorm": "bnsweep.nn.batchnorm",
+    "BatchNorm1d": "bnsweep.nn.batchnorm",
+    "BatchNorm2d": "bnsweep.nn.batchnorm",
+    "BatchNorm3d": "bnsweep.nn.batchnorm",
+    "BatchRenorm": "bnsweep.nn.renorm",
+    "TorchBatchNorm": "bnsweep.nn.norms",
+    "batch_norms": "bnsweep.nn.norms",
+    "make_batch_renorm": "bnsweep.nn.norms",
+    "make_batchnorm": "bnsweep.nn.norms",
+    "make_group_norm": "bnsweep.nn.norms",
+    "make_layer_norm": "bnsweep.nn.norms",
+    "make_no_norm": "bnsweep.nn.norms",
+    "make_torch_batchnorm": "bnsweep.nn.norms",
+    "norm_layers": "bnsweep.nn.norms",
+    "recompute_population_stats": "bnsweep.nn.norms",
+    "InitCNN": "bnsweep.nn.cnn",
+    "ESTIMATORS": "bnsweep.nn.estimators",
+    "Estimator": "bnsweep.nn.estimators",
+    "register": "bnsweep.nn.estimators",
+    "glorot_uniform": "bnsweep.nn.init",
+    "normal": "bnsweep.nn.init",
+    "orthogonal": "bnsweep.nn.init",
+    "torch_default": "bnsweep.nn.init",
+    "truncated_normal": "bnsweep.nn.init",
+    "Block": "bnsweep.nn.layers",
+    "NormFactory": "bnsweep.nn.layers",
+    "block_names": "bnsweep.nn.layers",
+    "capture_preactivations": "bnsweep.nn.layers",
+    "count_parameters": "bnsweep.nn.layers",
+    "LeNet": "bnsweep.nn.lenet",
+    "MLP": "bnsweep.nn.mlp",
+    "swap_batchnorms": "bnsweep.nn.swap",
+    "torch_batchnorms": "bnsweep.nn.swap",
+    "torchvision_model": "bnsweep.nn.networks",
+    "RaiseAtStep": "bnsweep.nn.faults",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,19 +27,20 @@ Variants of the training transform:
 - Ghost BN (Hoffer, Hubara & Soudry 2017): ``ghost_batch_size=k`` normalises each of the N/k
   virtual batches of k samples with its own statistics, and the estimator takes one update per
   virtual batch, in order. k = N is the layer above.
-- Batch renormalization (Ioffe 2017, Alg. 1): ``BatchRenorm``, below.
+- Batch renormalization (Ioffe 2017, Alg. 1): ``BatchRenorm`` (bnsweep.nn.renorm).
+
+The factories the ``bn=`` configs name and the lookups of norm layers in a network:
+bnsweep.nn.norms.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bnsweep.nn.estimators import (
-    Cumulative,
     Estimator,
     check_momentum,
     check_window,
@@ -52,11 +53,11 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SHAPE_NAMES = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -98,12 +99,14 @@ class BatchNorm(nn.Module):
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
-        if ghost_batch_size is not None and not (_is_int(ghost_batch_size) and ghost_batch_size >= 1):
+        if ghost_batch_size is not None and not (
+            is_int(ghost_batch_size) and ghost_batch_size >= 1
+        ):
             raise ValueError(
                 f"bn.ghost_batch_size must be a positive integer, got {ghost_batch_size!r}"
             )
         self.ghost_batch_size = ghost_batch_size
-        if not _is_number(eps) or not eps > 0:
+        if not is_number(eps) or not eps > 0:
             raise ValueError(f"eps must be a number > 0, got {eps!r}")
         named = not isinstance(estimator, Estimator)
         if named:
@@ -114,7 +117,9 @@ class BatchNorm(nn.Module):
             check_momentum(momentum)  # torch's keywords, checked whatever the estimator
         check_window(window)
         if named:
-            estimator = make_estimator(estimator, {"momentum": momentum, "window": window, **options})
+            estimator = make_estimator(
+                estimator, {"momentum": momentum, "window": window, **options}
+            )
         elif options:
             raise ValueError(f"unexpected options {sorted(options)} beside an Estimator object")
         self.num_features = num_features
@@ -195,7 +200,11 @@ class BatchNorm(nn.Module):
     # eval at the FC shapes (docs/benchmarks.md).
 
     def forward(self, x: Tensor) -> Tensor:
-        own = self._buffers["running_mean"] if self.track_running_stats else self._parameters["weight"]
+        own = (
+            self._buffers["running_mean"]
+            if self.track_running_stats
+            else self._parameters["weight"]
+        )
         if x.dtype in _LOW_PRECISION and own is not None and own.dtype not in _LOW_PRECISION:
             # mixed precision (autocast's bf16 / fp16 activations into a float32 layer), as
             # torch's BN takes it: the statistics, the normalisation and the running statistics
@@ -221,8 +230,7 @@ class BatchNorm(nn.Module):
         if m < 2 and self.training:
             raise ValueError(
                 f"{type(self).__name__} needs more than 1 value per channel when training, "
-                f"got input of shape {tuple(x.shape)}"
-                + (f" in batches of {k}" if k != n else "")
+                f"got input of shape {tuple(x.shape)}" + (f" in batches of {k}" if k != n else "")
             )
         y, stats = self._batch_stats(x, k)
         if self.training and self.track_running_stats:
@@ -238,7 +246,12 @@ class BatchNorm(nn.Module):
         params, buffers = self._parameters, self._buffers
         s = self.members
         whole = s == 1 or self.fused or (self.fused is None and x.is_cuda)
-        tensors = [params["weight"], params["bias"], buffers["running_mean"], buffers["running_var"]]
+        tensors = [
+            params["weight"],
+            params["bias"],
+            buffers["running_mean"],
+            buffers["running_var"],
+        ]
         if not whole:  # each member's parameters and statistics: its block of channels
             tensors = [[None] * s if t is None else t.chunk(s) for t in tensors]
         parts = []
@@ -345,222 +358,5 @@ class BatchNorm3d(BatchNorm):
     _expected_dims = (5,)
 
 
-class BatchRenorm(BatchNorm):
-    """Batch renormalization (Ioffe 2017, Alg. 1): training normalises with the batch
-    statistics and corrects towards the running ones,
-
-        σ_B = √(σ²_B + ε),  σ = √(running_var + ε)
-        r = clip(σ_B / σ, 1/r_max, r_max),  d = clip((μ_B − μ) / σ, −d_max, d_max)
-        x̂ = (x − μ_B) / σ_B · r + d,  y = γ x̂ + β
-
-    with r and d constants of the backward (stop-gradient); inference is BN's. r_max = 1,
-    d_max = 0 is BN, and the layer computes BN's function then. The paper's schedule, in
-    training steps t (the layer's ``num_batches_tracked``): plain BN for ``warmup`` steps, then
-    r_max grows linearly from 1 to ``r_max`` by step ``r_max_steps`` and d_max from 0 to
-    ``d_max`` by step ``d_max_steps``.
-
-    One difference from the paper: its running σ is a moving average of σ_B; here σ comes from
-    ``running_var``, the estimator's estimate of the variance (any estimator can be used).
-    """
-
-    def __init__(
-        self,
-        num_features: int,
-        *args: Any,
-        r_max: float = 3.0,
-        d_max: float = 5.0,
-        warmup: int = 5000,
-        r_max_steps: int = 40000,
-        d_max_steps: int = 25000,
-        **kwargs: Any,
-    ) -> None:
-        checks = [
-            ("r_max", r_max, _is_number(r_max) and math.isfinite(r_max) and r_max >= 1,
-             "a finite number >= 1"),
-            ("d_max", d_max, _is_number(d_max) and math.isfinite(d_max) and d_max >= 0,
-             "a finite number >= 0"),
-            ("warmup", warmup, _is_int(warmup) and warmup >= 0, "an integer >= 0"),
-        ]  # fmt: skip
-        for key, end in (("r_max_steps", r_max_steps), ("d_max_steps", d_max_steps)):
-            checks.append((key, end, _is_int(end) and _is_int(warmup) and end >= warmup,
-                           f"an integer >= bn.warmup ({warmup!r})"))  # fmt: skip
-        for key, value, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"bn.{key} must be {expected}, got {value!r}")
-        if kwargs.get("ghost_batch_size") is not None:
-            raise ValueError("bn.ghost_batch_size cannot be combined with bn=renorm")
-        if kwargs.get("track_running_stats") is False:
-            raise ValueError("bn=renorm needs running statistics (track_running_stats=true)")
-        super().__init__(num_features, *args, **kwargs)
-        self.r_max, self.d_max = float(r_max), float(d_max)
-        self.warmup, self.r_max_steps, self.d_max_steps = warmup, r_max_steps, d_max_steps
-
-    def variant_options(self) -> dict[str, Any]:
-        return {"r_max": self.r_max, "d_max": self.d_max, "warmup": self.warmup,
-                "r_max_steps": self.r_max_steps, "d_max_steps": self.d_max_steps}  # fmt: skip
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + "".join(f", {k}={v}" for k, v in self.variant_options().items())
-
-    def limits(self, step: int) -> tuple[float, float]:
-        """(r_max, d_max) at training step ``step`` (0 for the first), by the schedule."""
-
-        def ramp(end: int) -> float:
-            if step < self.warmup:
-                return 0.0
-            return 1.0 if end <= self.warmup else min(1.0, (step - self.warmup) / (end - self.warmup))
-
-        return 1 + (self.r_max - 1) * ramp(self.r_max_steps), self.d_max * ramp(self.d_max_steps)
-
-    def _batch_stats(self, x: Tensor, k: int) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        # the step this batch trains: the count of batches the statistics have seen so far
-        self._limits = self.limits(int(self._buffers["num_batches_tracked"]))
-        return super()._batch_stats(x, k)
-
-    def _train_block(
-        self, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-        running_mean: Tensor | None, running_var: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        r_max, d_max = self._limits
-        if r_max == 1 and d_max == 0:  # r = 1, d = 0: BN itself, by its own function
-            return batch_norm_train(x, weight, bias, self.eps)
-        dims = (0, *range(2, x.dim()))  # every dim but the channels
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        mean = x.mean(dims)
-        var = (x - mean.view(shape)).square().mean(dims)  # biased
-        std = (var + self.eps).sqrt()
-        with torch.no_grad():
-            sigma = (running_var + self.eps).sqrt()
-            r = (std / sigma).clamp(1 / r_max, r_max)
-            d = ((mean - running_mean) / sigma).clamp(-d_max, d_max)
-        xhat = (x - mean.view(shape)) / std.view(shape) * r.view(shape) + d.view(shape)
-        y = xhat if weight is None else xhat * weight.view(shape) + bias.view(shape)
-        return y, mean.detach(), var.detach()
-
-
-class BatchRenorm1d(BatchRenorm):
-    _expected_dims = (2, 3)
-
-
-class BatchRenorm2d(BatchRenorm):
-    _expected_dims = (4,)
-
-
-# torch's normalisation layers used as baselines in BN's slot (bn=group, bn=layer)
-BASELINES = (nn.GroupNorm, nn.LayerNorm)
-
-
-def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The normalisation layers of a model by qualified name: ours, torch's BN, and the
-    GroupNorm / LayerNorm baselines."""
-    kinds = (BatchNorm, nn.modules.batchnorm._BatchNorm, *BASELINES)
-    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
-
-
-def batch_norms(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers of a model that keep inference statistics (ours and torch's BN)."""
-    return {name: m for name, m in norm_layers(model).items()
-            if getattr(m, "running_mean", None) is not None}  # fmt: skip
-
-
-def _pick(spatial: bool | None, any_dims: type, flat: type, maps: type) -> type:
-    """The class a factory builds: for conv maps (``spatial=True``), for (N, C) input
-    (``False``), or, called as ``norm(num_features)`` the way torchvision and timm call
-    ``norm_layer``, one for any input (``None``)."""
-    return any_dims if spatial is None else maps if spatial else flat
-
-
-def make_batchnorm(num_features: int, spatial: bool | None = None, **kwargs: Any) -> BatchNorm:
-    """Norm-layer factory used by the networks: our layer, 2d for conv maps, 1d for (N, C)
-    input, and for any input when the network does not say (``norm(num_features)``)."""
-    return _pick(spatial, BatchNorm, BatchNorm1d, BatchNorm2d)(num_features, **kwargs)
-
-
-def make_batch_renorm(num_features: int, spatial: bool | None = None, **kwargs: Any) -> BatchRenorm:
-    """Batch renormalization in BN's slot (bn=renorm)."""
-    return _pick(spatial, BatchRenorm, BatchRenorm1d, BatchRenorm2d)(num_features, **kwargs)
-
-
-def make_group_norm(
-    num_features: int, spatial: bool | None = None, groups: int = 2, eps: float = 1e-5
-) -> nn.Module:
-    """torch.nn.GroupNorm in BN's slot (bn=group): each sample normalised over each group of
-    num_features/groups channels (and their positions); γ, β per channel. Any (N, C, …) input."""
-    if not _is_int(groups) or groups < 1 or num_features % groups:
-        raise ValueError(
-            f"bn.groups must be a positive integer dividing the channels of every normalised "
-            f"layer, got {groups!r} for a layer of {num_features}"
-        )
-    return nn.GroupNorm(groups, num_features, eps=eps)
-
-
-def make_layer_norm(num_features: int, spatial: bool | None = None, eps: float = 1e-5) -> nn.Module:
-    """Layer norm in BN's slot (bn=layer): each sample normalised over all its features. For
-    (N, C) input torch.nn.LayerNorm(C); for conv maps, and where the input is not known,
-    torch.nn.GroupNorm(1, C), which is LayerNorm over (C, …) with one γ, β per channel (on
-    (N, C) input the same function as LayerNorm(C))."""
-    return nn.LayerNorm(num_features, eps=eps) if spatial is False else nn.GroupNorm(1, num_features, eps=eps)
-
-
-def make_no_norm(num_features: int, spatial: bool | None = None) -> nn.Module:
-    """No normalisation in BN's slot (bn=none): the identity, so a network with model.bn set
-    computes what the same network without BN layers computes (lenet_fc_bn2 bn=none = lenet)."""
-    return nn.Identity()
-
-
-class TorchBatchNorm(nn.BatchNorm1d):
-    """torch's BN layer for any (N, C, …) input: what ``bn=torch`` gives a network that calls
-    ``norm(num_features)`` without saying its input. (N, C, H, W) is normalised as the
-    (N, C, H·W) view, over the same values per channel as torch.nn.BatchNorm2d."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() <= 3:
-            return super().forward(x)
-        return super().forward(x.flatten(2)).view_as(x)  # (N, C, H, W) -> (N, C, H·W) and back
-
-
-def make_torch_batchnorm(num_features: int, spatial: bool | None = None, **kwargs: Any) -> nn.Module:
-    """Norm-layer factory for the reference: torch.nn.BatchNorm2d / BatchNorm1d (any rank
-    where the network does not say)."""
-    return _pick(spatial, TorchBatchNorm, nn.BatchNorm1d, nn.BatchNorm2d)(num_features, **kwargs)
-
-
-@torch.no_grad()
-def recompute_population_stats(
-    model: nn.Module, batches: Any, device: torch.device | None = None
-) -> int:
-    """Replace every BN layer's running statistics by exact population statistics (Alg. 2).
-
-    Runs the trained network over ``batches`` (an iterable of (x, y) or x) in training mode with
-    the weights frozen: each BN layer averages its batch means and unbiased batch variances over
-    all batches (the cumulative estimator). Dropout is switched off during the pass. Each layer's
-    estimator and the model's train/eval mode are restored afterwards. Returns the batch count.
-    """
-    norms = list(batch_norms(model).values())
-    if not norms:
-        return 0
-    was_training = {m: m.training for m in model.modules()}
-    saved = [(m, m.momentum, getattr(m, "stats", None)) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # torch's layer: cumulative average
-        if isinstance(m, BatchNorm):
-            m.stats = Cumulative()
-    model.eval()
-    for m in norms:
-        m.train()
-    n = 0
-    try:
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device) if device is not None else x)
-            n += 1
-    finally:
-        for m, momentum, stats in saved:
-            m.momentum = momentum
-            if stats is not None:
-                m.stats = stats
-                stats.from_running(m._buffers)  # its own buffers now hold the population estimate
-        for m, training in was_training.items():
-            m.train(training)
-    return n
+# torch's own BN layers (its lazy ones become these at their first forward)
+TORCH_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

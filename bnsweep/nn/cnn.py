@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from bnsweep.architectures import INIT_CNN
+from bnsweep.nn.architectures import INIT_CNN
 from bnsweep.nn.layers import Block, NormFactory, as_images, make_norms
 from bnsweep.nn.layers import activation as _activation
 

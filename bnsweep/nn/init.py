@@ -33,7 +33,9 @@ def _named_affine(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _check_number(key: str, value: Any, positive: bool = False) -> None:
     ok = not isinstance(value, bool) and isinstance(value, (int, float))
     if not ok or (positive and not value > 0) or value != value or abs(value) == float("inf"):
-        raise ValueError(f"{key} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+        raise ValueError(
+            f"{key} must be a finite number{' > 0' if positive else ''}, got {value!r}"
+        )
 
 
 def _draw(

@@ -38,7 +38,11 @@ class Block(nn.Sequential):
     """
 
     def __init__(
-        self, affine: nn.Module, act: nn.Module, norm: nn.Module | None = None, position: str = "pre"
+        self,
+        affine: nn.Module,
+        act: nn.Module,
+        norm: nn.Module | None = None,
+        position: str = "pre",
     ) -> None:
         super().__init__()
         check_position(position)
@@ -107,7 +111,9 @@ def capture_preactivations(model: nn.Module, layers: Sequence[str]) -> Iterator[
             handles.append(module.act.register_forward_pre_hook(hook))
         else:
 
-            def out_hook(_module: nn.Module, _inputs: tuple, output: Tensor, name: str = name) -> None:
+            def out_hook(
+                _module: nn.Module, _inputs: tuple, output: Tensor, name: str = name
+            ) -> None:
                 if isinstance(output, Tensor):
                     captured[name] = output.detach()
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from bnsweep.architectures import LENET
+from bnsweep.nn.architectures import LENET
 from bnsweep.nn.layers import AvgPool2d, Block, NormFactory, as_images, make_norms
 from bnsweep.nn.layers import activation as _activation
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from bnsweep.architectures import mlp_layers
+from bnsweep.nn.architectures import mlp_layers
 from bnsweep.nn.layers import Block, NormFactory, make_norms
 from bnsweep.nn.layers import activation as _activation
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor, nn
 
-from bnsweep.nn.batchnorm import BatchNorm
+from bnsweep.nn.batchnorm import TORCH_BATCHNORMS, BatchNorm
 from bnsweep.nn.estimators import Estimator, stack_dim
 
 # parameter-free layers that act per channel, hence per member, in the blocked layout
@@ -183,7 +183,7 @@ class _TorchMemberBatchNorm2d(_TorchMemberStats, nn.BatchNorm2d):
 class MemberEstimators(Estimator):
     """The estimators of S stacked members that estimate differently (an EMA of momentum 0.1
     beside 0.01, or beside the cumulative average: points a vectorized sweep stacks, see
-    ``bnsweep.points``): each updates its own block of the layer's buffers, as its own layer
+    ``bnsweep.sweep.points``): each updates its own block of the layer's buffers, as its own layer
     would. They keep the same own buffers (the stacking needs one layout)."""
 
     name = "members"
@@ -267,7 +267,7 @@ def _stack_module(
         return StackedConv2d(modules, fused)
     if isinstance(first, nn.Linear):
         return StackedLinear(modules, fused)
-    if isinstance(first, (BatchNorm, nn.modules.batchnorm._BatchNorm)):
+    if isinstance(first, (BatchNorm, *TORCH_BATCHNORMS)):
         return _stack_norm(modules, fused)
     if isinstance(first, nn.Dropout):
         if len(generators) != len(modules):

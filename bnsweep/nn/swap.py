@@ -43,7 +43,9 @@ def swap_batchnorms(model: nn.Module, factory: Callable[..., nn.Module]) -> tupl
     found = torch_batchnorms(model)
     for name, old in found.items():
         parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, _replace(name, old, factory))
+        setattr(
+            model.get_submodule(parent) if parent else model, attr, _replace(name, old, factory)
+        )
     return model, len(found)
 
 
@@ -67,7 +69,11 @@ def _replace(name: str, old: nn.Module, factory: Callable[..., nn.Module]) -> nn
     with torch.no_grad():
         for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
             src, dst = getattr(old, key, None), getattr(new, key, None)
-            if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor) and src.shape == dst.shape:
+            if (
+                isinstance(src, torch.Tensor)
+                and isinstance(dst, torch.Tensor)
+                and src.shape == dst.shape
+            ):
                 dst.copy_(src)
     if isinstance(new, BatchNorm) and new.track_running_stats:
         new.stats.from_running(new._buffers)  # the estimator continues from the copied statistics

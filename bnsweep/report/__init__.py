@@ -91,7 +91,11 @@ def unfinished_note(sweep_dir: Path) -> str:
     not counted (a resume continues them)."""
     names = sorted(p.parent.name for p in Path(sweep_dir).glob("*/run_config.json")
                    if not (p.parent / "metrics.json").exists())  # fmt: skip
-    return f"Unfinished (interrupted, or running now; resume= continues them): {', '.join(names)}.\n" if names else ""
+    return (
+        f"Unfinished (interrupted, or running now; resume= continues them): {', '.join(names)}.\n"
+        if names
+        else ""
+    )
 
 
 def diverged_note(groups: dict) -> str:
@@ -140,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args.runs, args.out, settings)
         if args.sweep_dir is None:
             p.error("give a sweep folder, or --runs <run folders> --out <folder>")
-        if not (args.sweep_dir / "command.txt").is_file() and any(args.sweep_dir.glob("*/metrics.json")):
+        if not (args.sweep_dir / "command.txt").is_file() and any(
+            args.sweep_dir.glob("*/metrics.json")
+        ):
             print(f"error: {args.sweep_dir} is not a sweep folder (no command.txt in it); to "
                   "compare runs: python -m bnsweep.report --runs <run folders> --out <folder>",
                   file=sys.stderr)  # fmt: skip

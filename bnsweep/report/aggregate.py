@@ -1,5 +1,5 @@
 """The sweep's TensorBoard view: one aggregate run per point, the custom-scalars layout and
-the HPARAMS experiment, all in aggregate/ (bnsweep.tensorboard writes them, without torch)."""
+the HPARAMS experiment, all in aggregate/ (bnsweep.run.tensorboard writes them, without torch)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from bnsweep.keys import HPARAMS_SHOWN
+from bnsweep.config.keys import HPARAMS_SHOWN
 from bnsweep.report.plots import curves
 from bnsweep.report.runs import Run, point_label
 
@@ -18,11 +18,14 @@ AGGREGATE_LAYOUT = {
         "val/acc mean": ("Multiline", [r"^points/val_acc_mean$"]),
         "val/loss mean": ("Multiline", [r"^points/val_loss_mean$"]),
         "train/acc mean (per epoch)": ("Multiline", [r"^points/train_acc_mean$"]),
-        "val/acc mean ± std": ("Margin", ["points/val_acc_mean", "points/val_acc_lower",
-                                          "points/val_acc_upper"]),
+        "val/acc mean ± std": (
+            "Margin",
+            ["points/val_acc_mean", "points/val_acc_lower", "points/val_acc_upper"],
+        ),
     },
     "bnsweep: every run": {"val/acc": ("Multiline", [r"^val/acc$"])},
 }
+
 
 def steps_per_epoch(run: Run) -> float | None:
     """Training steps of one epoch, from the run's validation history (step / epoch)."""
@@ -36,7 +39,7 @@ def write_tensorboard(sweep_dir: Path, groups: dict, swept: Sequence[str] = ()) 
     val/acc, val/loss and train/acc, against the training step as the runs' own curves), a
     custom-scalars layout that draws every point's mean in one chart, and the sweep's HPARAMS
     experiment (the swept keys, the seed and HPARAMS_SHOWN, each with its domain)."""
-    from bnsweep.tensorboard import EventWriter, experiment_summary
+    from bnsweep.run.tensorboard import EventWriter, experiment_summary
 
     root = sweep_dir / "aggregate"
     shutil.rmtree(root, ignore_errors=True)  # derived from the runs: never merged with an old one

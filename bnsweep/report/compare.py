@@ -85,7 +85,9 @@ def _per_seed(members: Sequence[Run]) -> dict[int, dict[str, float | None]]:
     return {int(r.metrics.get("seed", 0)): run_values(r) for r in members if r.ok}
 
 
-def comparisons(ordered: Sequence[tuple[tuple, Sequence[Run]]], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+def comparisons(
+    ordered: Sequence[tuple[tuple, Sequence[Run]]], settings: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """One row per (pair of points, metric), the points in the summary's order."""
     points = [p for p, _ in ordered]
     if len(points) < 2:
@@ -189,12 +191,16 @@ def forest_plot(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [m for m in ("test_acc", "val_acc") if any(r["metric"] == m and not math.isnan(r["diff"]) for r in rows)]
+    panels = [
+        m
+        for m in ("test_acc", "val_acc")
+        if any(r["metric"] == m and not math.isnan(r["diff"]) for r in rows)
+    ]
     if not panels:
         return None
     by = {(r["point"], r["baseline"], r["metric"]): r for r in rows}
     pairs, labels, baseline = forest_labels(rows, panels)
-    pages = [pairs[i:i + ROWS_PER_PAGE] for i in range(0, len(pairs), ROWS_PER_PAGE)]
+    pages = [pairs[i : i + ROWS_PER_PAGE] for i in range(0, len(pairs), ROWS_PER_PAGE)]
     for page, shown in enumerate(pages):
         out = path if page == 0 else path.with_name(f"{path.stem}_{page + 1}{path.suffix}")
         _forest_page(plt, out, shown, by, panels, labels, baseline,
@@ -242,14 +248,20 @@ def _forest_page(plt, out: Path, pairs: list, by: Mapping, panels: list[str], la
             y = n - 1 - i
             if not math.isnan(r["ci_low"]):
                 ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="C0", linewidth=2)
-            ax.plot([r["diff"]], [y], "o", color="C0", markerfacecolor="C0" if r["significant"] else "white")
+            ax.plot(
+                [r["diff"]],
+                [y],
+                "o",
+                color="C0",
+                markerfacecolor="C0" if r["significant"] else "white",
+            )
         ax.axvline(0, color="grey", linewidth=1, linestyle="--")
         ax.set_ylim(-0.6, n - 0.4)
         ax.set_xlabel(f"{metric.replace('_', ' ')}:\ndifference [95 % CI]", fontsize=9)
         ax.tick_params(labelsize=8)
     axes[0][0].set_yticks(range(n))
     axes[0][0].set_yticklabels([labels[pair] for pair in reversed(pairs)], fontsize=8)
-    head = (f"point − baseline, the baseline: {baseline}" if baseline else "A − B (every pair)")
+    head = f"point − baseline, the baseline: {baseline}" if baseline else "A − B (every pair)"
     fig.suptitle("\n".join(textwrap.wrap(head + page, 90)) + "\nfilled: significant (Holm p < 0.05)",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
@@ -287,4 +299,3 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
                 row["baseline_differs"] = ",".join(b[i] for i in keep)
             rows.append(row)
     return rows
-

@@ -17,6 +17,7 @@ def curves(
 ) -> tuple[list[float], list[float], list[float]]:
     """Mean and std over seeds of y (a history key, or a function of a run's history giving
     one value per x) at the x values all seeds share."""
+
     def ys(h: dict) -> list[float]:
         return y_key(h) if callable(y_key) else h[y_key]
 
@@ -41,7 +42,9 @@ def band(ax, members: Sequence[Run], x_key: str, y_key: str | Callable[[dict], l
     if len(x) == 1:
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=4, label=label, color=color)
     else:
-        line = ax.plot(x, mean, marker="o", markersize=3, label=label, color=color, linestyle=linestyle)[0]
+        line = ax.plot(
+            x, mean, marker="o", markersize=3, label=label, color=color, linestyle=linestyle
+        )[0]
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2 if color is None else 0.08)
     return min(lo, default=0.0), max(hi, default=0.0)
 
@@ -74,7 +77,9 @@ def legend_or_colorbar(fig, ax, points: Sequence[tuple], colors) -> None:  # noq
     points, beside them (in columns of 25) for more."""
     if colors is not None:
         bar = fig.colorbar(colors[1], ax=ax)
-        bar.set_label(points[0][0][0] + (" (log scale)" if "Log" in type(colors[1].norm).__name__ else ""))
+        bar.set_label(
+            points[0][0][0] + (" (log scale)" if "Log" in type(colors[1].norm).__name__ else "")
+        )
         return
     n = len(points)
     if n <= LEGEND_INSIDE:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnsweep.keys import defines_a_point
+from bnsweep.config.keys import defines_a_point
 from bnsweep.terminal import readable
 
 # the numbers a run records whose non-finite value means it diverged
@@ -85,7 +85,7 @@ def _settings(folder: Path, metrics: dict[str, Any], typed: dict[str, str]) -> d
     """The run's group options and resolved config leaves (run_config.json); a folder without
     a readable one (a failed run's, an old one) falls back to its command line's overrides."""
     from bnsweep.files import DamagedFile, read_json
-    from bnsweep.runs import RUN_CONFIG, comparable, with_neutral
+    from bnsweep.run.folders import RUN_CONFIG, comparable, with_neutral
 
     try:
         config = with_neutral(comparable(read_json(folder / RUN_CONFIG)))
@@ -106,7 +106,9 @@ def _interpolated(folder: Path) -> set[str]:
     from omegaconf import OmegaConf
 
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False)
+        raw = OmegaConf.to_container(
+            OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False
+        )
     except Exception:  # noqa: BLE001 (no such file, or not YAML: nothing is known to follow)
         return set()
     return {k for k, v in _flat(raw).items() if isinstance(v, str) and "${" in v}
@@ -120,7 +122,7 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 def load_run_folders(folders: Iterable[Path]) -> list[Run]:
     """The runs in these folders (those without a metrics.json are left out)."""
     from bnsweep.files import DamagedFile
-    from bnsweep.record import METRICS, read_record
+    from bnsweep.run.record import METRICS, read_record
 
     runs = []
     for folder in folders:
@@ -142,7 +144,9 @@ def _group_of(key: str, runs: Sequence[Run]) -> str | None:
     """The config group a leaf key lies under (``model`` for ``model.bn``), when the runs pick
     an option of that group."""
     group = key.split(".")[0]
-    return group if group != key and any(group in r.metrics.get("choices", {}) for r in runs) else None
+    return (
+        group if group != key and any(group in r.metrics.get("choices", {}) for r in runs) else None
+    )
 
 
 def swept_keys(runs: Sequence[Run]) -> list[str]:

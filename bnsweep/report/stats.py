@@ -81,7 +81,9 @@ def _none(why: str, n: tuple[int, int]) -> Comparison:
     return Comparison(why, math.nan, (math.nan, math.nan), math.nan, math.nan, n)
 
 
-def compare(point: Mapping[int, float], baseline: Mapping[int, float], level: float = LEVEL) -> Comparison:
+def compare(
+    point: Mapping[int, float], baseline: Mapping[int, float], level: float = LEVEL
+) -> Comparison:
     """``point`` against ``baseline``, each a seed → value of the seeds that finished."""
     shared = sorted(set(point) & set(baseline))
     if len(shared) >= 2:
@@ -132,7 +134,9 @@ def compare_censored(point: Sequence[float | None], baseline: Sequence[float | N
     if all(math.isinf(v) for v in a + b):
         return _none("never reached", (len(a), len(b)))
     diff = _median(a) - _median(b)
-    res = _scipy().mannwhitneyu(a, b, alternative="two-sided", method="exact" if len(a) + len(b) < 20 else "auto")
+    res = _scipy().mannwhitneyu(
+        a, b, alternative="two-sided", method="exact" if len(a) + len(b) < 20 else "auto"
+    )
     return Comparison("Mann-Whitney U", diff, (math.nan, math.nan), float(res.pvalue), math.nan, (len(a), len(b)),
                       float(res.statistic))  # fmt: skip
 

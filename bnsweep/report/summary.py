@@ -158,7 +158,12 @@ def markdown_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
         cells.append(f"{r['n_finished']} / {r['n_diverged']} / {r['n_failed']}")
         n = r["n_finished"]
         cells += [
-            _fmt(r[f"{c}_mean"], r[f"{c}_std"], n=r[f"{c}_n"], ci=(r[f"{c}_ci_low"], r[f"{c}_ci_high"]))
+            _fmt(
+                r[f"{c}_mean"],
+                r[f"{c}_std"],
+                n=r[f"{c}_n"],
+                ci=(r[f"{c}_ci_low"], r[f"{c}_ci_high"]),
+            )
             for c in ("val_acc", "val_acc_best", "test_acc", "train_loss")
         ]
         cells += [reach("steps_to_97"), reach("steps_to_98")]

@@ -1,0 +1,426 @@
+"""Command-line preparation for sweep.py, kept free of heavy imports (``--help`` stays fast)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[2] / "conf"  # the checkout's conf/
+SEED_MAX = 2**32 - 1
+NO_RUN_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``[0,1,2]`` or ``0,1,2`` -> [0, 1, 2]; a clear error naming ``seeds`` otherwise."""
+    items = [s.strip() for s in text.strip().strip("[]").split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in items]
+    except ValueError:
+        raise SystemExit(f"error: seeds must be a list of integers >= 0, got {text!r}") from None
+    if not seeds or any(not 0 <= s <= SEED_MAX for s in seeds) or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: seeds must be distinct integers in [0, {SEED_MAX}], got {text!r}")
+    return seeds
+
+
+def config_dirs(argv: Sequence[str]) -> list[Path]:
+    """The user's config folders a command line adds to bnsweep's conf/, as Hydra reads them:
+    ``--config-dir DIR`` (``-cd DIR``, ``--config-dir=DIR``) and ``hydra.searchpath=[file://DIR]``."""
+    dirs = []
+    for i, a in enumerate(argv):
+        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+        elif a.lstrip("+").startswith("hydra.searchpath="):
+            items = a.split("=", 1)[1].strip().strip("[]").split(",")
+            dirs += [
+                i.strip().strip("'\"")[7:]
+                for i in items
+                if i.strip().strip("'\"").startswith("file://")
+            ]
+    return [Path(d).expanduser().absolute() for d in dirs]
+
+
+def without_config_dirs(argv: Sequence[str]) -> list[str]:
+    """The command line less ``--config-dir DIR``, with every config folder given as one
+    ``hydra.searchpath`` override instead (the compose API's way)."""
+    dirs = config_dirs(argv)
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
+            skip = True
+            continue
+        if a.startswith("--config-dir=") or a.lstrip("+").startswith("hydra.searchpath="):
+            continue
+        out.append(a)
+    if dirs:
+        out.append("hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in dirs) + "]")
+    return out
+
+
+def _preset_value(argv: Sequence[str], key: str, conf: Path):
+    """``key`` as the study preset sets it, else as sweep.yaml does; None if neither does.
+    A preset in a config folder of the user's (``--config-dir``) is read from there."""
+    study = next((a.split("=", 1)[1] for a in argv if a.startswith("study=")), None)
+    folders = [*config_dirs(argv), conf]
+    presets = [d / "study" / f"{study}.yaml" for d in folders] if study else []
+    for path in [*presets, conf / "sweep.yaml"]:
+        if path.is_file():
+            value = OmegaConf.select(OmegaConf.load(path), key, default=None)
+            if value is not None:
+                return value
+    return None
+
+
+def default_seeds(argv: Sequence[str], conf: Path = CONF) -> list[int]:
+    """The study preset's ``seeds`` if it sets them, else sweep.yaml's."""
+    seeds = _preset_value(argv, "seeds", conf)
+    return [int(s) for s in seeds] if seeds is not None else [0, 1, 2]
+
+
+def vectorized(argv: Sequence[str], conf: Path = CONF) -> bool:
+    """``sweep.vectorize`` from the command line, else the study preset, else sweep.yaml."""
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("sweep.vectorize=")]
+    if given:
+        value = given[-1]
+        if value.lower() not in ("true", "false"):
+            raise SystemExit(f"error: sweep.vectorize must be true or false, got {value!r}")
+        return value.lower() == "true"
+    return bool(_preset_value(argv, "sweep.vectorize", conf))
+
+
+def always_excluded() -> list[str]:
+    """Keys that never name a run folder (besides the fixed, unswept overrides)."""
+    from bnsweep.config.keys import FOLDER_NAME_EXCLUDED
+
+    return list(FOLDER_NAME_EXCLUDED)
+
+
+_PARSER: list = []  # Hydra's override parser, made once (0.1 s)
+
+
+def is_sweep(override: str) -> bool:
+    """Whether an override (``key=value``) sweeps, as Hydra's own ``OverridesParser`` reads it:
+    ``a=1,2``, ``range``, ``choice``, ``interval``, ``glob`` sweep; ``sort([3,1])``,
+    ``shuffle([1,2])``, ``a=x\\,y``, ``'x,y'`` and lists are single values. One that does not
+    parse is no sweep here (Hydra refuses it with its own message)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if not _PARSER:
+        _PARSER.append(OverridesParser.create())
+    try:
+        return _PARSER[0].parse_override(override).is_sweep_override()
+    except HydraException:
+        return False
+
+
+def folder_name_excludes(args: Sequence[str]) -> list[str]:
+    """Overrides that are fixed for the whole sweep: run folders are named by the swept ones."""
+    keys = always_excluded()
+    for a in args:
+        if "=" in a and not a.startswith(("-", "hydra.", "hydra/")):
+            key, value = a.split("=", 1)
+            key = key.lstrip("+~")
+            if not is_sweep(a) and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def resume_args(args: list[str]) -> list[str]:
+    """``resume=<sweep dir>``: run the sweep again into that folder, skipping finished runs."""
+    given = [a for a in args if a.startswith("resume=")]
+    if not given:
+        return args
+    value = _unquoted(given[-1].split("=", 1)[1])
+    rest = [a for a in args if not a.startswith("resume=")]
+    if value.lower() in ("false", "no", "0"):
+        return rest
+    folder = Path(value)
+    if not (folder / "command.txt").is_file():
+        raise SystemExit(f"error: resume={value} is not a sweep folder (no command.txt in it)")
+    return [*rest, "resume=true", *quote_paths([f"hydra.sweep.dir={folder}"])]
+
+
+def sweep_argv(argv: Sequence[str], conf: Path = CONF) -> list[str]:
+    """Add the seed fan-out: ``seeds=[0,1,2,3,4]`` (or the default) becomes ``seed=0,1,2,3,4``.
+
+    An explicit ``seed=…`` on the command line wins. With ``sweep.vectorize=true`` there is no
+    fan-out: each point's job trains every seed of ``seeds``. ``seeds=0,1,2`` is read as the list it
+    means, not as a sweep over a ``seeds`` key. Run folders are named by the swept keys only.
+    """
+    args = trainer_overrides(quote_paths(argv), conf)
+    if any(a in NO_RUN_FLAGS or a.startswith("--cfg") for a in args):
+        return args
+    args = resume_args(args)
+    given = [a for a in args if a.startswith("seeds=")]
+    seeds = parse_seeds(given[-1].split("=", 1)[1]) if given else default_seeds(args, conf)
+    args = [a for a in args if not a.startswith("seeds=")]
+    args.append("seeds=[" + ",".join(map(str, seeds)) + "]")
+    explicit_seed = [a for a in args if a.startswith(("seed=", "+seed=", "++seed="))]
+    if vectorized(args, conf):
+        # one job per point trains every seed of `seeds`; no seed fan-out
+        if explicit_seed:
+            raise SystemExit(
+                f"error: with sweep.vectorize=true the seeds are set by seeds=[...], "
+                f"got {explicit_seed[-1]}"
+            )
+    elif not explicit_seed:
+        args.append("seed=" + ",".join(map(str, seeds)))
+    if not any(a in ("-m", "--multirun") for a in args):
+        args.insert(0, "--multirun")  # sweep.py always sweeps (-m optional)
+    excluded = folder_name_excludes(args)
+    args.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(excluded) + "]")
+    return args
+
+
+PATH_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "data.root")
+_GRAMMAR = set("=,[]{}() '\"")  # what Hydra's override grammar reads as more than a path
+
+
+def quote_paths(argv: Sequence[str]) -> list[str]:
+    """Path values quoted for Hydra's override grammar: a sweep's run folders are named like
+    ``3_model=lenet,seed=0``, which ``hydra.run.dir=…`` would read as a key and a sweep."""
+    out = []
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if (
+            sep
+            and key.lstrip("+~") in PATH_KEYS
+            and value[:1] not in ("'", '"')
+            and _GRAMMAR & set(value)
+        ):
+            quote = "'" if "'" not in value else '"'
+            value = f"{quote}{value}{quote}"
+        out.append(key + sep + value)
+    return out
+
+
+def _unquoted(value: str) -> str:
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def register_resolvers() -> None:
+    """The interpolations of bnsweep's configs (bnsweep.config.resolvers), for an entry point that
+    composes its config before it imports anything else of bnsweep."""
+    from bnsweep.config.resolvers import register
+
+    register()
+
+
+def skip_mode_probe() -> None:
+    """Hydra composes the whole config once only to read ``hydra.mode`` before composing it
+    again to run (a tenth of a second of every start: docs/benchmarks.md). train.py sets no
+    mode (the probe finds none) and sweep.py always passes --multirun, so the probe cannot
+    change which way Hydra runs: it answers None, as it does for train.py, and Hydra goes by
+    --multirun."""
+    from hydra._internal.hydra import Hydra
+
+    if hasattr(Hydra, "get_mode"):  # Hydra 1.3; a later Hydra without it needs nothing here
+        Hydra.get_mode = lambda self, *args, **kwargs: None
+
+
+def check_output_dir(
+    argv: Sequence[str], key: str = "hydra.run.dir", default: str = "outputs"
+) -> None:
+    """Exit with one line if the run folder's nearest existing parent cannot be written
+    (Hydra would otherwise fail with a traceback while creating it)."""
+    import tempfile
+
+    given = [_unquoted(a.split("=", 1)[1]) for a in argv if a.startswith(key + "=")]
+    folder = Path(given[-1] if given else default).absolute()
+    parent = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise SystemExit(
+            f"error: cannot write the output folder {folder} ({parent}: {e.strerror or e})"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# --help: the groups, options and keys, described by the config files' own comments
+
+TRAIN_GROUPS = ("model", "bn", "init", "optimizer", "data", "trainer", "logger")
+SWEEP_GROUPS = ("study", *TRAIN_GROUPS)
+
+
+def _comments(lines: list[str]) -> str:
+    return " ".join(line.lstrip("#").strip() for line in lines if line.strip("# "))
+
+
+def option_description(path: Path) -> str:
+    """The comment at the top of an option's YAML file (after ``# @package``), first sentence."""
+    head = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            head.append(line)
+    text = _comments(head)
+    return re.split(r"\. (?=[A-Z])", text)[0].rstrip(".") if text else ""
+
+
+def key_descriptions(path: Path, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for the keys of a YAML file, from the comment on their line
+    or the comment lines just above; one level of nesting (``report.val_acc_ylim``)."""
+    out, above, parent = [], [], None
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped)
+            continue
+        if not stripped or stripped.startswith("- ") or stripped.startswith(("defaults", "_")):
+            above = []
+            continue
+        indent = len(line) - len(line.lstrip())
+        key, _, rest = stripped.partition(":")
+        value, _, inline = rest.partition("#")
+        if indent == 0:
+            parent = key if not value.strip() else None
+            if parent in ("hydra", "defaults"):
+                parent = "skip"
+            name = f"{prefix}{key}"
+        elif parent and parent != "skip" and indent == 2:
+            name = f"{prefix}{parent}.{key}"
+        else:
+            above = []
+            continue
+        if value.strip() and not key.startswith("_"):
+            out.append((name, value.strip(), inline.strip() or _comments(above)))
+        above = []
+    return out
+
+
+def option_files(group_dir: Path, option: str) -> list[Path]:
+    """An option's YAML file, then those of the options of its group it builds on (its
+    ``defaults`` list: ``ghost`` on ``momentum``), whose keys it inherits."""
+    path = group_dir / f"{option}.yaml"
+    out = [path]
+    for entry in OmegaConf.load(path).get("defaults", None) or []:
+        if isinstance(entry, str) and entry != "_self_" and (group_dir / f"{entry}.yaml").is_file():
+            out += [p for p in option_files(group_dir, entry) if p not in out]
+    return out
+
+
+def _global(path: Path) -> bool:
+    """Whether an option's file is in the global package (its keys name their group)."""
+    return any(line.startswith("# @package _global_") for line in path.read_text().splitlines()[:3])
+
+
+def help_text(app: str, argv: Sequence[str] = (), conf: Path = CONF) -> str:
+    """``python train.py --help`` / ``python sweep.py --help``: the keys of the default options,
+    or of those chosen on the command line (``bn=window --help``)."""
+    groups = TRAIN_GROUPS if app == "train" else SWEEP_GROUPS
+    defaults = {}
+    for entry in OmegaConf.load(conf / "train.yaml").defaults:
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            defaults.update(dict(entry))
+    defaults["study"] = "custom"
+    folders = [*config_dirs(argv), conf]  # a config folder of the user's first, as Hydra reads it
+
+    def found(group: str, option: str) -> Path | None:
+        return next((d / group / f"{option}.yaml" for d in folders
+                     if (d / group / f"{option}.yaml").is_file()), None)  # fmt: skip
+
+    for a in argv:
+        group, _, option = a.partition("=")
+        if group in groups and found(group, option) is not None:
+            defaults[group] = option
+    usage = {
+        "train": "python train.py [group=option ...] [key=value ...]   one training run",
+        "sweep": "python sweep.py [study=NAME] [key=v1,v2 ...] [seeds=[0,1,2]] [--dry-run]   "
+                 "a study: points × seeds",
+    }[app]  # fmt: skip
+    lines = [usage, "", "Config groups (group=option; * the one whose keys are listed below):"]
+    for group in groups:
+        lines.append(f"  {group}")
+        names = sorted({p.stem for d in folders for p in (d / group).glob("*.yaml")})
+        for name in names:
+            path = found(group, name)
+            star = "*" if defaults.get(group) == name else " "
+            yours = f" ({path.parent.parent})" if path.parent.parent != conf else ""
+            lines.append(f"    {star}{name:<20} {option_description(path)}{yours}")
+    lines += ["", "Keys (key=value), with their defaults:"]
+    files = [(conf / "train.yaml", "")]
+    if app == "sweep":
+        files.append((conf / "sweep.yaml", ""))
+    for g in ("model", "bn", "init", "optimizer", "data", "trainer"):
+        chosen = found(g, defaults[g])
+        files += [
+            (path, "" if _global(path) else f"{g}.")
+            for path in option_files(chosen.parent, defaults[g])
+        ]
+    seen = set()
+    for path, prefix in files:
+        for key, default, text in key_descriptions(path, prefix):
+            if key in seen or key.startswith(("hydra", "defaults")):
+                continue
+            seen.add(key)
+            lines.append(f"  {key}={default}".ljust(34) + f" {text}".rstrip())
+    lines += [
+        "",
+        "Options of one group show with group=option --help; the composed config with --cfg job.",
+        "Hydra's own flags: --hydra-help. Lightning's and Hydra's info logging: hydra.verbose=true.",
+        "README.md: every option with its paper; Troubleshooting: every refusal and its fix.",
+    ]
+    if app == "sweep":
+        lines.insert(
+            -3, "--dry-run lists the jobs, their run folders and a rough time, without running."
+        )
+    return "\n".join(lines)
+
+
+def trainer_arguments() -> list[str]:
+    """The arguments of ``pytorch_lightning.Trainer``, read from its source file (importing
+    Lightning takes seconds); [] where that file does not read as expected."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytorch_lightning")
+    if spec is None or spec.origin is None:
+        return []
+    try:
+        tree = ast.parse((Path(spec.origin).parent / "trainer" / "trainer.py").read_text())
+    except (OSError, SyntaxError):
+        return []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            for f in node.body:
+                if isinstance(f, ast.FunctionDef) and f.name == "__init__":
+                    return [a.arg for a in [*f.args.args[1:], *f.args.kwonlyargs]]
+    return []
+
+
+def trainer_overrides(argv: Sequence[str], conf: Path = CONF) -> list[str]:
+    """``trainer.KEY=value`` for any Trainer argument, as for those conf/trainer/ lists: one it
+    does not list is added (Hydra's ``++``); a key that is no Trainer argument (nor bnsweep's
+    ``trainer.compile``) is refused in one line naming the closest ones."""
+    import difflib
+
+    listed: set[str] = set()
+    for folder in [*config_dirs(argv), conf]:
+        for path in (folder / "trainer").glob("*.yaml"):
+            listed |= {str(k) for k in OmegaConf.load(path).keys()}
+    arguments = None
+    out = []
+    for a in argv:
+        found = re.match(r"trainer\.(\w+)=", a)
+        if found and found[1] not in listed:
+            arguments = trainer_arguments() if arguments is None else arguments
+            if arguments and found[1] not in arguments:
+                close = difflib.get_close_matches(found[1], [*arguments, *listed], n=3)
+                print(f"error: trainer.{found[1]} is not an argument of pytorch_lightning.Trainer; "
+                      f"the closest: {', '.join(close) or 'none'}", file=sys.stderr)  # fmt: skip
+                raise SystemExit(2)
+            a = "++" + a if arguments else a
+        out.append(a)
+    return out

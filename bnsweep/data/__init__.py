@@ -1,0 +1,28 @@
+"""The data: the datasets bnsweep knows (``catalog``: files, checksums, where they are found or
+fetched; no torch), a user's own .npz or image folder (``sources``), and the LightningDataModules
+that verify, cache, split and batch them (``modules``, ``cache``).
+
+Imports the shared leaves only (``bnsweep.files``, ``bnsweep.terminal``). The DataModules load on
+first use (``bnsweep.data.modules.MNISTDataModule``, the name the data configs give as ``_target_``), so the
+config checks read the catalog without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MNISTDataModule": "bnsweep.data.modules",
+    "NpzDataModule": "bnsweep.data.modules",
+    "ImageFolderDataModule": "bnsweep.data.modules",
+    "ImageDataModule": "bnsweep.data.modules",
+    "DataError": "bnsweep.data.catalog",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

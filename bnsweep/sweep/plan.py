@@ -1,0 +1,180 @@
+"""``python sweep.py … --dry-run``: the jobs a sweep command would run, each one's run folder
+and a rough time, without running anything (no folder is made)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from bnsweep.config.checks import ConfigError, training_batches, validate
+from bnsweep.config.cli import CONF, is_sweep, without_config_dirs
+from bnsweep.config.resolvers import folder_name
+from bnsweep.nn.architectures import COST_MS
+from bnsweep.run.folders import member_dir
+from bnsweep.sweep.points import group_jobs, member_suffix, stacked_points
+from bnsweep.terminal import duration
+
+
+@dataclass
+class Job:
+    num: int
+    folder: str
+    runs: list[str]  # the run folders it writes (a vectorized job: one per seed)
+    seconds: float | None
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose("sweep", overrides=list(overrides), return_hydra_config=True)
+
+
+def estimate(cfg: DictConfig) -> float | None:
+    """Seconds one run of cfg takes, roughly: training and evaluated samples × the network's
+    cost per sample: bnsweep's own nets' measured on this project's 2-core CPU (COST_MS), any
+    other's timed here (``timed_cost``)."""
+    cost = COST_MS.get(OmegaConf.select(cfg, "model._target_", default="")) or timed_cost(cfg)
+    train_ms, eval_ms = cost
+    steps = training_batches(cfg)
+    samples = steps * cfg.data.batch_size
+    t = cfg.trainer
+    every = t.get("val_check_interval")
+    if isinstance(every, int):
+        validations = max(steps // every, 1)
+    else:
+        per_epoch = max(training_batches(OmegaConf.merge(cfg, {"trainer": {"max_epochs": 1,
+                        "max_steps": -1}})), 1)  # fmt: skip
+        validations = max(steps // per_epoch, 1)
+    val_images = cfg.data.val_size or 10000
+    limit = t.get("limit_val_batches")
+    if isinstance(limit, int):
+        val_images = min(val_images, limit * cfg.data.eval_batch_size)
+    evaluated = validations * val_images + 10000
+    return samples * train_ms / 1000 + evaluated * eval_ms / 1000 + 0.5
+
+
+_TIMED: dict[str, tuple[float, float]] = {}
+
+
+def timed_cost(cfg: DictConfig, steps: int = 3) -> tuple[float, float]:
+    """(ms per training sample, ms per evaluated sample) of cfg's network, timed on this
+    machine's CPU: a few training steps (forward, backward, the optimizer's step) on a batch of
+    the data's shape after one to warm up, and an evaluation batch. Once per network, bn option,
+    optimizer and batch in a process. A network that cannot be built is refused in one line."""
+    import time
+
+    import torch
+    from hydra.utils import instantiate
+
+    from bnsweep.config.checks import refusal
+    from bnsweep.run.training import build_net
+
+    picked = [OmegaConf.select(cfg, k) for k in ("model", "bn", "optimizer", "data.batch_size",
+                                                 "data.channels", "data.image_size")]  # fmt: skip
+    key = str([OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+               for v in picked])  # fmt: skip
+    if key in _TIMED:
+        return _TIMED[key]
+    try:
+        net = build_net(cfg)
+    except Exception as e:
+        if (refused := refusal(e)) is not None:
+            raise refused from e
+        raise
+    shape = (cfg.data.batch_size, cfg.data.channels, *cfg.data.image_size)
+    g = torch.Generator().manual_seed(0)
+    x, y = (
+        torch.rand(shape, generator=g),
+        torch.randint(cfg.data.num_classes, shape[:1], generator=g),
+    )
+    opt = instantiate(cfg.optimizer)(net.parameters())
+    took = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        took.append(time.perf_counter() - start)
+    net.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        net(x)
+        evaluated = time.perf_counter() - start
+    _TIMED[key] = (1000 * min(took[1:]) / shape[0], 1000 * evaluated / shape[0])
+    return _TIMED[key]
+
+
+def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
+    """The sweep's config (its fixed settings) and its jobs, in Hydra's order and numbering."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in without_config_dirs(args) if not a.startswith("-")]
+    base = _compose([o for o in overrides if not is_sweep(o)])
+    validate(base)
+    params = OmegaConf.select(base, "hydra.sweeper.params", default=None) or {}
+    if not str(base.hydra.sweeper._target_).endswith("BasicSweeper"):
+        return base, []
+    swept = [f"{k}={v}" for k, v in params.items()] + overrides
+    parsed = OverridesParser.create().parse_overrides(swept)
+    expanded = [j for batch in BasicSweeper.split_arguments(parsed, None) for j in batch]
+    if base.sweep.vectorize:
+        from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            expanded = group_jobs(base, expanded, GlobalHydra.instance().config_loader())
+    jobs = []
+    for num, job in enumerate(expanded):
+        cfg = _compose(job)
+        folder = f"{num}_{folder_name(cfg.hydra.job.override_dirname)}"
+        if not cfg.sweep.vectorize:
+            once = estimate(cfg)
+            jobs.append(Job(num, folder, [folder], once))
+            continue
+        points = stacked_points(cfg)
+        costs = [estimate(_compose([*job, *point]) if point else cfg) for point in points]
+        runs = [
+            member_dir(Path(folder), s, member_suffix(p)).name for p in points for s in cfg.seeds
+        ]
+        seconds = None if None in costs else sum(costs) * len(cfg.seeds)
+        jobs.append(Job(num, folder, runs, seconds))
+    return base, jobs
+
+
+def dry_run(args: Sequence[str]) -> int:
+    """Print what ``python sweep.py args`` would run; exit status 2 for a bad value."""
+    import sys
+
+    try:
+        base, jobs = plan(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sweep_dir = base.hydra.sweep.dir
+    study = base.hydra.runtime.choices.get("study", "custom")
+    if not jobs:
+        trials = OmegaConf.select(base, "hydra.sweeper.n_trials", default="?")
+        print(f"study={study}: a search of {trials} trials ({base.hydra.sweeper._target_}); its "
+              f"jobs are chosen as it runs, into {sweep_dir}/")  # fmt: skip
+        return 0
+    runs = sum(len(j.runs) for j in jobs)
+    print(f"study={study}: {len(jobs)} jobs, {runs} runs, into {sweep_dir}/ (the time in the "
+          "folder's name is the launch's)")  # fmt: skip
+    width = max(len(j.folder) for j in jobs)
+    for j in jobs:
+        took = f"≈ {duration(j.seconds)}" if j.seconds is not None else "time unknown"
+        extra = f"  runs: {', '.join(j.runs)}" if len(j.runs) > 1 else ""
+        print(f"  {j.folder:<{width}}  {took}{extra}")
+    known = [j.seconds for j in jobs if j.seconds is not None]
+    if known:
+        total = sum(known) + 6
+        print(f"about {duration(total)} one after another on a 2-core CPU like the project's "
+              f"(rough: samples × each network's measured cost, or one timed on this machine's "
+              f"CPU for a network of your own); hydra/launcher=joblib "
+              f"hydra.launcher.n_jobs=2 runs 2 at a time; a GPU is far faster")  # fmt: skip
+    return 0
