@@ -23,7 +23,15 @@ Imports go one way: a package imports the leaves and the packages listed before 
 sweep writes its report through ``report``.
 """
 
-from bnsweep.config import resolvers as _resolvers
+import sys
+
+if sys.platform != "linux":  # before anything imports fcntl: one line, no ImportError traceback
+    raise SystemExit(
+        f"error: bnsweep runs on Linux only (fcntl folder locks, /proc, glibc's malloc settings); "
+        f"this is {sys.platform}"
+    )
+
+from bnsweep.config import resolvers as _resolvers  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -77,3 +77,54 @@ def test_plugin_modules_are_imported_only_where_their_launcher_runs():
                 assert module not in PLUGIN_MODULES, (
                     f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}"
                 )
+
+
+# the source of hydra-submitit-launcher 1.2's BaseSubmititLauncher.launch, whose job submission
+# bnsweep.sweep.launchers repeats (collecting each job's result on its own)
+SUBMITIT_LAUNCH_SHA256 = "546875669010f80d6ceede740e8bf2d18088cf5bcce2eb4794c735fa3dc2fc0e"
+
+
+def _pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [*project["dependencies"], *project["optional-dependencies"]["slurm"]]
+    return {_name(r): r for r in reqs if "<" in r}
+
+
+def test_the_private_hydra_code_bnsweep_relies_on_is_pinned_to_what_was_tested():
+    """Where bnsweep relies on code that Hydra and its submitit plugin do not promise to keep
+    (Hydra 1.3's mode probe and BasicSweeper.split_arguments; the plugin's 1.2 launch), the
+    declared range is the one tested: the versions here lie in it, and the code is as it was,
+    so a release that changes it fails here rather than in a sweep."""
+    import importlib.metadata
+    import inspect
+
+    from packaging.requirements import Requirement
+
+    pins = _pins()
+    assert set(pins) >= {"hydra-core", "hydra-submitit-launcher"}, pins
+    for name, requirement in pins.items():
+        installed = importlib.metadata.version(name)
+        assert Requirement(requirement).specifier.contains(installed), (requirement, installed)
+
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.hydra import Hydra
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    assert callable(Hydra.get_mode)
+    assert list(inspect.signature(BasicSweeper.split_arguments).parameters) == ["overrides", "max_batch_size"]
+    import hashlib
+
+    source = inspect.getsource(BaseSubmititLauncher.launch)
+    assert hashlib.sha256(source.encode()).hexdigest() == SUBMITIT_LAUNCH_SHA256
+
+
+def test_another_platform_is_refused_in_one_line():
+    """bnsweep is Linux-only (fcntl locks, /proc, glibc's mallopt): elsewhere importing it says
+    so in one line and exits non-zero, before an ImportError's traceback could."""
+    import subprocess
+
+    code = "import sys; sys.platform = 'darwin'; import bnsweep"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == ("error: bnsweep runs on Linux only (fcntl folder locks, /proc, "
+                                   "glibc's malloc settings); this is darwin")  # fmt: skip

@@ -411,3 +411,36 @@ def test_a_sweep_is_what_hydras_parser_calls_one(override, sweeps):
     assert OverridesParser.create().parse_override(override).is_sweep_override() is sweeps
     key = override.split("=", 1)[0]
     assert (key in folder_name_excludes([override])) is not sweeps  # a fixed key names no folder
+
+
+@pytest.mark.parametrize(
+    "override, values",
+    [
+        ("a=1,2", ["1", "2"]),
+        ("a=choice(x,y)", ["x", "y"]),
+        ("a=range(0,3)", ["0", "1", "2"]),
+        ("a=x\\,y,z", ["x,y", "z"]),  # an escaped comma is part of a value, not a separator
+        ("a='x,y',z", ["x,y", "z"]),
+        ("a=sort(3,1)", ["1", "3"]),  # sort of a sweep: the sweep, sorted
+        ("a=interval(0,1)", []),  # drawn by a search sweeper: not known before
+        ("a=glob(*)", []),
+        ("a=1", []),
+        ("a=[1,2]", []),
+    ],
+)
+def test_the_values_a_sweep_enumerates_are_hydras(override, values):
+    """report.baseline is checked against the values a swept key takes, as Hydra expands them
+    (the character scan before split 'x\\,y' and quoted commas, and gave up on any bracket)."""
+    from bnsweep.config.cli import swept_values
+
+    assert swept_values(override) == values
+
+
+def test_a_baseline_the_sweep_lacks_is_refused_before_any_job(cli, tmp_path):
+    """The values report.baseline is checked against come from Hydra's parser (above)."""
+    refused = cli("sweep.py", "-m", "model=lenet_fc_bn2", "bn=momentum,window",
+                  "report.baseline='bn=cumulative'", f"hydra.sweep.dir={tmp_path}/s")  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: report.baseline='bn=cumulative' matches no point: bn takes momentum, window")
+    assert not (tmp_path / "s").exists()

@@ -122,6 +122,21 @@ def is_sweep(override: str) -> bool:
         return False
 
 
+def swept_values(override: str) -> list[str]:
+    """The values a sweep override enumerates, as Hydra's ``OverridesParser`` expands them
+    (``a=1,2``, ``choice(1,2)``, ``range(3)``); [] where they are not known before the sweep
+    runs (``interval``, ``glob``, a search sweeper's) or the override is no sweep."""
+    from hydra.core.override_parser.types import QuotedString, ValueType
+
+    if not is_sweep(override):
+        return []
+    parsed = _PARSER[0].parse_override(override)
+    if parsed.value_type == ValueType.GLOB_CHOICE_SWEEP or not parsed.is_discrete_sweep():
+        return []
+    # the values themselves: unquoted, unescaped
+    return [v.text if isinstance(v, QuotedString) else str(v) for v in parsed.sweep_iterator()]
+
+
 def folder_name_excludes(args: Sequence[str]) -> list[str]:
     """Overrides that are fixed for the whole sweep: run folders are named by the swept ones."""
     keys = always_excluded()

@@ -84,12 +84,10 @@ def _check_report(cfg: DictConfig) -> None:
     spec = OmegaConf.select(cfg, "report.baseline", default=None)
     if spec is None:
         return
-    swept = {}
-    for key, setting in sweep_settings(cfg).items():
-        if setting["swept"]:
-            text = setting["value"]
-            plain = "(" not in text and "[" not in text
-            swept[key] = [v.strip() for v in text.split(",")] if plain else []
+    from bnsweep.config.cli import swept_values
+
+    swept = {key: swept_values(f"{key}={setting['value']}")
+             for key, setting in sweep_settings(cfg).items() if setting["swept"]}  # fmt: skip
     try:
         check_baseline(str(spec), swept)
     except ReportError as e:
