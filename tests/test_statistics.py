@@ -113,10 +113,13 @@ def test_a_sweep_marks_a_real_difference_and_not_a_difference_of_seeds(cli, tmp_
     import csv
 
     comparisons = {r["metric"]: r for r in csv.DictReader((sweep / "comparisons.csv").open())}
-    test = comparisons["test_acc"]
+    # the validation loss: −0.15 at p ≈ 0.0005 on torch 2.14.1, −0.16 at p ≈ 0.001 on 2.3.0 (the
+    # test accuracy's +0.12 is at p ≈ 0.03 on 2.14.1 but 0.056 on 2.3.0: this run is too short
+    # for it to be a real difference on every torch)
+    test = comparisons["val_loss"]
     assert test["point"] == "optimizer.lr=0.001" and test["baseline"] == "optimizer.lr=1e-06"
     assert test["test"] == "paired t (n = 6)" and test["significant"] == "True"
-    assert float(test["ci_low"]) > 0 and float(test["p_holm"]) < 0.05
+    assert float(test["ci_high"]) < 0 and float(test["p_holm"]) < 0.05
     md = (sweep / "summary.md").read_text()
     assert "## Differences against optimizer.lr=1e-06" in md and "**yes**" in md
     assert (sweep / "compare.png").stat().st_size > 5000

@@ -417,6 +417,8 @@ def test_a_sweep_is_what_hydras_parser_calls_one(override, sweeps):
     "override, values",
     [
         ("a=1,2", ["1", "2"]),
+        ("optimizer.lr=1e-6,1e-3", ["1e-6", "1e-3"]),  # as typed
+        ("a=choice(1e-3,x)", ["0.001", "x"]),
         ("a=choice(x,y)", ["x", "y"]),
         ("a=range(0,3)", ["0", "1", "2"]),
         ("a=x\\,y,z", ["x,y", "z"]),  # an escaped comma is part of a value, not a separator

@@ -133,8 +133,23 @@ def swept_values(override: str) -> list[str]:
     parsed = _PARSER[0].parse_override(override)
     if parsed.value_type == ValueType.GLOB_CHOICE_SWEEP or not parsed.is_discrete_sweep():
         return []
+    values = list(parsed.sweep_iterator())
+    if parsed.value_type == ValueType.SIMPLE_CHOICE_SWEEP:  # a=1e-6,1e-3: as typed, if plain
+        typed = [s.strip() for s in override.split("=", 1)[1].split(",")]
+        if len(typed) == len(values) and all(_reads_as(s, v) for s, v in zip(typed, values)):
+            return typed
     # the values themselves: unquoted, unescaped
-    return [v.text if isinstance(v, QuotedString) else str(v) for v in parsed.sweep_iterator()]
+    return [v.text if isinstance(v, QuotedString) else str(v) for v in values]
+
+
+def _reads_as(text: str, value: object) -> bool:
+    """Whether Hydra reads ``text`` alone as ``value``."""
+    from hydra.errors import HydraException
+
+    try:
+        return _PARSER[0].parse_override(f"k={text}").value() == value
+    except HydraException:
+        return False
 
 
 def folder_name_excludes(args: Sequence[str]) -> list[str]:
