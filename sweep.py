@@ -23,7 +23,7 @@ if __name__ == "__main__":
     from bnsweep.config.cli import skip_mode_probe, sweep_argv
 
     if {"--help", "-h"} & set(sys.argv[1:]):  # described from conf/ (Hydra's: --hydra-help)
-        from bnsweep.config.cli import help_text
+        from bnsweep.config.help import help_text
 
         sys.exit(print(help_text("sweep", sys.argv[1:])))
     if "--dry-run" in sys.argv:  # the jobs it would run, their folders and a rough time

@@ -29,7 +29,7 @@ if __name__ == "__main__":
     )
 
     if {"--help", "-h"} & set(sys.argv[1:]):  # described from conf/ (Hydra's: --hydra-help)
-        from bnsweep.config.cli import help_text
+        from bnsweep.config.help import help_text
 
         sys.exit(print(help_text("train", sys.argv[1:])))
     import json

@@ -38,4 +38,20 @@ __version__ = "0.1.0"
 # import order: each may import those before it (files and terminal: every one)
 LAYERS = ("files", "terminal", "nn", "data", "config", "run", "report", "sweep", "bench")
 
+
+
+def lazy(package: str, exports: dict[str, str]):  # noqa: ANN201 (a module __getattr__)
+    """A package's ``__getattr__`` (PEP 562) that loads ``exports`` (name -> module) on first
+    use: a package's names cost nothing until a caller asks for one (the config checks read
+    ``bnsweep.nn.architectures`` and ``bnsweep.data.catalog`` without importing torch)."""
+    import importlib
+
+    def __getattr__(name: str):  # noqa: ANN202
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 _resolvers.register()  # the configs' ${min:…}, ${lr_for_batch:…} … resolve wherever bnsweep is imported

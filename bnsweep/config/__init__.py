@@ -1,5 +1,5 @@
 """What a user may ask for, checked before any work: the command line of train.py and sweep.py
-(``cli``), the checks of a composed config that refuse a bad value in one line naming the key and
+(``cli``; ``--help``: ``help``), the checks of a composed config that refuse a bad value in one line naming the key and
 the value (``checks``), which keys change what a run computes (``keys``) and the interpolations the
 configs may use (``resolvers``).
 

@@ -9,8 +9,7 @@ config checks read the catalog without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bnsweep import lazy
 
 _EXPORTS = {
     "MNISTDataModule": "bnsweep.data.modules",
@@ -21,8 +20,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy(__name__, _EXPORTS)

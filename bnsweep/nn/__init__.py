@@ -8,8 +8,7 @@ sweep or report. Names below load on first use, so ``bnsweep.nn.architectures`` 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bnsweep import lazy
 
 _EXPORTS = {
     "BatchNorm": "bnsweep.nn.batchnorm",
@@ -50,8 +49,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy(__name__, _EXPORTS)
