@@ -16,7 +16,8 @@ and flags do not fix its kernels' summation order, cache sizes and library dispa
 to a tolerance elsewhere. Another torch release (the oldest one pyproject.toml allows, in
 scripts/oldest-deps.sh) draws other random streams and runs other kernels: its 200 steps are
 another trajectory of the same training, compared to a statistical tolerance (``TORCH_TOLERANCE``:
-accuracy within 0.03, losses within 10 %), and a broken training fails that too.
+training accuracy within 0.03 and losses within 10 %, evaluations within 0.10 and 50 %), and a
+broken training fails that too.
 ``python tests/test_golden.py`` adds this machine's entry (only from
 a clean bnsweep/ at a commit whose numbers are the golden ones) or, with ``--rewrite``, starts
 over (only for a change meant to alter numbers; say so in its commit).
@@ -167,9 +168,12 @@ def compare(ours: dict, expected_runs: dict, exact: bool) -> None:
                 assert abs(x - y) <= (0.02 if "acc" in key else 0.02 * abs(y)), (name, key, a, b)
 
 
-# another torch release: the same training, another trajectory (torch 2.3.0 against 2.14.1 here:
-# train/loss 1.060 vs 1.078, train/acc 0.850 vs 0.840, val/loss 0.555 vs 0.597 after 200 steps)
-TORCH_TOLERANCE = {"acc": 0.03, "loss": 0.10}
+# another torch release: the same training, another trajectory. Measured, torch 2.3.0 against
+# 2.14.1 (scripts/oldest-deps.sh): training numbers within 0.010 (accuracy) and 3.0 % (loss); the
+# evaluations with running statistics, which carry the whole trajectory of the statistics, within
+# 0.068 and 30 % (the cumulative estimator's, whose early estimate averages every batch since
+# step 0). A broken training or evaluation (chance accuracy, NaN) is far outside either.
+TORCH_TOLERANCE = {"acc": 0.03, "loss": 0.10, "eval acc": 0.10, "eval loss": 0.50}
 FIXTURE_TORCH = "2.14.1"  # the release the entries without a "torch" key were made with
 
 
@@ -178,8 +182,8 @@ def release(version: str) -> str:
 
 
 def compare_across_torch(ours: dict, expected_runs: dict) -> None:
-    """Every accuracy within TORCH_TOLERANCE["acc"], every loss within TORCH_TOLERANCE["loss"]
-    relatively, step and epoch counts and divergence equal."""
+    """Every accuracy and loss within TORCH_TOLERANCE (losses relatively; evaluation numbers
+    to their own, wider tolerance), step and epoch counts and divergence equal."""
     assert ours.keys() == expected_runs.keys()
     for name, expected in expected_runs.items():
         mine, theirs = dict(ours[name]), dict(expected)
@@ -189,10 +193,11 @@ def compare_across_torch(ours: dict, expected_runs: dict) -> None:
         for key, a, b in pairs:
             assert len(a) == len(b), (name, key)
             for x, y in zip(a, b):
+                evaluation = "eval " if _evaluation(key.removeprefix("history ")) else ""
                 if "acc" in key and isinstance(y, float):
-                    assert abs(x - y) <= TORCH_TOLERANCE["acc"], (name, key, a, b)
+                    assert abs(x - y) <= TORCH_TOLERANCE[evaluation + "acc"], (name, key, a, b)
                 elif "loss" in key and isinstance(y, float):
-                    assert abs(x - y) <= TORCH_TOLERANCE["loss"] * abs(y), (name, key, a, b)
+                    assert abs(x - y) <= TORCH_TOLERANCE[evaluation + "loss"] * abs(y), (name, key, a, b)
                 else:
                     assert x == y, (name, key, a, b)
 
@@ -223,7 +228,9 @@ def test_another_torch_release_is_compared_to_the_statistical_tolerance():
     other[name]["history"]["train/loss"][0] *= 1.017  # torch 2.3.0's 1.060 against 1.078
     other[name]["history"]["train/acc"][0] += 0.0098
     compare_across_torch(other, runs)
-    for key, change in (("train/acc", 0.05), ("train/loss", 0.2)):
+    other[name]["history"]["val/acc"][0] -= 0.068  # the cumulative estimator's, on torch 2.3.0
+    compare_across_torch(other, runs)
+    for key, change in (("train/acc", 0.05), ("train/loss", 0.2), ("val/acc", 0.2)):
         broken = json.loads(json.dumps(runs))
         broken[name]["history"][key][0] += change
         try:
