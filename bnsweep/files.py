@@ -70,9 +70,15 @@ class DamagedFile(ValueError):
     """A result file that cannot be read; the message names it."""
 
 
+# the nearest folder at or above a run's output folder that existed before this process (train.py)
+# made any: bnsweep.config.cli.check_output_dir records it, before Hydra creates the run folder
+EXISTED_BEFORE: list[Path] = []
+
+
 def remove_unstarted(run_dir: Path) -> None:
     """Remove a run folder holding only what was written before the run failed to start
-    (Hydra's log, the config it was claimed with); never one another process holds."""
+    (Hydra's log, the config it was claimed with); never one another process holds. The empty
+    folders made above it for it (outputs/train/) go too, up to one that existed before."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return
@@ -81,10 +87,20 @@ def remove_unstarted(run_dir: Path) -> None:
     except FolderInUse:
         return
     with lock:
-        if all(
+        if not all(
             p.name in (".hydra", "run_config.json") or p.suffix == ".log" for p in run_dir.iterdir()
         ):
-            shutil.rmtree(run_dir, ignore_errors=True)
+            return
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if EXISTED_BEFORE:
+        keep = EXISTED_BEFORE[-1]
+        for parent in run_dir.absolute().parents:
+            if parent == keep or not parent.is_relative_to(keep):
+                break
+            try:
+                parent.rmdir()  # only an empty folder: another run's is never touched
+            except OSError:
+                break
 
 
 class FolderInUse(RuntimeError):

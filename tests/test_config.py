@@ -167,3 +167,17 @@ def test_validate_names_key_and_value(make_cfg, overrides, message):
     with pytest.raises(ConfigError) as err:
         validate(make_cfg(*overrides))
     assert str(err.value) == message
+
+
+def test_a_refused_run_leaves_no_folder_it_made(cli, tmp_path):
+    """A refusal removes the run folder and the empty folders made above it for it (outputs/,
+    outputs/train/); a folder that existed before stays, and so does another run's."""
+    proc = cli("train.py", "optimizer.lr=-1")
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("got -1"), proc.stderr
+    assert not (tmp_path / "outputs").exists()
+    proc = cli("train.py", "optimizer.lr=-1", f"hydra.run.dir={tmp_path}/a/b/c")
+    assert proc.returncode == 2 and not (tmp_path / "a").exists()
+    (tmp_path / "outputs" / "train" / "other_run").mkdir(parents=True)
+    proc = cli("train.py", "optimizer.lr=-1")
+    assert proc.returncode == 2, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "outputs" / "train").iterdir()) == ["other_run"]

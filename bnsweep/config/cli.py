@@ -267,6 +267,10 @@ def check_output_dir(
     given = [_unquoted(a.split("=", 1)[1]) for a in argv if a.startswith(key + "=")]
     folder = Path(given[-1] if given else default).absolute()
     parent = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    if key == "hydra.run.dir":  # a refused run removes the empty folders made below it
+        from bnsweep.files import EXISTED_BEFORE
+
+        EXISTED_BEFORE.append(parent)
     try:
         with tempfile.NamedTemporaryFile(dir=parent):
             pass
