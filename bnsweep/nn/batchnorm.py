@@ -29,6 +29,13 @@ Variants of the training transform:
   virtual batch, in order. k = N is the layer above.
 - Batch renormalization (Ioffe 2017, Alg. 1): ``BatchRenorm`` (bnsweep.nn.renorm).
 
+Under data parallelism (several processes, torch.distributed initialised) each process
+normalises its own shard, as torch's BN does. ``layer.sync = True`` (``bn.sync=true``) normalises
+with the global batch's count, mean and variance instead, by all-reduce, and all-reduces the
+backward's two per-channel sums, so that the input gradients are the global batch's and the
+running statistics are equal on every rank (torch.nn.SyncBatchNorm's arithmetic, which torch
+runs only on GPUs; this one runs on the CPU too: bnsweep.nn.functional). One process: no change.
+
 The factories the ``bn=`` configs name and the lookups of norm layers in a network:
 bnsweep.nn.norms.
 """
@@ -47,7 +54,12 @@ from bnsweep.nn.estimators import (
     estimator_class,
     make_estimator,
 )
-from bnsweep.nn.functional import batch_constants, batch_norm_train
+from bnsweep.nn.functional import (
+    batch_constants,
+    batch_norm_train,
+    batch_norm_train_sync,
+    sync_group,
+)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SHAPE_NAMES = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
@@ -106,6 +118,9 @@ class BatchNorm(nn.Module):
                 f"bn.ghost_batch_size must be a positive integer, got {ghost_batch_size!r}"
             )
         self.ghost_batch_size = ghost_batch_size
+        # statistics of the global batch under data parallelism (bn.sync; see the docstring)
+        self.sync = False
+        self._synced_m: float | None = None  # the global values per channel of the last sync
         if not is_number(eps) or not eps > 0:
             raise ValueError(f"eps must be a number > 0, got {eps!r}")
         named = not isinstance(estimator, Estimator)
@@ -232,7 +247,10 @@ class BatchNorm(nn.Module):
                 f"{type(self).__name__} needs more than 1 value per channel when training, "
                 f"got input of shape {tuple(x.shape)}" + (f" in batches of {k}" if k != n else "")
             )
+        self._synced_m = None
         y, stats = self._batch_stats(x, k)
+        if self._synced_m is not None:  # the global batch's count: its unbiased variance
+            m = self._synced_m
         if self.training and self.track_running_stats:
             correction = batch_constants(m, self.eps, x)[3]
             for mean, var in stats:  # one estimator update per (ghost) batch, in order
@@ -272,7 +290,15 @@ class BatchNorm(nn.Module):
         self, x: Tensor, weight: Tensor | None, bias: Tensor | None,
         running_mean: Tensor | None, running_var: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        """(y, mean, biased var) of one batch of one member's channels (Alg. 1)."""
+        """(y, mean, biased var) of one batch of one member's channels (Alg. 1); with
+        ``sync`` in training under data parallelism, of the global batch."""
+        if self.sync and self.training and (group := sync_group()) is not None:
+            if self.ghost_batch_size:
+                raise ValueError("bn.sync=true normalises the global batch, which ghost batches "
+                                 f"split: got bn.ghost_batch_size={self.ghost_batch_size}")  # fmt: skip
+            y, mean, var, m = batch_norm_train_sync(x, weight, bias, self.eps, group)
+            self._synced_m = int(m)
+            return y, mean, var
         return batch_norm_train(x, weight, bias, self.eps)
 
     def _normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:

@@ -159,3 +159,91 @@ def batch_norm_train(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Normalise with batch statistics. Returns (y, batch mean, biased batch variance)."""
     return _BatchNormTrain.apply(x, weight, bias, eps)
+
+
+class _SyncBatchNormTrain(torch.autograd.Function):
+    """Training-mode normalisation with the statistics of the global batch: the shards of every
+    process in ``group`` together (torch.nn.SyncBatchNorm's arithmetic, on any device).
+
+    Forward: one all-reduce of [Σx, m] per channel (the global mean), one of Σ(x − μ)² (the
+    biased global variance, two-pass as in one process). Backward: one all-reduce of [Σg, Σg·d],
+    so that ∂ℓ/∂x is the global batch's (the formula of ``_BatchNormTrain`` with the global m);
+    ∂ℓ/∂γ and ∂ℓ/∂β stay this shard's sums, which data parallelism then averages with the other
+    ranks' gradients, as it does for every parameter. The reductions are in float64 (C + 1
+    numbers each), so a shard's count is exact at any size. Every rank must call it, with any
+    number of samples ≥ 1 (shards may be unequal)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+                group: Any):  # fmt: skip
+        import torch.distributed as dist
+
+        c = x.shape[1]
+        per_channel = _per_channel(x)
+        local = torch.empty(c + 1, dtype=torch.float64, device=x.device)
+        local[:c] = _channel_sum(x)
+        local[c] = x.numel() // c
+        dist.all_reduce(local, group=group)
+        m = local[c]
+        mean = (local[:c] / m).to(x.dtype)
+        d = x - per_channel(mean)
+        squares = _channel_sum(d * d).double()
+        dist.all_reduce(squares, group=group)
+        var = (squares / m).to(x.dtype)
+        invstd = (var + eps).rsqrt()
+        scale = invstd if weight is None else invstd * weight
+        y = d * per_channel(scale)
+        if bias is not None:
+            y = y + per_channel(bias)
+        ctx.save_for_backward(d, invstd, weight)
+        ctx.group, ctx.m = group, float(m)
+        m = m.clone()
+        ctx.mark_non_differentiable(mean, var, m)
+        ctx.set_materialize_grads(False)
+        return y, mean, var, m
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor, _grad_mean: Tensor, _grad_var: Tensor, _grad_m: Tensor):
+        import torch.distributed as dist
+
+        d, invstd, weight = ctx.saved_tensors
+        c = d.shape[1]
+        per_channel = _per_channel(d)
+        if grad_y is None:  # this shard's output is out of the graph: it still takes part
+            grad_y = torch.zeros_like(d)
+        grad_y = grad_y.contiguous()
+        local_g, local_gd = _channel_sum(grad_y), _channel_sum(grad_y * d)
+        both = torch.cat([local_g, local_gd]).double()
+        dist.all_reduce(both, group=ctx.group)
+        sum_g = both[:c].to(d.dtype)
+        sum_g_xhat = both[c:].to(d.dtype) * invstd
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            scale = invstd if weight is None else weight * invstd
+            k = scale * (-1.0 / ctx.m)
+            grad_x = (grad_y * per_channel(scale) + per_channel(k * sum_g)
+                      + d * per_channel(k * invstd * sum_g_xhat))  # fmt: skip
+        if weight is not None:
+            grad_w = local_gd * invstd if ctx.needs_input_grad[1] else None
+            grad_b = local_g if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None
+
+
+def sync_group() -> Any:
+    """The process group a synchronised layer reduces over: torch.distributed's default group
+    where it is initialised with more than one process, else None (one process: the layer's
+    own batch is the global batch)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD
+    return None
+
+
+def batch_norm_train_sync(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, group: Any
+) -> tuple[Tensor, Tensor, Tensor, float]:
+    """``batch_norm_train`` over the global batch of ``group``'s processes. Returns (y, global
+    mean, biased global variance, the global count of values per channel)."""
+    y, mean, var, m = _SyncBatchNormTrain.apply(x, weight, bias, eps, group)
+    return y, mean, var, float(m)
