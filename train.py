@@ -12,7 +12,7 @@ def main(cfg: DictConfig) -> float | None:
     import time
 
     before = time.perf_counter()
-    from bnsweep.run.training import main as run_main  # heavy imports after --help / --cfg
+    from bnsweep.run.entry import main as run_main  # heavy imports after --help / --cfg
 
     return run_main(cfg, import_s=time.perf_counter() - before)
 
@@ -23,6 +23,7 @@ if __name__ == "__main__":
     from bnsweep.config.cli import (
         check_output_dir,
         quote_paths,
+        rank_overrides,
         register_resolvers,
         skip_mode_probe,
         trainer_overrides,
@@ -40,6 +41,7 @@ if __name__ == "__main__":
     install()  # Ctrl-C, SIGTERM: one line, where it stopped and how to go on (exit 130, 143)
     os.environ["BNSWEEP_TYPED"] = json.dumps(sys.argv[1:])  # the resume command: as typed
     sys.argv = [sys.argv[0], *trainer_overrides(quote_paths(sys.argv[1:]))]
+    sys.argv[1:] = rank_overrides(sys.argv[1:])
     check_output_dir(sys.argv[1:])
     register_resolvers()
     skip_mode_probe()

@@ -124,15 +124,3 @@ def test_a_vectorized_job_in_bf16_mixed(cli, tmp_path):
         assert len(records) == 2 and not any(r["diverged"] for r in records)
         acc[precision] = [r["val/acc"] for r in records]
     assert all(abs(a - b) <= 0.01 for a, b in zip(acc["bf16-mixed"], acc["32-true"])), acc
-
-
-@pytest.mark.parametrize("devices", ["2", "-1", "[0,1]"])
-def test_several_devices_are_refused_in_one_line_not_hung(cli, tmp_path, devices):
-    """trainer.devices=2 hung (each DDP process claimed the run folder); until a run trains on
-    several devices, it is refused before anything starts."""
-    proc = cli("train.py", "model=lenet_fc_bn2", "trainer.accelerator=cpu", f"trainer.devices={devices}",
-               timeout=60)  # fmt: skip
-    shown = {"2": "2", "-1": "-1", "[0,1]": "[0, 1]"}[devices]
-    assert refused_with(proc, f"error: trainer.devices={shown} would train one run on several devices, "
-                              "which bnsweep does not do yet (each process would claim the run folder: it "
-                              "hung); use trainer.devices=1, and a sweep to use every device"), proc.stderr  # fmt: skip

@@ -13,12 +13,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bnsweep.config.devices import check_devices, cuda_available
+from bnsweep.config.values import MISSING as _MISSING
+from bnsweep.config.values import ConfigError
+from bnsweep.config.values import shown as _shown
+from bnsweep.config.values import value as _value
 from bnsweep.data.catalog import DATASETS, NORMALIZATIONS
 from bnsweep.nn.architectures import layers_of
-
-
-class ConfigError(ValueError):
-    """An invalid config value; the message names the key, the value and what was expected."""
 
 
 def _number(v: Any) -> bool:
@@ -174,8 +175,6 @@ RULES: dict[str, Rule] = {
     ),
 }
 
-_MISSING = object()
-
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value, before anything is built or trained."""
@@ -195,17 +194,11 @@ def validate(cfg: DictConfig) -> None:
         )
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
     precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
-    if precision == "16-mixed" and (accelerator == "cpu" or not _cuda_available()):
+    if precision == "16-mixed" and (accelerator == "cpu" or not cuda_available()):
         raise ConfigError("trainer.precision=16-mixed needs a CUDA GPU (float16 autocast and its "
                           "gradient scaler); on the CPU: trainer.precision=bf16-mixed")  # fmt: skip
-    devices = _value(cfg, "trainer.devices")
-    if devices is not _MISSING and _several(devices, accelerator):
-        raise ConfigError(
-            f"trainer.devices={_shown(devices)} would train one run on several devices, which "
-            "bnsweep does not do yet (each process would claim the run folder: it hung); use "
-            "trainer.devices=1, and a sweep to use every device"
-        )
-    if accelerator in ("gpu", "cuda") and not _cuda_available():
+    check_devices(cfg, accelerator)
+    if accelerator in ("gpu", "cuda") and not cuda_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} but no CUDA GPU is available here "
             "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
@@ -249,17 +242,6 @@ def _last_batch(cfg: DictConfig) -> int:
         return batch
     used = n - (n % batch == 1)  # a lone trailing sample is left out
     return used % batch or batch
-
-
-def _value(cfg: DictConfig, key: str) -> Any:
-    value = OmegaConf.select(cfg, key, default=_MISSING)
-    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def _shown(value: Any) -> str:
-    return repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
 
 
 def _check_split(cfg: DictConfig) -> None:
@@ -405,26 +387,6 @@ def refusal(e: BaseException) -> ConfigError | None:
     ):
         return ConfigError(" ".join(str(cause).split()))
     return None
-
-
-def _several(devices: Any, accelerator: str) -> bool:
-    """Whether ``trainer.devices`` asks for more than one device (auto and -1: all the GPUs
-    there are; the CPU counts as one device)."""
-    if isinstance(devices, (list, tuple)):
-        return len(devices) > 1
-    if devices in ("auto", -1):
-        if accelerator == "cpu" or not _cuda_available():
-            return devices == -1  # Lightning on the CPU: -1 is a process per core
-        import torch
-
-        return torch.cuda.device_count() > 1
-    return _int(devices) and devices > 1
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def exit_if_invalid(cfg: DictConfig) -> None:

@@ -257,6 +257,20 @@ def skip_mode_probe() -> None:
         Hydra.get_mode = lambda self, *args, **kwargs: None
 
 
+def secondary() -> bool:
+    """Whether this process is a rank other than 0 of a run of several devices (started by
+    Lightning's DDP launcher, torchrun or Slurm): it trains its shard and writes nothing of the
+    run's own (bnsweep.run.ranks)."""
+    import os
+
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def rank_overrides(argv: list[str]) -> list[str]:
+    """A rank other than 0 writes no log of Hydra's into the run folder (rank 0's is there)."""
+    return [*argv, "hydra/job_logging=disabled"] if secondary() else argv
+
+
 def check_output_dir(
     argv: Sequence[str], key: str = "hydra.run.dir", default: str = "outputs"
 ) -> None:

@@ -45,8 +45,10 @@ NEUTRAL = {
 MOVED = {"bnsweep.networks.torchvision_model": "bnsweep.nn.networks.torchvision_model"}
 
 
-# bn keys the training loop reads, not the norm layer: PreciseBN's
+# bn keys the training loop reads, not the norm layer: PreciseBN's, and sync (set on the layers
+# once they are built)
 PRECISE_KEYS = ("precise_batches", "evaluate")
+LOOP_KEYS = (*PRECISE_KEYS, "sync")
 
 
 def computes(key: str) -> bool:

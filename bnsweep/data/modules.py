@@ -37,20 +37,29 @@ class Batches:
     With ``shuffle`` each epoch gets its own permutation, seeded by (seed, epoch), so a run
     resumed at epoch e sees the same order as an uninterrupted one. Lightning passes the epoch
     through ``sampler.set_epoch``, as it does for a DataLoader's sampler.
+
+    Under data parallelism (``world`` processes, this one ``rank``) the batches are global
+    batches of ``world × batch_size``, drawn exactly as one process would draw them with that
+    batch size, and this rank takes its ``batch_size`` rows of each: the shards of a step are
+    together the one-device run's batch. Training leaves out an epoch's last global batch when it
+    is not full (unequal shards would weigh the ranks' mean losses wrongly); evaluation splits
+    each global batch into contiguous shards and counts every image once (no padding).
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
                  transform: Callable[[Tensor], Tensor] | None = None,
-                 drop_last: bool = False) -> None:  # fmt: skip
+                 drop_last: bool = False, rank: int = 0, world: int = 1) -> None:  # fmt: skip
         self.x, self.y, self.transform = x, y, transform or _as_is
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.shuffle, self.seed = shuffle, seed
+        self.rank, self.world, self.shard = rank, world, batch_size
+        self.batch_size = batch_size = batch_size * world  # the global batch
         self.epoch = 0
         self.served = 0  # batches of this epoch handed out so far
         self.skip = (0, 0)  # (epoch, batches of it trained on before a resume)
         n = len(y)
         # BN cannot train on a batch of one: a lone trailing sample is left out of the epoch
         self.n_used = n - 1 if shuffle and n % batch_size == 1 and n > 1 else n
-        if drop_last:  # every batch full: the epoch's last, short one is left out
+        if drop_last or (shuffle and world > 1):  # every batch full: the last, short one out
             self.n_used = n - n % batch_size
 
     batch_sampler = None  # with `sampler`, what Lightning looks for on a loader
@@ -89,13 +98,22 @@ class Batches:
         self.served = first // self.batch_size
         for start in range(first, self.n_used, self.batch_size):
             self.served += 1
+            end = min(start + self.batch_size, self.n_used)
+            if self.world > 1:  # this rank's rows of the global batch
+                if self.shuffle:
+                    start, end = (
+                        start + self.rank * self.shard,
+                        start + (self.rank + 1) * self.shard,
+                    )
+                else:  # evaluation: contiguous shards as equal as can be, none counted twice
+                    bounds = torch.linspace(start, end, self.world + 1).round().long().tolist()
+                    start, end = bounds[self.rank], bounds[self.rank + 1]
+                    if start == end:
+                        continue
             if order is None:
-                yield (
-                    self.transform(self.x[start : start + self.batch_size]),
-                    self.y[start : start + self.batch_size],
-                )
+                yield self.transform(self.x[start:end]), self.y[start:end]
             else:
-                idx = order[start : start + self.batch_size]
+                idx = order[start:end]
                 yield self.transform(self.x[idx]), self.y[idx]
 
 
@@ -261,9 +279,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> Batches:
         t = self.tensors
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return Batches(t.images[f"x_{split}"], t.labels[f"y_{split}"], batch_size, shuffle,
-                       seed=self.seed, transform=t.pixels,
-                       drop_last=shuffle and self.drop_last)  # fmt: skip
+                       seed=self.seed, transform=t.pixels, drop_last=shuffle and self.drop_last,
+                       rank=rank, world=world)  # fmt: skip
 
     def train_dataloader(self) -> Batches:
         """The training batches; a fresh loader starts at epoch 0 (``set_epoch`` moves it), and

@@ -25,6 +25,7 @@ from bnsweep.nn.probes import KEYS as PROBE_KEYS
 from bnsweep.nn.probes import probe_landscape
 from bnsweep.run.dashboards import percentile_spec, tensorboard_of, unit_percentiles
 from bnsweep.run.losses import Sums
+from bnsweep.run.ranks import agreed
 
 
 class LitClassifier(pl.LightningModule):
@@ -110,7 +111,7 @@ class LitClassifier(pl.LightningModule):
             self._probe_batch = (x, y, (torch.get_rng_state(), cuda))
         logits = self._compiled.get("net", self.net)(x)
         loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
+        if not agreed(torch.isfinite(loss)):  # (several processes: on every rank)
             # divergence is a result: stop here, skip this update, let the run report it
             self.diverged_step = self.global_step
             self.trainer.should_stop = True
@@ -147,7 +148,7 @@ class LitClassifier(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self.epoch_sums.n:  # the batch-size-weighted means over the steps of this epoch
-            loss, acc = self.epoch_sums.take().tolist()
+            loss, acc = self.epoch_sums.reduce((2,)).take().tolist()
             self.log_dict({"train/loss_epoch": loss, "train/acc_epoch": acc})
             self.history["train_epoch"].append(self._epochs_done())
             self.history["train/acc"].append(acc)
@@ -210,7 +211,7 @@ class LitClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._restore()
-        acc, loss = self.val_acc.compute(), self.val_loss.take()
+        acc, loss = self.val_acc.compute(), self.val_loss.reduce().take()
         self.val_acc.reset()
         if self.precise is not None:
             other_acc = self.val_acc_other.compute()
@@ -218,7 +219,9 @@ class LitClassifier(pl.LightningModule):
         if self.trainer.sanity_checking:
             self._tracked = []  # Lightning's sanity check is no validation of the run
             return
-        if self.diverged_step is None and not (torch.isfinite(loss) and stats_finite(self.net)):
+        if self.diverged_step is None and not agreed(
+            torch.isfinite(loss) and stats_finite(self.net)
+        ):
             # a NaN or infinite evaluation (or running statistic) is divergence too: a result,
             # recorded at this step, and the run stops here as for a non-finite training loss
             self.diverged_step = self.global_step
@@ -289,7 +292,8 @@ class LitClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._restore()
-        self.log_dict({"test/acc": self.test_acc.compute(), "test/loss": self.test_loss.take()})
+        self.log_dict({"test/acc": self.test_acc.compute(),
+                       "test/loss": self.test_loss.reduce().take()})  # fmt: skip
         self.test_acc.reset()
         if self.precise is not None:
             self.log(f"test/acc_{self.other}", self.test_acc_other.compute())

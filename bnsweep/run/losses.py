@@ -44,6 +44,22 @@ class Sums:
         self.clear()
         return out
 
+    def reduce(self, shape: tuple[int, ...] = ()) -> Sums:
+        """The sums and counts of every process added together (data parallelism: each rank
+        summed its own shard; one process: unchanged). ``shape``: the sums' shape, for a rank
+        that had no batch. In float64, so the count is exact; every rank must call it."""
+        from bnsweep.run.ranks import all_sum, world
+
+        if world() == 1:
+            return self
+        sums = self.sums if self.sums is not None else torch.zeros(shape)
+        packed = torch.cat([sums.detach().double().flatten(),
+                            torch.tensor([float(self.n)], device=sums.device)])  # fmt: skip
+        packed = all_sum(packed)
+        self.sums = packed[:-1].view(sums.shape).to(sums.dtype)
+        self.n = int(packed[-1])
+        return self
+
     def clear(self) -> None:
         self.sums, self.n = None, 0
 

@@ -80,6 +80,9 @@ def quiet_lightning(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", message="`training_step` returned `None`")
     # on a machine with Slurm installed: bnsweep trains one run on one device, never via srun
     warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
+    # several devices: the epoch metrics bnsweep logs are already the global batch's (its sums
+    # are all-reduced: bnsweep.run.losses), so Lightning's advice to sync them does not apply
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed")
     # a short run logs its epoch means whatever log_every_n_steps says
     warnings.filterwarnings(
         "ignore", message="The number of training batches .* is smaller than the logging interval"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,18 +17,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bnsweep.config.checks import ConfigError, refusal, validate
-from bnsweep.config.keys import HPARAM_KEYS, PRECISE_KEYS, computes
+from bnsweep.config.cli import secondary
+from bnsweep.config.keys import HPARAM_KEYS, LOOP_KEYS, computes
 from bnsweep.data.catalog import DataError
 from bnsweep.files import (
     DamagedFile,
     FolderInUse,
     FolderLock,
-    is_no_space,
-    remove_unstarted,
 )
-from bnsweep.nn import norm_layers
+from bnsweep.nn import BatchNorm, norm_layers
+from bnsweep.nn.batchnorm import TORCH_BATCHNORMS
 from bnsweep.nn.networks import NetworkError, build_network, swap_line
-from bnsweep.run import checkpoints, interrupts
+from bnsweep.run import checkpoints, interrupts, ranks
 from bnsweep.run.checkpoints import AtomicCheckpointIO, RunCheckpoints
 from bnsweep.run.dashboards import BNStatsLogger
 from bnsweep.run.folders import RunRefused, claim
@@ -104,13 +103,41 @@ def build_counted(cfg: DictConfig) -> tuple[torch.nn.Module, int]:
     bn = OmegaConf.select(cfg, "bn._target_", default="")
     net, swapped = build_network(model, instantiate(layer_config(cfg)), bn)
     instantiate(cfg.init)(net, generator=torch.Generator().manual_seed(cfg.seed))
-    return net, swapped
+    return synchronised(net, cfg), swapped
+
+
+def synchronised(net: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
+    """With bn.sync=true or trainer.sync_batchnorm=true, the network whose BN layers normalise
+    with the global batch's statistics under data parallelism: ours by their ``sync``, torch's
+    as torch.nn.SyncBatchNorm (which torch runs on GPUs only: refused on the CPU here, in one
+    line, rather than at the first step)."""
+    if not (OmegaConf.select(cfg, "bn.sync", default=False)
+            or OmegaConf.select(cfg, "trainer.sync_batchnorm", default=False)):  # fmt: skip
+        return net
+    theirs = [name for name, layer in norm_layers(net).items()
+              if isinstance(layer, TORCH_BATCHNORMS)]  # fmt: skip
+    if theirs and training_device(cfg).type == "cpu" and several_devices(cfg):
+        raise ConfigError(f"bn.sync=true: layer {theirs[0]} is torch's BatchNorm, whose "
+                          "SyncBatchNorm runs on GPUs only; on the CPU let bnsweep swap it "
+                          "for its own (bn=momentum)")  # fmt: skip
+    for layer in norm_layers(net).values():
+        if isinstance(layer, BatchNorm):
+            layer.sync = True
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net) if theirs else net
+
+
+def several_devices(cfg: DictConfig) -> bool:
+    """Whether cfg trains one run on several devices (processes)."""
+    from bnsweep.config.devices import several
+
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    return several(OmegaConf.select(cfg, "trainer.devices", default=1), accelerator)
 
 
 def layer_config(cfg: DictConfig) -> dict:
-    """cfg.bn without the keys the training loop reads (PreciseBN's): the norm factory's."""
+    """cfg.bn without the keys the training loop reads (PreciseBN's, sync): the norm factory's."""
     bn = OmegaConf.to_container(cfg.bn, resolve=True)
-    return {k: v for k, v in bn.items() if k not in PRECISE_KEYS}
+    return {k: v for k, v in bn.items() if k not in LOOP_KEYS}
 
 
 def precise_config(cfg: DictConfig) -> dict | None:
@@ -199,8 +226,8 @@ def make_trainer(
     each validation and the BN dashboards. Given ``callbacks`` replace those; checkpoints are
     written through ``plugins`` (default: in place, atomically)."""
     extra = {}
-    if loggers is None:
-        loggers = make_loggers(cfg)
+    if loggers is None:  # rank 0 alone writes the run's logs
+        loggers = [] if secondary() else make_loggers(cfg)
     if callbacks is None:
         # last.ckpt after every validation, best.ckpt when val/acc improved; the BN dashboards
         callbacks = [RunCheckpoints(run_dir / "ckpt"), BNStatsLogger()]
@@ -242,11 +269,28 @@ def run(cfg: DictConfig, process: ProcessStart | None = None) -> dict[str, Any]:
     # the pre-flight check before the folder is claimed; not for a finished run a resume skips
     done = cfg.get("resume", False) and (run_dir / "metrics.json").exists()
     built = None if done else prepare(cfg)
+    if secondary():  # a rank of a run of several: rank 0 has claimed the folder
+        ranks.watch(run_dir, 0)
+        return _train(cfg, run_dir, process, built or prepare(cfg), start)
     run_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(run_dir, "run folder"):
         if (finished := claim(run_dir, cfg)) is not None:
             return finished
+        if several_devices(cfg):  # a rank that ends badly ends the run, in one line
+            ranks.watch(run_dir, world_of(cfg))
         return _train(cfg, run_dir, process, built or prepare(cfg), start)
+
+
+def world_of(cfg: DictConfig) -> int:
+    """How many processes train the run: Lightning's count of devices for cfg.trainer."""
+    from lightning_fabric.accelerators import find_usable_cuda_devices
+
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    if training_device(cfg).type == "cpu":
+        return os.cpu_count() or 1 if devices == -1 else int(devices) if devices != "auto" else 1
+    return len(find_usable_cuda_devices(-1)) if devices in (-1, "auto") else int(devices)
 
 
 def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None,
@@ -303,9 +347,12 @@ def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None,
             **startup_times(process, module.first_step_at),
         },
         resumed_from_step=module.resumed_from_step,
-        device=str(trainer.strategy.root_device),
+        device=str(trainer.strategy.root_device)
+        + (f" ×{trainer.world_size}" if trainer.world_size > 1 else ""),
         hparams=hparams(cfg, picked, module.net),
     )
+    if secondary():
+        return record  # rank 0 writes it
     log_final(trainer.loggers, record["hparams"])
     write_record(run_dir, record)
     return record
@@ -370,45 +417,6 @@ def startup_times(process: ProcessStart | None, first_step_at: float | None) -> 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, DataError, NetworkError, RunRefused, FolderInUse, DamagedFile,
 )  # fmt: skip
-
-
-def main(cfg: DictConfig, import_s: float | None = None) -> float | None:
-    """Entry point of train.py: run, and turn input errors into one line and exit status 2,
-    a full disk into one line and exit status 1."""
-    from bnsweep.terminal import finished_block, run_block
-
-    run_dir = Path(cfg.run_dir)
-    started = time.time()
-    try:
-        metrics = run(cfg, ProcessStart.now(import_s))
-        skipped = (run_dir / "metrics.json").stat().st_mtime < started
-        print((finished_block if skipped else run_block)(run_dir, metrics))
-        return metrics["val/acc_best"]
-    except KeyboardInterrupt as e:
-        claimed = (run_dir / "run_config.json").exists()
-        if not claimed:
-            remove_unstarted(run_dir)
-        typed = json.loads(os.environ.get("BNSWEEP_TYPED", "[]"))
-        again = interrupts.go_on("train.py", typed, [f"hydra.run.dir={run_dir}", "resume=true"])
-        where = (
-            e.where()
-            if isinstance(e, interrupts.Interrupted)
-            else (
-                "before training began" if claimed else "before the run began; nothing was written"
-            )
-        )
-        print(f"interrupted {where}; go on with: {again}" if claimed else f"interrupted {where}",
-              file=sys.stderr)  # fmt: skip
-        sys.exit(interrupts.exit_status())
-    except USER_ERRORS as e:
-        remove_unstarted(run_dir)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        if not is_no_space(e):
-            raise
-        print(f"error: {no_space_message(e, run_dir)}", file=sys.stderr)
-        sys.exit(1)
 
 
 def no_space_message(e: OSError, folder: Path) -> str:

@@ -1,0 +1,167 @@
+"""One run on several devices (trainer.devices=N: Lightning's DDP, gloo processes on the CPU):
+the shards of a step are the one-device run's batch, rank 0 alone writes, evaluations count
+every image once, bn.sync gives the global batch's history, a rank that ends badly ends the
+run in seconds with one line, and what cannot run on several processes is refused first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnsweep.config.checks import ConfigError, validate
+from bnsweep.data.modules import Batches
+from tests.conftest import ROOT
+from tests.helpers import refused_with
+
+STEPS = ["model=lenet_fc_bn2", "trainer.accelerator=cpu", "trainer.max_epochs=null",
+         "trainer.max_steps=20", "trainer.val_check_interval=10",
+         "trainer.check_val_every_n_epoch=null"]  # fmt: skip
+
+
+def test_the_shards_of_a_step_are_the_one_device_batch() -> None:
+    """Rank r's batches are rows r·B … (r+1)·B of the one-device run's batches of 2·B (the same
+    permutation); a last global batch that is not full is left out of training."""
+    x = torch.arange(50).float()[:, None]
+    y = torch.arange(50)
+    one = list(Batches(x, y, 8, shuffle=True, seed=3, drop_last=True))
+    shards = [list(Batches(x, y, 4, shuffle=True, seed=3, rank=r, world=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == len(one) == 6  # 50 // 8: the short one left out
+    for step, (_, by) in enumerate(one):
+        torch.testing.assert_close(torch.cat([shards[0][step][1], shards[1][step][1]]), by)
+
+
+def test_evaluation_counts_every_image_once() -> None:
+    """No sampler padding: 23 images, eval batches of 4 per rank on 3 ranks, every image in
+    exactly one rank's batches."""
+    x, y = torch.zeros(23, 1), torch.arange(23)
+    seen = [int(v) for r in range(3) for _, by in Batches(x, y, 4, False, rank=r, world=3)
+            for v in by]  # fmt: skip
+    assert sorted(seen) == list(range(23))
+
+
+@pytest.fixture(scope="module")
+def histories(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> dict[str, dict]:
+    """20 steps of lenet_fc_bn2, global batch 64: two processes of 32 (synchronised BN and
+    per-device BN) and one process of 64; validated at steps 10 and 20."""
+    out = {}
+    runs = {
+        "two_sync": ["trainer.devices=2", "data.batch_size=32", "bn.sync=true"],
+        "two_own": ["trainer.devices=2", "data.batch_size=32"],
+        "one": ["trainer.devices=1", "data.batch_size=64"],
+    }
+    folder = tmp_path_factory.mktemp("devices")
+    env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")
+    for name, args in runs.items():
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *STEPS, *args,
+                               f"hydra.run.dir={folder / name}"], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        out[name] = {"record": json.loads((folder / name / "metrics.json").read_text()),
+                     "files": sorted(p.name for p in (folder / name).iterdir()),
+                     "stderr": proc.stderr}  # fmt: skip
+    return out
+
+
+def test_two_synchronised_processes_train_as_one_with_the_global_batch(histories) -> None:
+    two, one = histories["two_sync"]["record"], histories["one"]["record"]
+    assert two["history"]["val_step"] == one["history"]["val_step"] == [10, 20]
+    for a, b in zip(two["history"]["val/loss"], one["history"]["val/loss"]):
+        assert a == pytest.approx(b, rel=1e-4)
+    # every one of the 5000 validation and 10000 test images once: the accuracies are counts
+    assert two["history"]["val/acc"] == pytest.approx(one["history"]["val/acc"], abs=2.01e-4)
+    assert two["test/acc"] == pytest.approx(one["test/acc"], abs=1.01e-4)
+    assert round(two["test/acc"] * 10000, 3) == round(two["test/acc"] * 10000)
+    assert two["device"] == "cpu ×2" and one["device"] == "cpu"
+
+
+def test_per_device_statistics_differ_from_the_global_batch(histories) -> None:
+    """Without bn.sync each process normalises its 32: another training (torch's default)."""
+    own, one = histories["two_own"]["record"], histories["one"]["record"]
+    assert own["history"]["val/loss"][-1] != pytest.approx(one["history"]["val/loss"][-1], rel=1e-4)
+
+
+def test_rank_0_alone_writes_the_run(histories) -> None:
+    two, one = histories["two_sync"], histories["one"]
+    assert [f for f in two["files"] if "tfevents" not in f] == [f for f in one["files"]
+                                                                 if "tfevents" not in f]  # fmt: skip
+    assert sum("tfevents" in f for f in two["files"]) == 1
+    assert "sync_dist" not in two["stderr"]  # the logged epoch metrics are already global
+
+
+def test_a_killed_rank_ends_the_run_in_seconds_with_one_line(tmp_path: Path, mnist_dir: Path) -> None:
+    env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "model=lenet_fc_bn2",
+                             "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=32",
+                             "trainer.max_epochs=5", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        child = None
+        deadline = time.time() + 120
+        while child is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            for pid in os.listdir("/proc"):
+                if pid.isdigit() and b"train_ddp_process_1" in _cmdline(pid):
+                    child = int(pid)
+        assert child is not None, "rank 1 never started"
+        time.sleep(3)  # training
+        os.kill(child, signal.SIGKILL)
+        killed = time.time()
+        _, err = proc.communicate(timeout=30)
+        took = time.time() - killed
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert took < 10, took
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: rank 1 (PID {child}) was killed by signal 9, so every rank "
+                           "stopped; resume=true continues from the last checkpoint"), err  # fmt: skip
+    assert "Traceback" not in err
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["bn=population"], "bn.precise_batches='all' with trainer.devices=2: PreciseBN (and "
+         "bn=population) recomputes the statistics in one process; use trainer.devices=1"),
+        (["+probes.every=10"], "probes.every=10 with trainer.devices=2: the loss-landscape probes "
+         "step along one process's gradient; use trainer.devices=1"),
+        (["trainer.compile=true"], "trainer.compile=true with trainer.devices=2 is not supported; "
+         "use trainer.devices=1 or trainer.compile=false"),
+        (["+trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn with trainer.devices=2: "
+         "bnsweep runs several devices with Lightning's ddp (trainer.strategy=auto or ddp)"),
+        (["bn=ghost", "bn.sync=true"], "bn.sync=true normalises the global batch, which ghost "
+         "batches split: got bn.ghost_batch_size=8"),
+        (["bn=renorm", "bn.sync=true"], "bn.sync=true: batch renormalization (bn=renorm) keeps "
+         "per-device statistics; use bn=momentum, window or cumulative"),
+        (["bn=torch", "bn.sync=true"], "bn.sync=true with bn=torch needs GPUs (torch's "
+         "SyncBatchNorm); on the CPU our layer synchronises: bn=momentum"),
+    ],
+)
+def test_what_one_process_computes_is_refused_on_several(make_cfg, overrides, message) -> None:
+    cfg = make_cfg("model=lenet_fc_bn2", "trainer.accelerator=cpu", "trainer.devices=2", *overrides)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert str(e.value) == message
+
+
+def test_a_refused_run_of_several_leaves_nothing(cli, tmp_path: Path) -> None:
+    proc = cli("train.py", "model=lenet_fc_bn2", "trainer.accelerator=cpu", "trainer.devices=2",
+               "bn=torch", "bn.sync=true", timeout=60)  # fmt: skip
+    assert refused_with(proc, "error: bn.sync=true with bn=torch needs GPUs (torch's SyncBatchNorm); "
+                              "on the CPU our layer synchronises: bn=momentum"), proc.stderr  # fmt: skip
+    assert not (tmp_path / "outputs").exists()
