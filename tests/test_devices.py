@@ -82,6 +82,19 @@ def test_two_synchronised_processes_train_as_one_with_the_global_batch(histories
     assert two["device"] == "cpu ×2" and one["device"] == "cpu"
 
 
+def test_a_sweep_point_on_two_devices_is_the_same_run(histories, tmp_path: Path, cli) -> None:
+    """sweep.py's job for a point with trainer.devices=2 runs the point's two processes (its own
+    train.py, Lightning's launcher) and computes what train.py computed alone."""
+    proc = cli("sweep.py", *STEPS, "trainer.devices=2", "data.batch_size=32", "bn.sync=true",
+               "seeds=[0]", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/metrics.json")]
+    two = histories["two_sync"]["record"]
+    assert record["history"]["val/loss"] == two["history"]["val/loss"]
+    assert record["test/acc"] == two["test/acc"] and record["device"] == "cpu ×2"
+    assert "| 1 / 0 / 0 |" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
 def test_per_device_statistics_differ_from_the_global_batch(histories) -> None:
     """Without bn.sync each process normalises its 32: another training (torch's default)."""
     own, one = histories["two_own"]["record"], histories["one"]["record"]

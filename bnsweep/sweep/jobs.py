@@ -75,11 +75,14 @@ def run_job(cfg: DictConfig) -> float:
     from bnsweep import terminal
     from bnsweep.files import DamagedFile, FolderInUse, is_no_space, remove_unstarted
     from bnsweep.run.folders import RunRefused
-    from bnsweep.run.training import USER_ERRORS, no_space_message, run
+    from bnsweep.run.training import USER_ERRORS, no_space_message, run, several_devices
+    from bnsweep.sweep.processes import PointFailed
 
     vectorize = OmegaConf.select(cfg, "sweep.vectorize", default=False)
     if vectorize:
         from bnsweep.sweep.vectorize import run_point as run
+    elif several_devices(cfg):  # its ranks: a train.py of its own (bnsweep.sweep.processes)
+        from bnsweep.sweep.processes import run_processes as run
 
     hydra_dir = Path(cfg.run_dir)  # the folder Hydra made for this job
     fresh = not hydra_dir.exists() or all(p.suffix == ".log" for p in hydra_dir.iterdir())
@@ -117,6 +120,10 @@ def run_job(cfg: DictConfig) -> float:
     except (RunRefused, FolderInUse, DamagedFile) as e:
         status, error = "refused", str(e)
         print(f"refused: {e}", file=sys.stderr)
+    except PointFailed as e:  # train.py said why in its last line (and wrote its record)
+        status, error = "failed", str(e)
+        if not (run_dir / "metrics.json").exists():
+            _record_failure(run_dir, cfg, error, "")
     except USER_ERRORS as e:
         status, error = "failed", f"error: {e}"
         _record_failure(run_dir, cfg, error, traceback.format_exc())
