@@ -169,3 +169,28 @@ def test_cluster_registration_is_idempotent():
     listed = subprocess.run(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"],
                             capture_output=True, text=True).stdout.split()  # fmt: skip
     assert "bnsweep-local" in listed
+
+
+def test_a_point_on_two_devices_is_one_slurm_job_of_two_tasks(cli, tmp_path, mnist_dir):
+    """hydra/launcher=slurm_local, trainer.devices=2 (gloo on the CPU): the point is one Slurm
+    job of two tasks, Lightning's SLURM environment gives the ranks, and the run's numbers are
+    those of the same run launched locally by train.py (Lightning's own launcher)."""
+    point = ["model=lenet_fc_bn2", "trainer.accelerator=cpu", "trainer.devices=2",
+             "data.batch_size=32", "bn.sync=true", "trainer.max_epochs=null",
+             "trainer.max_steps=20", "trainer.val_check_interval=10",
+             "trainer.check_val_every_n_epoch=null", "threads=1"]  # fmt: skip
+    local = cli("train.py", *[a for a in point if not a.startswith("threads")],
+                f"hydra.run.dir={tmp_path / 'local'}", timeout=600)  # fmt: skip
+    assert local.returncode == 0, local.stderr[-3000:]
+    sweep = tmp_path / "slurm"
+    proc = cli("sweep.py", *point, "seeds=[0]", "hydra/launcher=slurm_local",
+               f"hydra.sweep.dir={sweep}", timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = [p.parent for p in sweep.glob("*/metrics.json")]
+    _same_numbers(_metrics(run), _metrics(tmp_path / "local"))
+    assert _metrics(run)["device"] == "cpu ×2"
+    (job,) = [p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]  # one job
+    logs = sorted(p.name for p in job.glob("*_log.out"))
+    assert logs == [f"{job.name}_0_log.out", f"{job.name}_1_log.out"]  # of two tasks
+    jobs = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
+    assert [j["status"] for j in jobs if "run" in j] == ["finished"]  # rank 0 alone reports

@@ -263,7 +263,11 @@ def secondary() -> bool:
     run's own (bnsweep.run.ranks)."""
     import os
 
-    return any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    if any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        return True
+    # a Slurm job of several tasks (a sweep point on N devices): task 0 is rank 0
+    return int(os.environ.get("SLURM_NTASKS") or 1) > 1 and os.environ.get("SLURM_PROCID",
+                                                                            "0") != "0"  # fmt: skip
 
 
 def rank_overrides(argv: list[str]) -> list[str]:

@@ -194,3 +194,47 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+# A sweep point on N devices through Slurm is one job of N tasks, started together: rank 0
+# decides whether the point trains (it may be finished, or its folder refused) and tells the
+# other ranks by a small file, so that they never wait for a rank 0 that will not train.
+def _slurm_tasks() -> bool:
+    return int(os.environ.get("SLURM_NTASKS") or 1) > 1 and "SLURM_JOB_ID" in os.environ
+
+
+def _decision(run_dir: Path) -> Path:
+    job = os.environ.get("SLURM_JOB_ID", "0")
+    restart = os.environ.get("SLURM_RESTART_COUNT") or "0"
+    return Path(run_dir).parent / ".ranks" / f"{job}.{restart}"
+
+
+def announce(run_dir: Path, trains: bool) -> None:
+    """Rank 0 of a Slurm job of several tasks: whether the run trains (the others join it) or
+    not (they end). Nothing elsewhere."""
+    if not _slurm_tasks() or secondary_rank():
+        return
+    from bnsweep.files import atomic_write
+
+    path = _decision(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, b"train" if trains else b"stop")
+
+
+def rank0_trains(run_dir: Path, timeout: float = 600.0) -> bool:
+    """A rank other than 0 of a Slurm job of several tasks: wait for rank 0's decision."""
+    path = _decision(run_dir)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            return path.read_bytes() == b"train"
+        time.sleep(0.2)
+    raise TimeoutError(f"rank 0 of Slurm job {os.environ.get('SLURM_JOB_ID')} said nothing in "
+                       f"{timeout:.0f} s")  # fmt: skip
+
+
+def secondary_rank() -> bool:
+    from bnsweep.config.cli import secondary
+
+    return secondary()
+

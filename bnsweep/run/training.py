@@ -273,12 +273,19 @@ def run(cfg: DictConfig, process: ProcessStart | None = None) -> dict[str, Any]:
         ranks.watch(run_dir, 0)
         return _train(cfg, run_dir, process, built or prepare(cfg), start)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with FolderLock(run_dir, "run folder"):
-        if (finished := claim(run_dir, cfg)) is not None:
-            return finished
-        if several_devices(cfg):  # a rank that ends badly ends the run, in one line
-            ranks.watch(run_dir, world_of(cfg))
-        return _train(cfg, run_dir, process, built or prepare(cfg), start)
+    trains = False
+    try:
+        with FolderLock(run_dir, "run folder"):
+            if (finished := claim(run_dir, cfg)) is not None:
+                return finished
+            trains = True
+            ranks.announce(run_dir, True)  # a Slurm job's other tasks join (bnsweep.run.ranks)
+            if several_devices(cfg):  # a rank that ends badly ends the run, in one line
+                ranks.watch(run_dir, world_of(cfg))
+            return _train(cfg, run_dir, process, built or prepare(cfg), start)
+    finally:
+        if not trains:
+            ranks.announce(run_dir, False)  # … or end
 
 
 def world_of(cfg: DictConfig) -> int:

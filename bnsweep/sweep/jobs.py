@@ -73,15 +73,19 @@ def run_job(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from bnsweep import terminal
+    from bnsweep.config.cli import secondary
     from bnsweep.files import DamagedFile, FolderInUse, is_no_space, remove_unstarted
     from bnsweep.run.folders import RunRefused
     from bnsweep.run.training import USER_ERRORS, no_space_message, run, several_devices
     from bnsweep.sweep.processes import PointFailed
 
     vectorize = OmegaConf.select(cfg, "sweep.vectorize", default=False)
+    tasks = int(os.environ.get("SLURM_NTASKS") or 1) > 1  # a Slurm job of a task per rank
+    if secondary():  # a rank other than 0 of such a job: its shard; rank 0 reports and writes
+        return _other_rank(cfg, run)
     if vectorize:
         from bnsweep.sweep.vectorize import run_point as run
-    elif several_devices(cfg):  # its ranks: a train.py of its own (bnsweep.sweep.processes)
+    elif several_devices(cfg) and not tasks:  # its ranks: a train.py of its own
         from bnsweep.sweep.processes import run_processes as run
 
     hydra_dir = Path(cfg.run_dir)  # the folder Hydra made for this job
@@ -160,6 +164,23 @@ def _invocation(sweep_dir: Path) -> tuple[int | None, int, list[dict[str, Any]]]
         start.get("parallel", 1),
         [j for j in lines[starts[-1] + 1 :] if "run" in j],
     )
+
+
+def _other_rank(cfg: DictConfig, run: Any) -> float:
+    """A task other than 0 of a Slurm job of several (a point on N devices): the same resume
+    decisions as task 0, then its shard of the run, once task 0 says the run trains."""
+    from omegaconf import open_dict
+
+    from bnsweep.run import ranks
+
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        with open_dict(cfg):
+            cfg.resume = True
+    if cfg.get("resume"):
+        _use_existing_folder(cfg)
+    if not ranks.rank0_trains(Path(cfg.run_dir)):
+        return math.nan
+    return run(cfg)["val/acc_best"]
 
 
 def _use_existing_folder(cfg: DictConfig) -> None:

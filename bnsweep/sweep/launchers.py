@@ -59,14 +59,44 @@ def launch(self: BaseSubmititLauncher, job_overrides: Sequence[Sequence[str]],
     Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     params = [(list(o), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
               for idx, o in enumerate(job_overrides, start=initial_job_idx)]  # fmt: skip
-    jobs = executor.map_array(self, *zip(*params))
+    jobs: dict[int, Any] = {}
+    for tasks, group in _by_tasks(self, params).items():  # a point on N devices: N Slurm tasks
+        if self._EXECUTOR == "slurm":
+            # one task that ends badly ends the job's other tasks (else they wait on it)
+            extra = {"srun_args": ["--kill-on-bad-exit=1"]} if tasks > 1 else {}
+            executor.update_parameters(**{f"slurm_{k}": v for k, v in
+                                          {"tasks_per_node": tasks, **extra}.items()})  # fmt: skip
+        for i, job in zip(group, executor.map_array(self, *zip(*[params[i] for i in group]))):
+            jobs[i] = job
     returns = []
-    for job, (overrides, _, idx, _, _) in zip(jobs, params):
+    for i, (overrides, _, idx, _, _) in enumerate(params):
         try:
-            returns.append(job.results()[0])
+            returns.append(jobs[i].results()[0])
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError):
-            returns.append(_lost(self, job, idx, overrides))
+            returns.append(_lost(self, jobs[i], idx, overrides))
     return returns
+
+
+def _by_tasks(launcher: BaseSubmititLauncher, params: list[tuple]) -> dict[int, list[int]]:
+    """The jobs (their positions in ``params``) by how many Slurm tasks each needs: one per
+    device of its ``trainer.devices`` (a count or a list of ids; anything else: 1, which
+    Lightning then checks inside the job)."""
+    base = OmegaConf.select(launcher.config, "trainer.devices", default=1)
+    groups: dict[int, list[int]] = {}
+    for i, (overrides, *_) in enumerate(params):
+        given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("trainer.devices=")]
+        devices = given[-1] if given else base
+        groups.setdefault(_count(devices), []).append(i)
+    return groups
+
+
+def _count(devices: Any) -> int:
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return max(1, len(devices))
+    text = str(devices).strip()
+    if text.startswith("["):
+        return max(1, len([d for d in text.strip("[]").split(",") if d.strip()]))
+    return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
 def _lost(launcher: BaseSubmititLauncher, job: Any, idx: int, overrides: list[str]) -> JobReturn:
