@@ -1,6 +1,6 @@
 """python -m bnsweep.bench [--only SECTION ...]: side-by-side timings, one table of ratios.
 
-The benchmarks: the sections below, each in its module (timing, steps, processes, vectorized),
+The benchmarks: the sections below, each in its module (timing, steps, processes, vectorized, devices),
 printed as one table by ``__main__``. Imports any package of bnsweep; nothing imports it.
 
 Sections (rows), each measured against the best alternative in the same run:
@@ -20,6 +20,8 @@ Sections (rows), each measured against the best alternative in the same run:
   S runs one after another: one training step (the arithmetic alone, per-member and fused
   kernels, on the CPU and, when there is one, the GPU), the same for members of the init-scale
   study's CNN (init scales stacked with seeds), and one epoch through ``python sweep.py``
-  (everything a user waits for).
+  (everything a user waits for);
+- devices: a lenet_fc_bn2 step of a global batch of 64 in two gloo processes (DDP, 32 each) vs
+  one process of 64 on the same cores, and the same two processes with bn.sync=true.
 Needs the MNIST files (README: Getting the data).
 """

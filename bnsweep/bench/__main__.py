@@ -11,13 +11,14 @@ from collections.abc import Callable
 import torch
 
 import bnsweep.bench
+from bnsweep.bench.devices import device_rows
 from bnsweep.bench.processes import data_rows, memory_rows, startup_rows, sweep_rows
 from bnsweep.bench.steps import generic_rows, step_rows
 from bnsweep.bench.timing import bn_rows
 from bnsweep.bench.vectorized import vectorize_rows
 from bnsweep.run.runtime import tune_allocator
 
-SECTIONS = ("bn", "step", "generic", "data", "startup", "memory", "sweep", "vectorize")
+SECTIONS = ("bn", "step", "generic", "data", "startup", "memory", "sweep", "vectorize", "devices")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         "memory": memory_rows,
         "sweep": lambda: sweep_rows(args.sweep_n, args.sweep_rounds),
         "vectorize": lambda: vectorize_rows(args.rounds, devices),
+        "devices": lambda: device_rows(args.rounds),
     }
     for section in args.only:
         for row in sections[section]():

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnsweep.config.devices import check_devices, cuda_available
+from bnsweep.config.devices import check_devices, cuda_available, several
 from bnsweep.config.values import MISSING as _MISSING
 from bnsweep.config.values import ConfigError
 from bnsweep.config.values import shown as _shown
@@ -342,6 +342,12 @@ def check_vectorize(cfg: DictConfig) -> list[int]:
         raise ConfigError(f"sweep.vectorize=true needs a list of seeds, got seeds={seeds!r}")
     if OmegaConf.select(cfg, "trainer.compile", default=False):
         raise ConfigError("trainer.compile=true cannot be combined with sweep.vectorize=true")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    if several(devices, accelerator):
+        raise ConfigError(f"sweep.vectorize=true trains a point's seeds as one network on one "
+                          f"device; with trainer.devices={_shown(devices)} use "
+                          "sweep.vectorize=false")  # fmt: skip
     clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
     if clip:
         raise ConfigError(

@@ -165,13 +165,14 @@ class _SyncBatchNormTrain(torch.autograd.Function):
     """Training-mode normalisation with the statistics of the global batch: the shards of every
     process in ``group`` together (torch.nn.SyncBatchNorm's arithmetic, on any device).
 
-    Forward: one all-reduce of [Σx, m] per channel (the global mean), one of Σ(x − μ)² (the
-    biased global variance, two-pass as in one process). Backward: one all-reduce of [Σg, Σg·d],
-    so that ∂ℓ/∂x is the global batch's (the formula of ``_BatchNormTrain`` with the global m);
+    Forward: one all-reduce of [Σx, Σx², m] per channel, in float64, for the global mean and
+    biased variance (Σx²/m − μ²: in float64 the cancellation costs nothing a float32 activation
+    can show, unless its mean is ~10⁸ of its spread). Backward: one all-reduce of [Σg, Σg·d], so
+    that ∂ℓ/∂x is the global batch's (the formula of ``_BatchNormTrain`` with the global m);
     ∂ℓ/∂γ and ∂ℓ/∂β stay this shard's sums, which data parallelism then averages with the other
-    ranks' gradients, as it does for every parameter. The reductions are in float64 (C + 1
-    numbers each), so a shard's count is exact at any size. Every rank must call it, with any
-    number of samples ≥ 1 (shards may be unequal)."""
+    ranks' gradients, as it does for every parameter. Two collectives a layer and step, each of
+    a latency that dominates at small shapes (docs/benchmarks.md). Every rank must call it, with
+    any number of samples ≥ 1 (shards may be unequal)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
@@ -180,16 +181,17 @@ class _SyncBatchNormTrain(torch.autograd.Function):
 
         c = x.shape[1]
         per_channel = _per_channel(x)
-        local = torch.empty(c + 1, dtype=torch.float64, device=x.device)
-        local[:c] = _channel_sum(x)
-        local[c] = x.numel() // c
+        wide = x.double()
+        local = torch.empty(2 * c + 1, dtype=torch.float64, device=x.device)
+        local[:c] = _channel_sum(wide)
+        local[c : 2 * c] = _channel_sum(wide * wide)
+        local[2 * c] = x.numel() // c
         dist.all_reduce(local, group=group)
-        m = local[c]
-        mean = (local[:c] / m).to(x.dtype)
+        m = local[2 * c]
+        mean64 = local[:c] / m
+        var = (local[c : 2 * c] / m - mean64 * mean64).clamp_(min=0).to(x.dtype)
+        mean = mean64.to(x.dtype)
         d = x - per_channel(mean)
-        squares = _channel_sum(d * d).double()
-        dist.all_reduce(squares, group=group)
-        var = (squares / m).to(x.dtype)
         invstd = (var + eps).rsqrt()
         scale = invstd if weight is None else invstd * weight
         y = d * per_channel(scale)
