@@ -188,3 +188,17 @@ def test_a_refused_run_of_several_leaves_nothing(cli, tmp_path: Path) -> None:
     assert refused_with(proc, "error: bn.sync=true with bn=torch needs GPUs (torch's SyncBatchNorm); "
                               "on the CPU our layer synchronises: bn=momentum"), proc.stderr  # fmt: skip
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("key", ["bn.sync=true", "trainer.sync_batchnorm=true"])
+def test_sync_reaches_our_layers(make_cfg, key: str) -> None:
+    """Lightning's sync_batchnorm converts torch's BN only; bnsweep's layers get it too."""
+    from bnsweep.nn import BatchNorm, norm_layers
+    from bnsweep.run.training import build_net
+
+    args = [key] if key.startswith("bn.") else [f"+{key}"]
+    layers = norm_layers(build_net(make_cfg("model=lenet_fc_bn2", *args))).values()
+    plain = norm_layers(build_net(make_cfg("model=lenet_fc_bn2"))).values()
+    assert [type(m) for m in layers] == [type(m) for m in plain] and len(layers) == 4
+    assert all(isinstance(m, BatchNorm) and m.sync for m in layers)
+    assert not any(m.sync for m in plain)
