@@ -92,7 +92,8 @@ def _pins() -> dict[str, str]:
 
 def test_the_private_hydra_code_bnsweep_relies_on_is_pinned_to_what_was_tested():
     """Where bnsweep relies on code that Hydra and its submitit plugin do not promise to keep
-    (Hydra 1.3's mode probe and BasicSweeper.split_arguments; the plugin's 1.2 launch), the
+    (Hydra 1.3's mode probe, BasicSweeper.split_arguments and the basic sweeper bnsweep's
+    subclasses; the plugin's 1.2 launch, which bnsweep's Slurm launcher mirrors), the
     declared range is the one tested: the versions here lie in it, and the code is as it was,
     so a release that changes it fails here rather than in a sweep."""
     import importlib.metadata
@@ -116,6 +117,42 @@ def test_the_private_hydra_code_bnsweep_relies_on_is_pinned_to_what_was_tested()
 
     source = inspect.getsource(BaseSubmititLauncher.launch)
     assert hashlib.sha256(source.encode()).hexdigest() == SUBMITIT_LAUNCH_SHA256
+
+
+def test_bnsweeps_hydra_plugins_are_found_by_hydra_and_patch_nothing():
+    """The sweeper that groups vectorized points and the Slurm launchers that collect each job
+    on its own are Hydra plugins of their own (subclasses, in Hydra's plugin namespace), found
+    by Hydra's scan and named by conf/; Hydra's own classes keep their own methods."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+    from omegaconf import OmegaConf
+
+    found = Plugins.instance().class_name_to_class
+    sweeper = found["hydra_plugins.bnsweep_plugins.sweeper.BnsweepSweeper"]
+    slurm = found["hydra_plugins.bnsweep_plugins.launchers.BnsweepSlurmLauncher"]
+    # (Hydra's scan imports the plugin modules afresh: classes compared by where they live)
+    assert _bases(sweeper) >= {_where(BasicSweeper)} and _bases(slurm) >= {_where(SlurmLauncher)}
+    assert sweeper.get_job_batch is not BasicSweeper.get_job_batch
+    assert slurm.launch is not SlurmLauncher.launch
+    assert SlurmLauncher.launch.__module__ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher"
+    assert BasicSweeper.get_job_batch.__module__ == "hydra._internal.core_plugins.basic_sweeper"
+    conf = ROOT / "conf" / "hydra"
+    assert OmegaConf.load(conf / "sweeper" / "bnsweep.yaml")._target_ == (
+        "hydra_plugins.bnsweep_plugins.sweeper.BnsweepSweeper")  # fmt: skip
+    for name in ("slurm", "slurm_local"):
+        assert OmegaConf.load(conf / "launcher" / f"{name}.yaml")._target_ == (
+            "hydra_plugins.bnsweep_plugins.launchers.BnsweepSlurmLauncher")  # fmt: skip
+    code = "\n".join(p.read_text() for p in (ROOT / "bnsweep").rglob("*.py"))
+    assert ".launch = " not in code  # no launcher of Hydra's is given another launch
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _bases(cls: type) -> set[str]:
+    return {_where(c) for c in cls.__mro__[1:]}
 
 
 def test_another_platform_is_refused_in_one_line():

@@ -121,6 +121,44 @@ def test_per_device_statistics_are_ghost_batches(ranks: list[dict]) -> None:
     assert not torch.allclose(ranks[0]["per_device"]["rm"], ranks[1]["per_device"]["rm"])
 
 
+def _torch_sync_worker(rank: int, world: int, init: str, out: str) -> None:
+    """Two processes on one GPU (gloo moves CUDA tensors through the host): our synchronised
+    layer and torch.nn.SyncBatchNorm on the same shards."""
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        xs, ws = _data("unequal")
+        found = {}
+        for name in ("ours", "torch"):
+            if name == "ours":
+                layer = _layer((C, 5, 5)).cuda()
+                layer.sync = True
+            else:
+                layer = torch.nn.SyncBatchNorm(C, dtype=torch.float64).cuda()
+                with torch.no_grad():
+                    layer.weight.copy_(torch.tensor([0.5, 1.5, -2.0]))
+                    layer.bias.copy_(torch.tensor([0.1, -0.3, 0.7]))
+            x = xs[rank].cuda().requires_grad_()
+            y = layer(x)
+            (y * ws[rank].cuda()).sum().backward()
+            found[name] = {"y": y.detach().cpu(), "gx": x.grad.cpu(), "gw": layer.weight.grad.cpu(),
+                           "rm": layer.running_mean.cpu(), "rv": layer.running_var.cpu()}  # fmt: skip
+        torch.save(found, Path(out) / f"{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch's SyncBatchNorm)")
+def test_sync_equals_torchs_sync_batchnorm_on_a_gpu(tmp_path: Path) -> None:
+    """torch runs its SyncBatchNorm on GPUs only: there, ours equals it (outputs, input and
+    weight gradients, running statistics), with unequal shards."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_torch_sync_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        found = torch.load(tmp_path / f"{rank}.pt")
+        for key in ("y", "gx", "gw", "rm", "rv"):
+            torch.testing.assert_close(found["ours"][key], found["torch"][key])
+
+
 def test_sync_in_one_process_is_plain_bn() -> None:
     """Without a process group (one process) a synchronised layer is the plain layer."""
     xs, _ = _data("equal")

@@ -1,6 +1,6 @@
 """What a user may ask for, checked before any work: the command line of train.py and sweep.py
 (``cli``; ``--help``: ``help``), the checks of a composed config that refuse a bad value in one line naming the key and
-the value (``checks``; of several devices and bn.sync: ``devices``; what they share: ``values``), which keys change what a run computes (``keys``) and the interpolations the
+the value (``checks``; of several devices and bn.sync: ``parallel``; what they share: ``values``), which keys change what a run computes (``keys``) and the interpolations the
 configs may use (``resolvers``).
 
 Light on purpose (omegaconf, Hydra's parser; torch only to ask for a GPU), so ``--help`` and a

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnsweep.config.devices import check_devices, cuda_available, several
+from bnsweep.config.parallel import check_devices, cuda_available, several
 from bnsweep.config.values import MISSING as _MISSING
 from bnsweep.config.values import ConfigError
 from bnsweep.config.values import shown as _shown

@@ -128,7 +128,7 @@ def synchronised(net: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
 
 def several_devices(cfg: DictConfig) -> bool:
     """Whether cfg trains one run on several devices (processes)."""
-    from bnsweep.config.devices import several
+    from bnsweep.config.parallel import several
 
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
     return several(OmegaConf.select(cfg, "trainer.devices", default=1), accelerator)

@@ -164,14 +164,6 @@ class SweepCallback(Callback):
             raise SystemExit(1) from None
 
     def _start(self, config: DictConfig) -> None:
-        if "submitit" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
-            from bnsweep.sweep.launchers import install
-
-            install()  # a job Slurm ends without a result: a failed run, not the sweep's end
-        if OmegaConf.select(config, "sweep.vectorize", default=False):
-            from bnsweep.sweep.points import install as group_points
-
-            group_points(config)  # points differing only in init or BN estimator: one job
         sweep_dir = Path(config.hydra.sweep.dir)
         preflight(config, sweep_dir, self._lock)
         jobs = sweep_dir / JOBS_LOG

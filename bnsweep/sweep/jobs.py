@@ -77,7 +77,7 @@ def run_job(cfg: DictConfig) -> float:
     from bnsweep.files import DamagedFile, FolderInUse, is_no_space, remove_unstarted
     from bnsweep.run.folders import RunRefused
     from bnsweep.run.training import USER_ERRORS, no_space_message, run, several_devices
-    from bnsweep.sweep.processes import PointFailed
+    from bnsweep.sweep.point_process import PointFailed
 
     vectorize = OmegaConf.select(cfg, "sweep.vectorize", default=False)
     tasks = int(os.environ.get("SLURM_NTASKS") or 1) > 1  # a Slurm job of a task per rank
@@ -86,7 +86,7 @@ def run_job(cfg: DictConfig) -> float:
     if vectorize:
         from bnsweep.sweep.vectorize import run_point as run
     elif several_devices(cfg) and not tasks:  # its ranks: a train.py of its own
-        from bnsweep.sweep.processes import run_processes as run
+        from bnsweep.sweep.point_process import run_processes as run
 
     hydra_dir = Path(cfg.run_dir)  # the folder Hydra made for this job
     fresh = not hydra_dir.exists() or all(p.suffix == ".log" for p in hydra_dir.iterdir())

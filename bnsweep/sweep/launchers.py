@@ -1,20 +1,18 @@
-"""Hydra's submitit launchers, made to survive a job that Slurm ended without a result.
+"""What bnsweep's Slurm launchers do (hydra_plugins/bnsweep_plugins/launchers.py: subclasses of
+Hydra's submitit launchers, ``hydra/launcher=slurm`` and ``slurm_local``).
 
 Hydra's submitit launcher waits for every job's result and raises at the first job that has
 none (cancelled with ``scancel``, killed by its time limit, its node lost): the sweep process
 then ends in a traceback, without the report of the jobs that did finish, while later jobs
-still run unwatched. ``install()`` (the sweep's callback calls it at the start) gives the launcher the ``launch`` below,
-which collects each job on its own: a job without a result counts as a failed run (its folder
-gets a failed metrics.json saying what Slurm reported, and keeps its checkpoints, so
-``resume=<sweep folder>`` continues it), the others are reported as usual.
+still run unwatched. ``launch`` below collects each job on its own: a job without a result counts
+as a failed run (its folder gets a failed metrics.json saying what Slurm reported, and keeps its
+checkpoints, so ``resume=<sweep folder>`` continues it), the others are reported as usual. A
+point with ``trainer.devices=N`` is one Slurm job of N tasks (``srun --kill-on-bad-exit``), whose
+ranks Lightning's SLURM environment reads; points of different counts go out as separate arrays.
 
 A job that Slurm requeued (``scontrol requeue``, or submitit's requeue on preemption and
 timeout) starts again in the same run folder: ``bnsweep.sweep.jobs.run_job`` treats such a restart
 (``SLURM_RESTART_COUNT`` > 0) as ``resume=true``, so it continues from its last checkpoint.
-
-Hydra takes launchers only from its ``hydra_plugins`` namespace, so rather than a second
-top-level package with a subclass, the collection step is installed into Hydra's own class:
-``hydra/launcher=slurm`` and ``slurm_local`` keep Hydra's ``_target_``.
 """
 
 from __future__ import annotations
@@ -29,16 +27,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf, open_dict
-
-
-def install() -> None:
-    """Hydra's submitit launchers collect each job's result on its own (``launch``). Called
-    once Hydra has loaded its plugins (it loads their modules afresh when it scans them)."""
-    from hydra.core.plugins import Plugins
-
-    for name, cls in Plugins.instance().class_name_to_class.items():
-        if name.startswith("hydra_plugins.hydra_submitit_launcher.") and hasattr(cls, "_EXECUTOR"):
-            cls.launch = launch
 
 
 def launch(self: BaseSubmititLauncher, job_overrides: Sequence[Sequence[str]],

@@ -3,9 +3,9 @@ the initial weights (``init.*``, the ``init`` option) or in how our BN layer est
 inference statistics (``bn.momentum``, the estimator among those keeping the same buffers)
 train as one job, every seed of each, because their training computes the same way.
 
-The sweep process groups the basic sweeper's jobs (``group_jobs``): it composes each job's
-config as Hydra does, and the jobs whose configs are equal but for those keys (and whose other
-overrides are equal) become one job. That job's overrides are the shared ones plus
+The sweeper (hydra/sweeper=bnsweep: hydra_plugins/bnsweep_plugins) groups each batch of jobs
+(``group_jobs``): it composes each job's config as Hydra does, and the jobs whose configs are
+equal but for those keys (and whose other overrides are equal) become one job. That job's overrides are the shared ones plus
 ``sweep.stack``: one list of overrides per point it trains (``[['init.std=0.1'], …]``). The job
 composes each point's config again from them (``compose_point``), so that every member's
 config, run folder name, recorded overrides and option choices are those of its independent
@@ -153,24 +153,6 @@ def compose_point(point: Sequence[str]) -> tuple[DictConfig, list[str], dict[str
     with open_dict(cfg):
         cfg.run_dir = str(hydra.runtime.output_dir)  # the job's (each member gets its own)
     return cfg, overrides, choices
-
-
-def install(config: DictConfig) -> None:
-    """The sweep's launcher launches the grouped jobs (``group_jobs``). Hydra takes launchers
-    only from its plugin namespace, so the grouping wraps the launcher class's own ``launch``."""
-    from hydra.core.plugins import Plugins
-
-    cls = Plugins.instance().class_name_to_class.get(str(config.hydra.launcher._target_))
-    if cls is None or getattr(cls.launch, "groups_points", False):
-        return
-    launch = cls.launch
-
-    def grouped(self, job_overrides, initial_job_idx):  # noqa: ANN001, ANN202
-        jobs = group_jobs(self.config, job_overrides, self.hydra_context.config_loader)
-        return launch(self, jobs, initial_job_idx)
-
-    grouped.groups_points = True  # type: ignore[attr-defined]
-    cls.launch = grouped
 
 
 def member_suffix(point: Sequence[str]) -> str:
