@@ -67,3 +67,14 @@ def defines_a_point(key: str) -> bool:
 # launch keys a command line sets and the location keys
 FOLDER_NAME_EXCLUDED = ("seeds", "study", "threads", "run_dir", "resume", "sweep.vectorize",
                         "sweep.stack", *LOCATION)  # fmt: skip
+
+
+# the sweepers that expand the swept lists into a grid (every combination): Hydra's basic sweeper
+# and bnsweep's subclass of it (hydra/sweeper=bnsweep); a search sweeper (Optuna) proposes points
+GRID_SWEEPERS = ("BasicSweeper", "BnsweepSweeper")
+
+
+def grid_sweeper(target: object) -> bool:
+    """Whether a ``hydra.sweeper._target_`` sweeps a grid (GRID_SWEEPERS)."""
+    return str(target).rsplit(".", 1)[-1] in GRID_SWEEPERS
+

@@ -18,6 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from bnsweep.config.keys import grid_sweeper
 from bnsweep.files import write_json
 from bnsweep.report import report
 from bnsweep.report.compare import ReportError
@@ -207,7 +208,7 @@ def job_count(config: DictConfig) -> int | None:
     """How many jobs the sweep launches: the basic sweeper's product of the swept lists, an
     Optuna study's trials; None for another sweeper."""
     target = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
-    if target.endswith("BasicSweeper"):
+    if grid_sweeper(target):
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 

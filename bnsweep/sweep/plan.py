@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnsweep.config.checks import ConfigError, training_batches, validate
 from bnsweep.config.cli import CONF, is_sweep, without_config_dirs
+from bnsweep.config.keys import grid_sweeper
 from bnsweep.config.resolvers import folder_name
 from bnsweep.nn.architectures import COST_MS
 from bnsweep.run.folders import member_dir
@@ -117,7 +118,7 @@ def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
     base = _compose([o for o in overrides if not is_sweep(o)])
     validate(base)
     params = OmegaConf.select(base, "hydra.sweeper.params", default=None) or {}
-    if not str(base.hydra.sweeper._target_).endswith("BasicSweeper"):
+    if not grid_sweeper(base.hydra.sweeper._target_):
         return base, []
     swept = [f"{k}={v}" for k, v in params.items()] + overrides
     parsed = OverridesParser.create().parse_overrides(swept)

@@ -20,6 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from bnsweep.config.keys import grid_sweeper
+
 STACK = "sweep.stack"
 OUR_BN = "bnsweep.nn.make_batchnorm"  # our layer (and its ghost-batch variant); renorm's
 # running statistics enter its training transform, torch's layer stacks one momentum only
@@ -82,9 +84,7 @@ def group_jobs(master: DictConfig, jobs: Sequence[Sequence[str]], loader: Any) -
     jobs = [list(j) for j in jobs]
     if not OmegaConf.select(master, "sweep.vectorize", default=False) or len(jobs) < 2:
         return jobs
-    if not str(OmegaConf.select(master, "hydra.sweeper._target_", default="")).endswith(
-        "BasicSweeper"
-    ):
+    if not grid_sweeper(OmegaConf.select(master, "hydra.sweeper._target_", default="")):
         return jobs  # a search sweeper proposes its points one by one
     cache_key = (str(master.hydra.sweep.dir), tuple(map(tuple, jobs)))
     if cache_key in _GROUPED:
