@@ -155,6 +155,10 @@ def test_a_baseline_that_names_no_point_is_one_line(cli, tmp_path):
     check_baseline("optimizer.lr=0.001", {"optimizer.lr": ["1e-6", "1e-3"]})
     points = [(("optimizer.lr", "1e-06"),), (("optimizer.lr", "0.001"),)]
     assert find_baseline(points, "optimizer.lr=1e-3") == points[1]
+    # a swept false,true is recorded as Hydra's sweeper writes it: False, True (study=sync_bn)
+    points = [(("bn.sync", "False"), ("data.batch_size", "32")),
+              (("bn.sync", "True"), ("data.batch_size", "32"))]  # fmt: skip
+    assert find_baseline(points, "data.batch_size=32,bn.sync=true") == points[1]
     proc = cli("sweep.py", "-m", "optimizer.lr=1e-6,1e-3", *SHORT, "report.baseline='model=lenet'")
     assert refused_with(
         proc,

@@ -285,6 +285,9 @@ def test_study_presets_compose(study, tmp_path):
         assert cfg.trainer.max_steps == (10000 if study == "init_scale" else 600)
     if study == "bn_placement":
         assert cfg.bn.eps == 1e-8 and cfg.bn.window == 5
+    if study == "sync_bn":  # two gloo processes a run; per-device batch × sync swept
+        assert cfg.trainer.devices == 2 and cfg.trainer.accelerator == "cpu"
+        assert "      data.batch_size: 2,4,8,16,32\n      bn.sync: false,true\n" in text
 
 
 @pytest.mark.slow
@@ -305,7 +308,7 @@ def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
     rows = read_summary(sweep)
     points = {"bn_placement": 5, "bn_estimators": 4, "init_scale": 9, "init_scale_quick": 9,
               "paper_fig1": 2, "batch_size": 10, "bn_position": 12, "precise_bn": 4,
-              "santurkar": 4}[study]  # fmt: skip
+              "santurkar": 4, "sync_bn": 10}[study]  # fmt: skip
     assert len(rows) == points and all(r["n_finished"] == "1" for r in rows)
 
 
@@ -346,7 +349,7 @@ def test_slurm_launcher_preset_composes(tmp_path):
         )
     launcher = cfg.hydra.launcher
     assert (
-        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+        launcher._target_ == "hydra_plugins.bnsweep_plugins.launchers.BnsweepSlurmLauncher"
     )
     assert (
         launcher.partition == "gpu" and launcher.gpus_per_task == 1 and launcher.timeout_min == 60

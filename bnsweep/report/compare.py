@@ -45,9 +45,13 @@ def parse_baseline(spec: str) -> list[tuple[str, str]]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Whether two written values are one: as text, or as numbers (1e-3 is 0.001)."""
+    """Whether two written values are one: as text, as booleans (true is True: Hydra's sweeper
+    writes a swept ``false,true`` as False and True), or as numbers (1e-3 is 0.001)."""
     if str(a) == str(b):
         return True
+    truth = {"true": True, "false": False}
+    if str(a).lower() in truth and str(b).lower() in truth:
+        return truth[str(a).lower()] == truth[str(b).lower()]
     try:
         return float(a) == float(b)
     except (TypeError, ValueError):
