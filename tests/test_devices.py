@@ -174,19 +174,20 @@ def test_what_one_process_computes_is_refused_on_several(make_cfg, overrides, me
     assert str(e.value) == message
 
 
-def test_a_vectorized_sweep_on_several_devices_is_refused(cli, tmp_path: Path) -> None:
-    proc = cli("sweep.py", "model=lenet_fc_bn2", "trainer.accelerator=cpu", "trainer.devices=2",
-               "sweep.vectorize=true", "seeds=[0,1]", timeout=60)  # fmt: skip
-    assert refused_with(proc, "error: sweep.vectorize=true trains a point's seeds as one network "
-                              "on one device; with trainer.devices=2 use sweep.vectorize=false"), proc.stderr  # fmt: skip
-    assert not (tmp_path / "outputs").exists()
-
-
-def test_a_refused_run_of_several_leaves_nothing(cli, tmp_path: Path) -> None:
-    proc = cli("train.py", "model=lenet_fc_bn2", "trainer.accelerator=cpu", "trainer.devices=2",
-               "bn=torch", "bn.sync=true", timeout=60)  # fmt: skip
-    assert refused_with(proc, "error: bn.sync=true with bn=torch needs GPUs (torch's SyncBatchNorm); "
-                              "on the CPU our layer synchronises: bn=momentum"), proc.stderr  # fmt: skip
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("sweep.py", ["sweep.vectorize=true", "seeds=[0,1]"], "sweep.vectorize=true trains a "
+         "point's seeds as one network on one device; with trainer.devices=2 use "
+         "sweep.vectorize=false"),
+        ("train.py", ["bn=torch", "bn.sync=true"], "bn.sync=true with bn=torch needs GPUs "
+         "(torch's SyncBatchNorm); on the CPU our layer synchronises: bn=momentum"),
+    ],
+)
+def test_a_refused_run_of_several_leaves_nothing(cli, tmp_path: Path, script, args, message) -> None:
+    proc = cli(script, "model=lenet_fc_bn2", "trainer.accelerator=cpu", "trainer.devices=2", *args,
+               timeout=60)  # fmt: skip
+    assert refused_with(proc, f"error: {message}"), proc.stderr
     assert not (tmp_path / "outputs").exists()
 
 
