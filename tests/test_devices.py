@@ -203,3 +203,21 @@ def test_sync_reaches_our_layers(make_cfg, key: str) -> None:
     assert [type(m) for m in layers] == [type(m) for m in plain] and len(layers) == 4
     assert all(isinstance(m, BatchNorm) and m.sync for m in layers)
     assert not any(m.sync for m in plain)
+
+
+def test_torchs_own_bn_kept_in_a_network_is_refused_sync_on_the_cpu(make_cfg) -> None:
+    """A network of the user's that keeps torch's BatchNorm (model.convert_bn=false): bn.sync on
+    several CPU processes is refused in one line before the run (torch's SyncBatchNorm would
+    raise at the first step); on one device it changes nothing."""
+    from bnsweep.run.training import synchronised
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    cfg = make_cfg("trainer.accelerator=cpu", "trainer.devices=2", "bn.sync=true")
+    with pytest.raises(ConfigError) as e:
+        synchronised(net, cfg)
+    assert str(e.value) == ("bn.sync=true: layer 1 is torch's BatchNorm, whose SyncBatchNorm runs "
+                            "on GPUs only; on the CPU let bnsweep swap it for its own (without "
+                            "model.convert_bn=false)")  # fmt: skip
+    one = synchronised(net, make_cfg("trainer.accelerator=cpu", "bn.sync=true"))
+    assert isinstance(one[1], torch.nn.SyncBatchNorm)  # one process: it normalises as BN does
+

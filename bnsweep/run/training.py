@@ -119,7 +119,7 @@ def synchronised(net: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
     if theirs and training_device(cfg).type == "cpu" and several_devices(cfg):
         raise ConfigError(f"bn.sync=true: layer {theirs[0]} is torch's BatchNorm, whose "
                           "SyncBatchNorm runs on GPUs only; on the CPU let bnsweep swap it "
-                          "for its own (bn=momentum)")  # fmt: skip
+                          "for its own (without model.convert_bn=false)")  # fmt: skip
     for layer in norm_layers(net).values():
         if isinstance(layer, BatchNorm):
             layer.sync = True
@@ -195,7 +195,7 @@ def prepare(cfg: DictConfig) -> tuple[LitClassifier, pl.LightningDataModule]:
         if (refused := refusal(e)) is not None:  # a constructor refused a config value
             raise refused from e
         raise
-    if module.swapped:
+    if module.swapped and not secondary():  # said once, by rank 0
         print(swap_line(module.swapped, choices(cfg).get("bn", "")), file=sys.stderr)
     return module, datamodule
 
