@@ -141,6 +141,44 @@ def test_a_killed_rank_ends_the_run_in_seconds_with_one_line(tmp_path: Path, mni
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
+def test_a_run_on_two_devices_killed_mid_run_resumes_to_the_same_numbers(tmp_path: Path,
+                                                                          mnist_dir: Path) -> None:  # fmt: skip
+    """Rank 1 killed after a checkpoint; resume=true continues on two processes from it and ends
+    with the uninterrupted run's history, to the bit (the CPU's kernels are deterministic)."""
+    env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")
+    args = [sys.executable, str(ROOT / "train.py"), "model=lenet_fc_bn2", "trainer.accelerator=cpu",
+            "trainer.devices=2", "data.batch_size=32", "bn.sync=true", "trainer.max_epochs=null",
+            "trainer.max_steps=400", "trainer.val_check_interval=20",
+            "trainer.check_val_every_n_epoch=null", "trainer.limit_val_batches=1"]  # fmt: skip
+    whole = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    run = tmp_path / "cut"
+    proc = subprocess.Popen([*args, f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (run / "ckpt" / "last.ckpt").exists():
+            assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
+            time.sleep(0.1)
+        children = [int(p) for p in os.listdir("/proc")
+                    if p.isdigit() and b"train_ddp_process_1" in _cmdline(p)]  # fmt: skip
+        os.kill(children[0], signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and not (run / "metrics.json").exists()
+    again = subprocess.run([*args, f"hydra.run.dir={run}", "resume=true"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    a = json.loads((run / "metrics.json").read_text())
+    b = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert a["resumed_from_step"] and 0 < a["resumed_from_step"] < 400
+    assert a["history"]["val/loss"] == b["history"]["val/loss"]
+    assert a["test/acc"] == b["test/acc"] and a["steps"] == b["steps"] == 400
+
+
 def _cmdline(pid: str) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
