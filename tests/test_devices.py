@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
+from helpers import refused_with
 
 from bnsweep.config.checks import ConfigError, validate
 from bnsweep.data.modules import Batches
-from tests.conftest import ROOT
-from tests.helpers import refused_with
 
 STEPS = ["model=lenet_fc_bn2", "trainer.accelerator=cpu", "trainer.max_epochs=null",
          "trainer.max_steps=20", "trainer.val_check_interval=10",
