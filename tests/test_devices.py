@@ -259,3 +259,23 @@ def test_torchs_own_bn_kept_in_a_network_is_refused_sync_on_the_cpu(make_cfg) ->
     one = synchronised(net, make_cfg("trainer.accelerator=cpu", "bn.sync=true"))
     assert isinstance(one[1], torch.nn.SyncBatchNorm)  # one process: it normalises as BN does
 
+
+
+def test_a_sweep_point_refused_by_its_train_py_records_nothing(make_cfg, tmp_path, monkeypatch):
+    """A point on several devices whose folder holds another run: its train.py refuses it, and
+    the job reports a refusal (RunRefused, as in one process) and writes nothing into the folder."""
+    from bnsweep.files import write_json
+    from bnsweep.run.folders import RunRefused
+    from bnsweep.sweep import point_process
+
+    cfg = make_cfg("model=lenet_fc_bn2", "trainer.devices=2", "trainer.accelerator=cpu")
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "run_config.json", {"model": "another run's"})
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    monkeypatch.setattr(point_process, "command", lambda cfg: ["train.py"])
+    refused = subprocess.CompletedProcess([], 2, "", f"error: {run_dir} holds a run of another config\n")
+    monkeypatch.setattr(point_process.subprocess, "run", lambda *a, **k: refused)
+    with pytest.raises(RunRefused, match="holds a run of another config"):
+        point_process.run_processes(cfg)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before

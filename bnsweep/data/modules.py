@@ -106,8 +106,9 @@ class Batches:
                         start + (self.rank + 1) * self.shard,
                     )
                 else:  # evaluation: contiguous shards as equal as can be, none counted twice
-                    bounds = torch.linspace(start, end, self.world + 1).round().long().tolist()
-                    start, end = bounds[self.rank], bounds[self.rank + 1]
+                    size = end - start
+                    start, end = (start + size * self.rank // self.world,
+                                  start + size * (self.rank + 1) // self.world)  # fmt: skip
                     if start == end:
                         continue
             if order is None:

@@ -71,11 +71,7 @@ class _BatchNormTrain(torch.autograd.Function):
         # (C,) = Σ g·x̂ = ∂ℓ/∂γ
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            scale = invstd if weight is None else weight * invstd  # γ/σ per channel
-            # ∂ℓ/∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂)) = scale·g + coef·d + shift per channel
-            k = scale * ctx.neg_inv_m
-            coef = k * invstd * sum_g_xhat
-            shift = k * sum_g
+            scale, shift, coef = _input_grad_terms(invstd, weight, sum_g, sum_g_xhat, ctx.neg_inv_m)
             if traced:
                 grad_x = grad_y * per_channel(scale) + per_channel(shift) + d * per_channel(coef)
             else:  # built in the g·d buffer
@@ -85,6 +81,15 @@ class _BatchNormTrain(torch.autograd.Function):
             grad_w = sum_g_xhat if ctx.needs_input_grad[1] else None
             grad_b = sum_g if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
+
+
+def _input_grad_terms(invstd: Tensor, weight: Tensor | None, sum_g: Tensor, sum_g_xhat: Tensor,
+                      neg_inv_m: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(scale, shift, coef) per channel, with ∂ℓ/∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂))
+    = scale·g + shift + coef·d (d = x − μ_B)."""
+    scale = invstd if weight is None else weight * invstd  # γ/σ per channel
+    k = scale * neg_inv_m
+    return scale, k * sum_g, k * invstd * sum_g_xhat
 
 
 def _as_is(t: Tensor) -> Tensor:
@@ -220,11 +225,9 @@ class _SyncBatchNormTrain(torch.autograd.Function):
         sum_g = both[:c].to(d.dtype)
         sum_g_xhat = both[c:].to(d.dtype) * invstd
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            scale = invstd if weight is None else weight * invstd
-            k = scale * (-1.0 / ctx.m)
-            grad_x = (grad_y * per_channel(scale) + per_channel(k * sum_g)
-                      + d * per_channel(k * invstd * sum_g_xhat))  # fmt: skip
+        if ctx.needs_input_grad[0]:  # the formula of one process, with the global m and sums
+            scale, shift, coef = _input_grad_terms(invstd, weight, sum_g, sum_g_xhat, -1.0 / ctx.m)
+            grad_x = grad_y * per_channel(scale) + per_channel(shift) + d * per_channel(coef)
         if weight is not None:
             grad_w = local_gd * invstd if ctx.needs_input_grad[1] else None
             grad_b = local_g if ctx.needs_input_grad[2] else None

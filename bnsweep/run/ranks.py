@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bnsweep.config.cli import secondary
+
 
 def world() -> int:
     """How many processes train this run (torch.distributed's world; 1 where none is set up)."""
@@ -116,7 +118,7 @@ def _verdict() -> str | None:
     return None
 
 
-def watch(run_dir: Path, ranks: int, period: float = 0.5) -> None:
+def watch(run_dir: Path, period: float = 0.5) -> None:
     """Rank 0 of a local run of several processes: when a rank it started ends badly, say so in
     one line and end every rank (exit status 1). Ranks other than 0: when rank 0 is gone, end.
     A daemon thread (Lightning's own watch kills every process after 5 s, without a word)."""
@@ -127,14 +129,16 @@ def watch(run_dir: Path, ranks: int, period: float = 0.5) -> None:
     seen: dict[int, int] = _watched["seen"]  # type: ignore[assignment]
 
     def rank0() -> None:
+        scans = 2  # Lightning starts the ranks in one go: the scan after the first that finds one
         while True:
             time.sleep(period)
             if interrupts.received() is not None:
                 return  # Ctrl-C or SIGTERM reached every rank: rank 0 says where it stopped
-            if len(seen) < ranks - 1:
+            if scans:
                 for pid in _children():
                     if pid not in seen and (rank := _rank_of(pid)) is not None:
                         seen[pid] = rank
+                scans -= bool(seen)
             if (line := _verdict()) is not None:
                 _stop(line)
 
@@ -212,7 +216,7 @@ def _decision(run_dir: Path) -> Path:
 def announce(run_dir: Path, trains: bool) -> None:
     """Rank 0 of a Slurm job of several tasks: whether the run trains (the others join it) or
     not (they end). Nothing elsewhere."""
-    if not _slurm_tasks() or secondary_rank():
+    if not _slurm_tasks() or secondary():
         return
     from bnsweep.files import atomic_write
 
@@ -231,10 +235,3 @@ def rank0_trains(run_dir: Path, timeout: float = 600.0) -> bool:
         time.sleep(0.2)
     raise TimeoutError(f"rank 0 of Slurm job {os.environ.get('SLURM_JOB_ID')} said nothing in "
                        f"{timeout:.0f} s")  # fmt: skip
-
-
-def secondary_rank() -> bool:
-    from bnsweep.config.cli import secondary
-
-    return secondary()
-

@@ -261,43 +261,33 @@ def run(cfg: DictConfig, process: ProcessStart | None = None) -> dict[str, Any]:
     ``process``: given by an entry point whose process exists for this run (train.py), which
     then records its start-up (process start to the first training step) and import time.
     """
-    validate(cfg)
-    tune_allocator()
     run_dir = Path(cfg.run_dir)
-    start = time.time()
-    quiet_lightning(hydra_verbose())
-    # the pre-flight check before the folder is claimed; not for a finished run a resume skips
-    done = cfg.get("resume", False) and (run_dir / "metrics.json").exists()
-    built = None if done else prepare(cfg)
     if secondary():  # a rank of a run of several: rank 0 has claimed the folder
-        ranks.watch(run_dir, 0)
-        return _train(cfg, run_dir, process, built or prepare(cfg), start)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        validate(cfg)
+        quiet_lightning(hydra_verbose())
+        ranks.watch(run_dir)
+        return _train(cfg, run_dir, process, prepare(cfg), time.time())
     trains = False
-    try:
+    try:  # whatever ends it before training, a Slurm job's other tasks hear of it (bnsweep.run.ranks)
+        validate(cfg)
+        tune_allocator()
+        start = time.time()
+        quiet_lightning(hydra_verbose())
+        # the pre-flight check before the folder is claimed; not for a finished run a resume skips
+        done = cfg.get("resume", False) and (run_dir / "metrics.json").exists()
+        built = None if done else prepare(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
         with FolderLock(run_dir, "run folder"):
             if (finished := claim(run_dir, cfg)) is not None:
                 return finished
             trains = True
-            ranks.announce(run_dir, True)  # a Slurm job's other tasks join (bnsweep.run.ranks)
+            ranks.announce(run_dir, True)  # … they join it
             if several_devices(cfg):  # a rank that ends badly ends the run, in one line
-                ranks.watch(run_dir, world_of(cfg))
+                ranks.watch(run_dir)
             return _train(cfg, run_dir, process, built or prepare(cfg), start)
     finally:
         if not trains:
-            ranks.announce(run_dir, False)  # … or end
-
-
-def world_of(cfg: DictConfig) -> int:
-    """How many processes train the run: Lightning's count of devices for cfg.trainer."""
-    from lightning_fabric.accelerators import find_usable_cuda_devices
-
-    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices)
-    if training_device(cfg).type == "cpu":
-        return os.cpu_count() or 1 if devices == -1 else int(devices) if devices != "auto" else 1
-    return len(find_usable_cuda_devices(-1)) if devices in (-1, "auto") else int(devices)
+            ranks.announce(run_dir, False)  # … or they end
 
 
 def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None,

@@ -90,15 +90,10 @@ def run_job(cfg: DictConfig) -> float:
 
     hydra_dir = Path(cfg.run_dir)  # the folder Hydra made for this job
     fresh = not hydra_dir.exists() or all(p.suffix == ".log" for p in hydra_dir.iterdir())
-    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
-        # Slurm requeued this job (scontrol requeue, preemption, submitit at a time limit):
-        # the same job again, so it continues its run from the last checkpoint
-        from omegaconf import open_dict
-
-        with open_dict(cfg):
-            cfg.resume = True
-    if cfg.get("resume") and not vectorize:
-        _use_existing_folder(cfg)
+    if not vectorize:
+        _resumed_folder(cfg)
+    else:
+        _requeued_resumes(cfg)
     run_dir = Path(cfg.run_dir)
     num = HydraConfig.get().job.num if HydraConfig.initialized() else 0
     total, parallel, before = _invocation(run_dir.parent)
@@ -124,10 +119,9 @@ def run_job(cfg: DictConfig) -> float:
     except (RunRefused, FolderInUse, DamagedFile) as e:
         status, error = "refused", str(e)
         print(f"refused: {e}", file=sys.stderr)
-    except PointFailed as e:  # train.py said why in its last line (and wrote its record)
+    except PointFailed as e:  # train.py said why in its last line (a refusal: RunRefused)
         status, error = "failed", str(e)
-        if not (run_dir / "metrics.json").exists():
-            _record_failure(run_dir, cfg, error, "")
+        _record_failure(run_dir, cfg, error, "")  # (never over a finished run's record)
     except USER_ERRORS as e:
         status, error = "failed", f"error: {e}"
         _record_failure(run_dir, cfg, error, traceback.format_exc())
@@ -169,18 +163,29 @@ def _invocation(sweep_dir: Path) -> tuple[int | None, int, list[dict[str, Any]]]
 def _other_rank(cfg: DictConfig, run: Any) -> float:
     """A task other than 0 of a Slurm job of several (a point on N devices): the same resume
     decisions as task 0, then its shard of the run, once task 0 says the run trains."""
-    from omegaconf import open_dict
-
     from bnsweep.run import ranks
 
-    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
-        with open_dict(cfg):
-            cfg.resume = True
-    if cfg.get("resume"):
-        _use_existing_folder(cfg)
+    _resumed_folder(cfg)
     if not ranks.rank0_trains(Path(cfg.run_dir)):
         return math.nan
     return run(cfg)["val/acc_best"]
+
+
+def _requeued_resumes(cfg: DictConfig) -> None:
+    """A job Slurm requeued (scontrol requeue, preemption, submitit at a time limit) is the same
+    job again: it continues its run from the last checkpoint (resume=true)."""
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.resume = True
+
+
+def _resumed_folder(cfg: DictConfig) -> None:
+    """A requeued or resumed job's run folder: the one holding its config."""
+    _requeued_resumes(cfg)
+    if cfg.get("resume"):
+        _use_existing_folder(cfg)
 
 
 def _use_existing_folder(cfg: DictConfig) -> None:

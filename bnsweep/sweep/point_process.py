@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from bnsweep.run.folders import RunRefused, config_snapshot, saved_config
 from bnsweep.run.record import read_record
 
 
@@ -42,13 +43,20 @@ def train_script() -> Path:
 
 def run_processes(cfg: DictConfig) -> dict[str, Any]:
     """Train the point with its ranks; its record (metrics.json), or PointFailed with the line
-    train.py ended with."""
+    train.py ended with; RunRefused where train.py refused a folder another run holds (as
+    ``claim`` refuses it in one process)."""
     # the point's ranks are local processes of their own: not tasks of a Slurm allocation the
     # sweep may run in (Lightning would take the allocation's task count for its world)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    run_dir = Path(cfg.run_dir)
+    held = saved_config(run_dir)  # a run claimed the folder before this job
     proc = subprocess.run(command(cfg), capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        line = lines[-1] if lines else f"train.py exited with {proc.returncode}"
+        if held is not None and (not cfg.get("resume") or held != config_snapshot(cfg)):
+            # what claim() refuses: the job records nothing in that run's folder
+            raise RunRefused(line.removeprefix("error: "))
         sys.stderr.write(proc.stderr)
-        raise PointFailed(lines[-1] if lines else f"train.py exited with {proc.returncode}")
+        raise PointFailed(line)
     return read_record(Path(cfg.run_dir))
