@@ -40,8 +40,9 @@ def run_block(run_dir: Path, m: Mapping[str, Any]) -> str:
     """The lines that end python train.py: where the run is, what it scored, how long it took."""
     best, at = best_validation(m.get("history", {}))
     weights = m.get("test_weights", "last")
-    which = ("the last weights (test_weights=last; =best tests the best validation's)" if weights == "last"
-             else "the best validation's weights (ckpt/best.ckpt)")  # fmt: skip
+    which = {"last": "the last weights (test_weights=last; =best tests the best validation's)",
+             "none": "no test: test_weights=none (the test set never evaluated)"}.get(
+        weights, "the best validation's weights (ckpt/best.ckpt)")  # fmt: skip
     lines = [
         f"run folder  {run_dir}",
         f"test        acc {_acc(m.get('test/acc'))}   loss {_acc(m.get('test/loss'))}   with {which}",
@@ -94,7 +95,11 @@ def job_end(num: int, total: int | None, status: str, seconds: float,
         mean = lambda key: sum(r[key] for r in finished) / len(finished)  # noqa: E731
         label = "mean " if len(finished) > 1 else ""
         parts.append(f"val acc {label}{mean('val/acc'):.4f} (best {mean('val/acc_best'):.4f})")
-        parts.append(f"test acc {label}{mean('test/acc'):.4f}")
+        if all(r.get("test/acc") is not None for r in finished):  # test_weights=none: no test
+            parts.append(f"test acc {label}{mean('test/acc'):.4f}")
+        else:
+            parts.append("no test (a tuning run)" if finished[0].get("test_weights") == "none"
+                         else "no test")  # fmt: skip
     for r in results:
         if r.get("diverged"):
             parts.append(f"seed {r.get('seed')} diverged at step {r.get('diverged_step')}")

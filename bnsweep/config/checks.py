@@ -90,7 +90,7 @@ RULES: dict[str, Rule] = {
     "samples": (lambda v: _int(v) and v >= 1, "a positive integer (the training samples of a run)"),
     "seed": (lambda v: _int(v) and 0 <= v <= SEED_MAX, f"an integer in [0, {SEED_MAX}]"),
     "percentiles": (_percentiles, "null or a mapping {layer: NAME, unit: N, q: [15, 50, 85]}"),
-    "test_weights": (lambda v: v in ("last", "best"), "last or best"),
+    "test_weights": (lambda v: v in ("last", "best", "none"), "last, best or none"),
     "report.val_acc_ylim": (
         lambda v: (
             v is None

@@ -20,7 +20,8 @@ from bnsweep.report.aggregate import AGGREGATE_LAYOUT, write_tensorboard
 from bnsweep.report.compare import ReportError
 from bnsweep.report.plots import finished_points, plot
 from bnsweep.report.runs import Run, group_by_point, load_run_folders, load_runs
-from bnsweep.report.summary import DRIFT_SKIP, markdown_table, summarize, write_csv
+from bnsweep.report.summary import DRIFT_SKIP, markdown_table, summarize, tuned_column, write_csv
+from bnsweep.report.tuning import plot_tuning, read_tuning, tuning_markdown
 
 __all__ = ["AGGREGATE_LAYOUT", "DRIFT_SKIP", "ReportError", "Run", "load_runs", "main", "report"]
 
@@ -51,10 +52,12 @@ def report(
     if not runs:
         raise FileNotFoundError(f"no runs (*/metrics.json) in {out_dir}")
     settings = settings_of(out_dir) if settings is None else settings
-    keys, rows = summarize(runs)
-    groups = group_by_point(runs)
+    tuning = read_tuning(out_dir)
+    tuned = tuning["key"] if tuning else None
+    keys, rows = summarize(runs, tuned)
+    groups = group_by_point(runs, tuned)
     compared = compare.comparisons(finished_points(groups), settings)  # a bad baseline: here
-    table = markdown_table(keys, rows)
+    table = markdown_table([*keys, tuned_column(tuned)] if tuned else keys, rows)
     excluded = sum(not r.ok for r in runs)
     note = (
         f"\n{len(runs)} runs in {len(rows)} points; mean ± sample std [95 % CI of the mean] over "
@@ -73,16 +76,19 @@ def report(
     write_csv(out_dir / "summary.csv", rows)
     if compared:
         write_csv(out_dir / "comparisons.csv", compared)
+    tuned_note = tuning_markdown(tuning) if tuning else ""
     atomic_write(
         out_dir / "summary.md",
-        f"# Sweep summary: {out_dir.resolve().name}\n\n" + table + note + differences,
+        f"# Sweep summary: {out_dir.resolve().name}\n\n" + table + note + differences + tuned_note,
     )
     plot(out_dir, keys, groups, rows, settings)
+    if tuning:
+        plot_tuning(out_dir / "tuning.png", tuning)
     if compared:
         compare.forest_plot(out_dir / "compare.png", compared)
     write_tensorboard(out_dir, groups, keys)
     if not quiet:
-        print(table + note + differences)
+        print(table + note + differences + tuned_note)
     return rows
 
 

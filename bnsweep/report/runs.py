@@ -149,12 +149,17 @@ def _group_of(key: str, runs: Sequence[Run]) -> str | None:
     )
 
 
-def swept_keys(runs: Sequence[Run]) -> list[str]:
+def _tuned(key: str, tuned: str | None) -> bool:
+    return tuned is not None and (key == tuned or key.startswith(tuned + "."))
+
+
+def swept_keys(runs: Sequence[Run], tuned: str | None = None) -> list[str]:
     """The keys whose value differs between runs: a group's option (model), or a leaf of the
     config (init.std) that differs between runs picking the same option of its group (the
     leaves an option brings, model.bn of lenet_bn1, are told by the option). In the order the
-    command lines name them, then by name."""
-    keys = dict.fromkeys(k for r in runs for k in r.settings)
+    command lines name them, then by name. ``tuned``: the key sweep.tune chose per point (and
+    the leaves of a tuned group), which tells no point apart."""
+    keys = dict.fromkeys(k for r in runs for k in r.settings if not _tuned(k, tuned))
     swept = []
     for k in keys:
         group = _group_of(k, runs)
@@ -173,9 +178,9 @@ def point_label(point: tuple[tuple[str, str], ...]) -> str:
     return ",".join(f"{k}={v}" for k, v in point) or "all"
 
 
-def group_by_point(runs: Sequence[Run]) -> dict[tuple[tuple[str, str], ...], list[Run]]:
+def group_by_point(runs: Sequence[Run], tuned: str | None = None) -> dict[tuple[tuple[str, str], ...], list[Run]]:
     """Runs by point: equal values of every swept key (all of a point's seeds)."""
-    keys = swept_keys(runs)
+    keys = swept_keys(runs, tuned)
     groups: dict[str, list[Run]] = defaultdict(list)  # by the values, canonically written
     for r in runs:
         groups[json.dumps([r.settings.get(k) for k in keys], sort_keys=True)].append(r)

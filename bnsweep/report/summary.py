@@ -86,13 +86,20 @@ def run_values(run: Run) -> dict[str, float | None]:
     return out
 
 
-def summarize(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
-    """One row per point: swept keys, seeds finished / diverged / failed, mean ± std columns."""
-    keys = swept_keys(runs)
+def tuned_column(key: str) -> str:
+    return f"{key} (tuned)"
+
+
+def summarize(runs: Sequence[Run], tuned: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per point: swept keys, seeds finished / diverged / failed, mean ± std columns;
+    ``tuned``: the key sweep.tune chose per point, a column of its own (``<key> (tuned)``)."""
+    keys = swept_keys(runs, tuned)
     rows = []
-    for point, members in group_by_point(runs).items():
+    for point, members in group_by_point(runs, tuned).items():
         good = [r for r in members if r.ok]
         row: dict[str, Any] = dict(point)
+        if tuned is not None:
+            row[tuned_column(tuned)] = members[0].shown(tuned)
         for k in keys:  # the exact value beside a label that left a float's noise out
             if k in members[0].settings and members[0].exact(k) != row[k]:
                 row[f"{k} (exact)"] = members[0].exact(k)

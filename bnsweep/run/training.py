@@ -323,9 +323,11 @@ def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None,
     weights = cfg.get("test_weights", "last")
     if weights == "best":  # the best validation's weights, BN statistics included
         module.load_state_dict(checkpoints.load(run_dir / "ckpt" / "best.ckpt")["state_dict"])
-    with interruptible(trainer, run_dir, testing=True):
-        trainer.test(module, datamodule=datamodule, verbose=False)
-    tested = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    tested: dict[str, float] = {}
+    if weights != "none":  # none: the test set is never evaluated (sweep.tune's inner runs)
+        with interruptible(trainer, run_dir, testing=True):
+            trainer.test(module, datamodule=datamodule, verbose=False)
+        tested = {k: float(v) for k, v in trainer.callback_metrics.items()}
     picked = choices(cfg)
     record = finished_record(
         seed=cfg.seed,

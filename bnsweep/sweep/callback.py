@@ -36,6 +36,9 @@ def preflight(cfg: DictConfig, sweep_dir: Path, lock_holder: list) -> None:
     existed = sweep_dir.exists()
     try:
         validate(cfg)  # light: a bad value is refused before Lightning is imported
+        from bnsweep.sweep import tune
+
+        tune.check(cfg, sweep_overrides(cfg))
         if OmegaConf.select(cfg, "sweep.vectorize", default=False):
             check_vectorize(cfg)
         _check_report(cfg)
@@ -214,6 +217,11 @@ def job_count(config: DictConfig) -> int | None:
 
         parsed = OverridesParser.create().parse_overrides(sweep_overrides(config))
         jobs = [j for batch in BasicSweeper.split_arguments(parsed, None) for j in batch]
+        if OmegaConf.select(config, "sweep.tune.key", default=None):
+            from bnsweep.sweep.tune import job_count as tuned
+
+            points = {tuple(o for o in j if not o.startswith("seed=")) for j in jobs}
+            return tuned(config, len(points), len(jobs) // max(len(points), 1))
         if OmegaConf.select(config, "sweep.vectorize", default=False) and len(jobs) > 1:
             from hydra.core.global_hydra import GlobalHydra
 

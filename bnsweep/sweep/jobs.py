@@ -95,10 +95,11 @@ def run_job(cfg: DictConfig) -> float:
     else:
         _requeued_resumes(cfg)
     run_dir = Path(cfg.run_dir)
+    sweep_dir, name = sweep_folder(run_dir)
     num = HydraConfig.get().job.num if HydraConfig.initialized() else 0
-    total, parallel, before = _invocation(run_dir.parent)
-    CURRENT.update(sweep_dir=run_dir.parent, job=num + 1, total=total, name=run_dir.name)
-    print(terminal.job_start(num, total, run_dir.name, terminal.eta(before, total, parallel)),
+    total, parallel, before = _invocation(sweep_dir)
+    CURRENT.update(sweep_dir=sweep_dir, job=num + 1, total=total, name=name)
+    print(terminal.job_start(num, total, name, terminal.eta(before, total, parallel)),
           flush=True)  # fmt: skip
     threads = cfg.get("threads") or threads_per_job()
     if threads:
@@ -132,7 +133,7 @@ def run_job(cfg: DictConfig) -> float:
             with contextlib.suppress(OSError):
                 _record_failure(run_dir, cfg, f"error: {message}", traceback.format_exc())
             print(f"error: {message}", file=sys.stderr)
-            raise SweepStopped(message, run_dir.parent) from None
+            raise SweepStopped(message, sweep_dir) from None
         status, error = "failed", f"{type(e).__name__}: {e}"
         _record_failure(run_dir, cfg, error, traceback.format_exc())
         traceback.print_exc()
@@ -143,6 +144,16 @@ def run_job(cfg: DictConfig) -> float:
     _log_job(run_dir, status, error, seconds)
     print(terminal.job_end(num, total, status, seconds, results, error), flush=True)
     return value
+
+
+def sweep_folder(run_dir: Path) -> tuple[Path, str]:
+    """The sweep folder a run folder belongs to, and the run's name in it (a tuning run of
+    sweep.tune: ``tune/<folder>``)."""
+    from bnsweep.sweep.tune import TUNE_DIR
+
+    if run_dir.parent.name == TUNE_DIR and (run_dir.parent.parent / "multirun.yaml").exists():
+        return run_dir.parent.parent, f"{TUNE_DIR}/{run_dir.name}"
+    return run_dir.parent, run_dir.name
 
 
 def _invocation(sweep_dir: Path) -> tuple[int | None, int, list[dict[str, Any]]]:
@@ -204,14 +215,15 @@ def _use_existing_folder(cfg: DictConfig) -> None:
 def _log_job(run_dir: Path, status: str, error: str | None, seconds: float) -> None:
     """A line in the sweep folder's jobs.jsonl (appended: one short write per job, whole even
     when jobs end side by side)."""
-    entry = {"run": run_dir.name, "status": status, "error": error, "seconds": round(seconds, 3),
+    sweep_dir, name = sweep_folder(run_dir)
+    entry = {"run": name, "status": status, "error": error, "seconds": round(seconds, 3),
              "at": time.time(), "pid": os.getpid()}  # fmt: skip
     if os.environ.get("SLURM_JOB_ID"):  # the Slurm job (array job_task) that ran it
         array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
         entry["slurm_job"] = f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
         entry["slurm_restarts"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     line = json.dumps(entry)
-    with contextlib.suppress(OSError), (run_dir.parent / JOBS_LOG).open("a") as f:
+    with contextlib.suppress(OSError), (sweep_dir / JOBS_LOG).open("a") as f:
         f.write(line + "\n")
 
 

@@ -16,6 +16,9 @@ from bnsweep.config.resolvers import folder_name
 from bnsweep.nn.architectures import COST_MS
 from bnsweep.run.folders import member_dir
 from bnsweep.sweep.points import group_jobs, member_suffix, stacked_points
+from bnsweep.sweep.tune import TUNE_DIR, Tune, inner_job, value_text
+from bnsweep.sweep.tune import check as check_tune
+from bnsweep.sweep.tune import settings as tune_settings
 from bnsweep.terminal import duration
 
 
@@ -25,6 +28,7 @@ class Job:
     folder: str
     runs: list[str]  # the run folders it writes (a vectorized job: one per seed)
     seconds: float | None
+    tuning: bool = False  # a tuning run of sweep.tune (validation only)
 
 
 def _compose(overrides: Sequence[str]) -> DictConfig:
@@ -123,6 +127,8 @@ def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
     swept = [f"{k}={v}" for k, v in params.items()] + overrides
     parsed = OverridesParser.create().parse_overrides(swept)
     expanded = [j for batch in BasicSweeper.split_arguments(parsed, None) for j in batch]
+    if (tune := check_tune(base, swept)) is not None:
+        return base, tuned_jobs(base, tune, expanded)
     if base.sweep.vectorize:
         from hydra import initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
@@ -147,6 +153,33 @@ def plan(args: Sequence[str]) -> tuple[DictConfig, list[Job]]:
     return base, jobs
 
 
+def tuned_jobs(base: DictConfig, tune: Tune, expanded: list[list[str]]) -> list[Job]:
+    """A tuned sweep's jobs: every point's tuning runs (tune/; a range search's values are
+    proposed as it runs), then its compared runs at the value chosen."""
+    points: dict[tuple[str, ...], list[list[str]]] = {}
+    for job in expanded:
+        points.setdefault(tuple(o for o in job if not o.startswith("seed=")), []).append(job)
+    jobs: list[Job] = []
+    for p in points:
+        for v in tune.values or [(lo * hi) ** 0.5 for lo, hi in [tune.range]] * tune.budget:
+            for s in tune.seeds:
+                cfg = _compose(inner_job(base, p, tune.key, v, s))
+                name = folder_name(cfg.hydra.job.override_dirname)
+                if tune.searched:  # proposed as the search runs
+                    name = name.replace(f"{tune.key}={value_text(v)}", f"{tune.key}=(proposed)")
+                folder = f"{TUNE_DIR}/{len(jobs)}_{name}"
+                jobs.append(Job(len(jobs), folder, [folder], estimate(cfg), tuning=True))
+    for p_jobs in points.values():
+        for job in p_jobs:
+            cfg = _compose([*job, f"{tune.key}={value_text(tune.values[0] if tune.values else tune.range[0])}"])
+            name = folder_name(cfg.hydra.job.override_dirname)
+            name = ",".join(f"{tune.key}=(chosen)" if o.startswith(tune.key + "=") else o
+                            for o in name.split(","))  # fmt: skip
+            folder = f"{len(jobs)}_{name}"
+            jobs.append(Job(len(jobs), folder, [folder], estimate(cfg)))
+    return jobs
+
+
 def dry_run(args: Sequence[str]) -> int:
     """Print what ``python sweep.py args`` would run; exit status 2 for a bad value."""
     import sys
@@ -166,6 +199,13 @@ def dry_run(args: Sequence[str]) -> int:
     runs = sum(len(j.runs) for j in jobs)
     print(f"study={study}: {len(jobs)} jobs, {runs} runs, into {sweep_dir}/ (the time in the "
           "folder's name is the launch's)")  # fmt: skip
+    if (tune := tune_settings(base)) is not None:
+        inner = sum(j.tuning for j in jobs)
+        points = inner // tune.per_point()
+        tried = f"{tune.budget} proposed values" if tune.searched else f"{len(tune.values)} values"
+        print(f"  {points} points × {tried} × {len(tune.seeds)} tuning seeds = {inner} tuning "
+              f"jobs (validation only), then {points} × {(len(jobs) - inner) // max(points, 1)} = "
+              f"{len(jobs) - inner} compared jobs at each point's chosen {tune.key}")  # fmt: skip
     width = max(len(j.folder) for j in jobs)
     for j in jobs:
         took = f"≈ {duration(j.seconds)}" if j.seconds is not None else "time unknown"

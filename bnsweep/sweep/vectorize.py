@@ -279,7 +279,8 @@ def train_members(members: list[Member], job_dir: Path) -> list[dict[str, Any]]:
         net.load_member_state_dicts(
             [{k.removeprefix("net."): v for k, v in b.items()} for b in best]
         )
-    trainer.test(module, datamodule=data, verbose=False)
+    if weights != "none":  # none: the test set is never evaluated (sweep.tune's tuning runs)
+        trainer.test(module, datamodule=data, verbose=False)
     wall = time.time() - start
     results = []
     for m, (c, member) in enumerate(zip(cfgs, members)):
@@ -287,7 +288,7 @@ def train_members(members: list[Member], job_dir: Path) -> list[dict[str, Any]]:
         record = finished_record(
             seed=c.seed,
             history=module.history[m],
-            test=module.test_metrics[m],
+            test=module.test_metrics[m] if module.test_metrics else (None, None),
             test_weights=weights,
             steps=module.end_step(m),
             epochs=epochs,

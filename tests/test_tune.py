@@ -1,0 +1,246 @@
+"""sweep.tune: every point at its own best value of one key, chosen on the validation split alone,
+then the point's seeds at that value; resumable, refusing what it cannot do in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from helpers import SHORT, popen, read_summary
+
+from bnsweep.sweep.tune import Scored, choose
+
+TUNED = ["sweep.tune.key=optimizer.lr"]
+
+
+def tuning_of(sweep: Path) -> dict:
+    return json.loads((sweep / "tune" / "tuning.json").read_text())
+
+
+def recorded_scores(sweep: Path) -> dict[tuple[str, float], list[dict]]:
+    """(model, lr) -> the tuning runs' metrics.json, read straight from tune/."""
+    out: dict[tuple[str, float], list[dict]] = {}
+    for f in sorted((sweep / "tune").glob("*/metrics.json")):
+        m = json.loads(f.read_text())
+        o = dict(x.split("=", 1) for x in m["overrides"] if "=" in x)
+        out.setdefault((o.get("model", ""), float(o["optimizer.lr"])), []).append(m)
+    return out
+
+
+def test_choose_takes_the_best_score_and_breaks_ties_by_the_smaller_value():
+    def s(value, *scores, status="finished"):
+        return Scored(
+            value, [{"seed": i, "score": x, "status": status} for i, x in enumerate(scores)]
+        )
+
+    assert choose([s(0.1, 0.5), s(0.01, 0.9), s(0.001, 0.8)]).value == 0.01
+    assert choose([s(0.1, 0.9), s(0.01, 0.9), s(1.0, 0.9)]).value == 0.01  # a tie: the smaller
+    assert choose([s(0.1, 0.6, 0.8), s(0.01, 0.75, 0.7)]).value == 0.01  # means: 0.7 < 0.725
+    # a diverged value scores the worst, whatever its finite seeds scored
+    assert choose([s(0.1, 0.99, None, status="diverged"), s(0.01, 0.2)]).value == 0.01
+    assert choose([s(0.1, None, status="failed")]) is None
+    assert choose([s("adam", 0.9), s("sgd", 0.9)]).value == "adam"  # options: the first listed
+
+
+def test_a_tuned_sweep_runs_each_point_at_the_argmax_of_its_validation_scores(cli, tmp_path):
+    proc = cli("sweep.py", "model=lenet,lenet_fc_bn2", *SHORT, "seeds=[0,1]", *TUNED,
+               "sweep.tune.values=[0.0003,0.003,0.03,3.0]", "optimizer=sgd", "hydra.sweep.dir=sw")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    sweep = tmp_path / "sw"
+    tuning = tuning_of(sweep)
+    runs = recorded_scores(sweep)
+    assert len(runs) == 8 and all(len(v) == 1 for v in runs.values())
+    for point in tuning["points"]:
+        model = point["overrides"][0].split("=")[1]
+        scores = {}
+        for lr in (0.0003, 0.003, 0.03, 3.0):
+            (m,) = runs[(model, lr)]
+            assert m["seed"] == 10000 and m["test/acc"] is None and m["test_weights"] == "none"
+            scores[lr] = m["val/acc_best"] if not m["diverged"] else float("-inf")
+        best = max(scores.values())
+        assert point["chosen"] == min(lr for lr, v in scores.items() if v == best)
+        assert point["chosen_score"] == pytest.approx(best)
+    # the compared runs: the point's seeds at the chosen value, tested
+    rows = {r["model"]: r for r in read_summary(sweep)}
+    chosen = {p["overrides"][0].split("=")[1]: p["chosen"] for p in tuning["points"]}
+    assert set(rows) == set(chosen)  # the tuned key tells no point apart
+    for model, row in rows.items():
+        assert float(row["optimizer.lr (tuned)"]) == chosen[model]
+        assert row["n_finished"] == "2" and row["seeds"] == "0 1"
+    compared = [json.loads(f.read_text()) for f in sweep.glob("[0-9]*/metrics.json")]
+    assert len(compared) == 4 and all(m["test/acc"] is not None for m in compared)
+    summary = (sweep / "summary.md").read_text()
+    assert "## Tuning: optimizer.lr" in summary and (sweep / "tuning.png").stat().st_size > 10_000
+    assert "| optimizer.lr (tuned) |" in summary.splitlines()[2]
+
+
+def test_a_value_that_diverges_is_scored_the_worst_and_shown(cli, tmp_path):
+    proc = cli("sweep.py", "model=lenet_bn1", *SHORT, "seeds=[0]", *TUNED, "optimizer=sgd",
+               "sweep.tune.values=[0.01,1e30]", "hydra.sweep.dir=sw")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (point,) = tuning_of(tmp_path / "sw")["points"]
+    by_value = {e["value"]: e for e in point["values"]}
+    assert by_value[1e30]["status"] == "diverged" and by_value[1e30]["score"] is None
+    assert point["chosen"] == 0.01
+    assert "1e+30: diverged" in (tmp_path / "sw" / "summary.md").read_text()
+
+
+WATCHED_DATA = '''
+import os
+from pathlib import Path
+
+from bnsweep.data import MNISTDataModule
+
+
+class Watched(MNISTDataModule):
+    """MNIST that notes every time the test split is set up or served, with the run's seed."""
+
+    def _note(self, what):
+        with Path(os.environ["TEST_READS"]).open("a") as f:
+            f.write(f"{self.seed} {what}\\n")
+
+    def setup(self, stage=None):
+        if stage in ("test", None):
+            self._note(f"setup:{stage}")
+        return super().setup(stage)
+
+    def test_dataloader(self):
+        self._note("test_dataloader")
+        return super().test_dataloader()
+'''
+
+
+def test_tuning_never_reads_the_test_set(tmp_path, mnist_dir):
+    """A user's own data module that notes each use of its test split: the tuning runs
+    (seeds 10000…) never set it up nor serve it; the compared runs (seeds 0, 1) do."""
+    study = tmp_path / "mystudy"
+    (study / "conf" / "data").mkdir(parents=True)
+    (study / "mydata.py").write_text(WATCHED_DATA)
+    (study / "conf" / "data" / "watched.yaml").write_text(
+        "defaults:\n  - mnist\n  - _self_\n_target_: mydata.Watched\n")  # fmt: skip
+    reads = tmp_path / "reads.txt"
+    env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true", TEST_READS=str(reads),
+               PYTHONPATH=str(study))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "--config-dir", str(study / "conf"), "data=watched",
+         "model=lenet", *SHORT, "seeds=[0,1]", *TUNED, "sweep.tune.values=[0.001,0.01]",
+         "sweep.tune.seeds=2", "hydra.sweep.dir=sw"],
+        cwd=study, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((study / "sw" / "tune").glob("*/metrics.json"))) == 4
+    seeds = [int(line.split()[0]) for line in reads.read_text().splitlines()]
+    assert sorted(set(seeds)) == [0, 1]  # only the compared runs touched the test split
+
+
+def test_a_tuning_killed_midway_resumes_to_the_same_choice(tmp_path, mnist_dir):
+    """A range search (Optuna's TPE) killed after its first tuning runs: resume= trains only
+    what is missing and replays the sampler, so the values tried and the choice are those of
+    the same sweep run uninterrupted."""
+    args = ["model=lenet", *SHORT, "seeds=[0]", *TUNED, "optimizer=sgd",
+            "sweep.tune.range=[0.001,1.0]", "sweep.tune.budget=5"]  # fmt: skip
+    whole = subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "hydra.sweep.dir=whole"],
+                           cwd=tmp_path, env=dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true"),
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    proc = popen("sweep.py", *args, "hydra.sweep.dir=cut", cwd=tmp_path, mnist_dir=mnist_dir)
+    deadline = time.time() + 300
+    while len(list((tmp_path / "cut" / "tune").glob("*/metrics.json"))) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # no time to say anything
+    proc.communicate(timeout=60)
+    assert not (tmp_path / "cut" / "tune" / "tuning.json").exists()
+    before = {p.name: (p / "metrics.json").read_bytes()
+              for p in (tmp_path / "cut" / "tune").iterdir() if (p / "metrics.json").exists()}  # fmt: skip
+    again = subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, f"resume={tmp_path / 'cut'}"],
+                           cwd=tmp_path, env=dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true"),
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    for name, data in before.items():  # the finished tuning runs: kept, not trained again
+        assert (tmp_path / "cut" / "tune" / name / "metrics.json").read_bytes() == data
+    a, b = tuning_of(tmp_path / "whole"), tuning_of(tmp_path / "cut")
+    assert [e["value"] for e in a["points"][0]["values"]] == [
+        e["value"] for e in b["points"][0]["values"]
+    ]
+    assert a["points"][0]["chosen"] == b["points"][0]["chosen"]
+    assert [e["score"] for e in a["points"][0]["values"]] == [
+        e["score"] for e in b["points"][0]["values"]
+    ]
+    assert len(list((tmp_path / "cut" / "tune").glob("*/metrics.json"))) == 5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["sweep.tune.key=optimizer.lr"],
+            "error: sweep.tune.key=optimizer.lr needs sweep.tune.values=[…]",
+        ),
+        ([*TUNED, "sweep.tune.values=[0.1]", "sweep.tune.range=[0.01,1]"], "one of them"),
+        (
+            [*TUNED, "sweep.tune.range=[0.01,1]"],
+            "error: sweep.tune.budget must be an integer >= 1 (values tried per point), got None",
+        ),
+        (
+            [*TUNED, "sweep.tune.range=[0,1]", "sweep.tune.budget=3"],
+            "error: sweep.tune.range must be [low, high] with 0 < low < high (a log scale), got [0, 1]",
+        ),
+        (
+            [*TUNED, "sweep.tune.values=[0.1,0.1]"],
+            "error: sweep.tune.values must be a list of distinct values, got [0.1, 0.1]",
+        ),
+        (
+            [*TUNED, "sweep.tune.values=[0.1]", "optimizer.lr=0.5"],
+            "error: sweep.tune.key=optimizer.lr is tuned per point, so it cannot be set too (optimizer.lr=0.5)",
+        ),
+        (
+            [*TUNED, "sweep.tune.values=[0.1]", "optimizer.lr=0.1,0.5"],
+            "so it cannot be set too (optimizer.lr=0.1,0.5)",
+        ),
+        (
+            ["sweep.tune.key=optimizer.nope", "sweep.tune.values=[0.1]"],
+            "error: sweep.tune.key=optimizer.nope is no key of the run's config",
+        ),
+        (
+            [*TUNED, "sweep.tune.values=[0.1]", "data.val_size=0"],
+            "error: sweep.tune scores on the validation split, and data.val_size=0",
+        ),
+        (
+            [*TUNED, "sweep.tune.values=[0.1]", "sweep.vectorize=true"],
+            "error: sweep.tune trains its values as separate jobs",
+        ),
+        (
+            [*TUNED, "sweep.tune.values=[0.1]", "sweep.tune.seeds=0"],
+            "error: sweep.tune.seeds must be a count >= 1 or a list of seeds, got 0",
+        ),
+        (
+            [*TUNED, "sweep.tune.values=[0.1]", "sweep.tune.score=test_acc"],
+            "error: sweep.tune.score must be one of val_acc_best, val_acc, got test_acc",
+        ),
+    ],
+)
+def test_a_tuning_it_cannot_do_is_refused_in_one_line(cli, tmp_path, args, message):
+    proc = cli("sweep.py", "model=lenet", *SHORT, *args, "hydra.sweep.dir=sw")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line, line
+    assert not (tmp_path / "sw").exists()
+
+
+def test_the_dry_run_counts_tuning_and_compared_jobs(cli):
+    proc = cli("sweep.py", "model=lenet,lenet_bn1", *SHORT, "seeds=[0,1,2]", *TUNED,
+               "sweep.tune.values=[0.001,0.01,0.1]", "sweep.tune.seeds=2", "--dry-run")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert (
+        "2 points × 3 values × 2 tuning seeds = 12 tuning jobs (validation only), then 2 × 3 = 6 compared jobs"
+        in out
+    )
+    assert "tune/0_model=lenet,optimizer.lr=0.001,seed=10000" in out
