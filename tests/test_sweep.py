@@ -257,13 +257,7 @@ STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_presets_compose(study, tmp_path):
     cfg = compose_cfg("sweep", [f"study={study}", f"run_dir={tmp_path}"])
-    seeds = (
-        [0]
-        if study.startswith("optuna")
-        else [0, 1, 2, 3, 4]
-        if study.endswith("_full")
-        else [0, 1, 2]
-    )
+    seeds = [0, 1, 2, 3, 4] if study.endswith("_full") else [0, 1, 2]
     assert default_seeds([f"study={study}"]) == seeds
     text = (CONF / "study" / f"{study}.yaml").read_text()
     assert text.startswith("# @package _global_\n#")  # documented at the top
@@ -356,12 +350,16 @@ def test_slurm_launcher_preset_composes(tmp_path):
     )
 
 
-def test_optuna_search_is_aggregated_like_any_sweep(cli, tmp_path):
-    proc = cli("sweep.py", "study=optuna_lr_momentum", "hydra.sweeper.n_trials=2", *SHORT)
+def test_optuna_study_tunes_the_lr_of_each_momentum(cli, tmp_path):
+    proc = cli("sweep.py", "study=optuna_lr_momentum", "sweep.tune.budget=2", "seeds=[0]",
+               "bn.momentum=0.1,0.5", *SHORT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_summary(sweep_dir_of(tmp_path))
-    assert len(rows) == 2 and {"optimizer.lr", "bn.momentum"} <= set(rows[0])
-    assert all(1e-4 <= float(r["optimizer.lr"]) <= 1e-2 and r["n_finished"] == "1" for r in rows)
+    assert [r["bn.momentum"] for r in rows] == ["0.1", "0.5"]
+    assert all(1e-4 <= float(r["optimizer.lr (tuned)"]) <= 1e-1 and r["n_finished"] == "1"
+               for r in rows)  # fmt: skip
+    tuning = json.loads((sweep_dir_of(tmp_path) / "tune" / "tuning.json").read_text())
+    assert [len(p["values"]) for p in tuning["points"]] == [2, 2]
 
 
 def test_ray_local_launcher_gives_the_basic_launchers_numbers(cli, tmp_path):
