@@ -240,7 +240,128 @@ def test_the_dry_run_counts_tuning_and_compared_jobs(cli):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert (
-        "2 points × 3 values × 2 tuning seeds = 12 tuning jobs (validation only), then 2 × 3 = 6 compared jobs"
+        "2 points × 3 values × 2 tuning seeds = 12 tuning runs (validation only), then 2 × 3 = 6 compared runs"
         in out
     )
     assert "tune/0_model=lenet,optimizer.lr=0.001,seed=10000" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# vectorized: a point's values as one job, each member at its own learning rate
+
+
+def _stacked_steps(opt_cls, lrs, steps=5, **kw):
+    """Three LeNets trained alone at their lrs, and stacked at the same lrs (member_lrs): the
+    weights of each after ``steps`` steps on the same batches."""
+    import torch
+
+    from bnsweep.nn import LeNet
+    from bnsweep.nn.stacked import StackedNet, member_lrs, stack_inputs
+
+    torch.manual_seed(0)
+    nets = [LeNet() for _ in lrs]
+    alone = [__import__("copy").deepcopy(n) for n in nets]
+    stacked = StackedNet(nets)
+    opt = member_lrs(opt_cls(stacked.parameters(), lr=1.0, **kw), lrs)
+    opts = [opt_cls(n.parameters(), lr=lr, **kw) for n, lr in zip(alone, lrs)]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.rand(8, 1, 28, 28, generator=g), torch.randint(10, (8,), generator=g)
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            out = stacked(stack_inputs([x] * len(lrs)))
+            loss = sum(torch.nn.functional.cross_entropy(o, y) for o in out.unbind(1))  # (N, S, K)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        for n, o in zip(alone, opts):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(n(x), y).backward()
+            o.step()
+    return stacked, alone
+
+
+def test_member_lrs_step_each_member_as_alone_at_its_own_lr():
+    import torch
+
+    lrs = [0.01, 0.1, 0.3]
+    stacked, alone = _stacked_steps(torch.optim.SGD, lrs, momentum=0.9)
+    for m, net in enumerate(alone):  # SGD: the same arithmetic, to the bit
+        for key, value in net.state_dict().items():
+            assert torch.equal(stacked.member_state_dict(m)[key], value), (m, key)
+    stacked, alone = _stacked_steps(torch.optim.Adam, [1e-4, 1e-3, 1e-2])
+    for m, net in enumerate(alone):  # Adam: its step size rounded once more
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(
+                stacked.member_state_dict(m)[key], value, rtol=1e-5, atol=1e-7
+            )
+    moved = [
+        (stacked.member_state_dict(m)["conv1.weight"] - alone[0].state_dict()["conv1.weight"])
+        .abs()
+        .max()
+        for m in (1, 2)
+    ]
+    assert all(d > 1e-4 for d in moved)  # the members did step at different lrs
+
+
+def test_lr_stacks_only_where_the_step_is_linear_in_the_lr():
+    from bnsweep.sweep.points import lr_stacks
+
+    assert lr_stacks(
+        {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}
+    )
+    assert lr_stacks({"_target_": "torch.optim.Adam", "lr": 0.1})
+    assert not lr_stacks({"_target_": "torch.optim.Adam", "lr": 0.1, "weight_decay": 1e-4})
+    assert not lr_stacks({"_target_": "torch.optim.AdamW", "lr": 0.1})  # its default decay
+    assert not lr_stacks({"_target_": "torch.optim.LBFGS", "lr": 0.1})
+
+
+def test_a_vectorized_tuning_trains_a_points_values_as_one_job_to_the_same_choice(cli, tmp_path):
+    args = ["model=lenet_bn1", *SHORT, "seeds=[0]", *TUNED, "optimizer=sgd",
+            "sweep.tune.values=[0.01,0.1,1.0]"]  # fmt: skip
+    apart = cli("sweep.py", *args, "hydra.sweep.dir=apart")
+    together = cli("sweep.py", *args, "sweep.vectorize=true", "hydra.sweep.dir=together")
+    assert apart.returncode == 0 and together.returncode == 0, apart.stderr + together.stderr
+    jobs = [
+        json.loads(line) for line in (tmp_path / "together" / "jobs.jsonl").read_text().splitlines()
+    ]
+    runs = [j["run"] for j in jobs if "run" in j]
+    assert len(runs) == 2 and runs[0] == "tune/0_model=lenet_bn1" and runs[1].startswith("1_")
+    assert jobs[0]["jobs"] == 2  # one tuning job, one compared job
+    a, b = tuning_of(tmp_path / "apart"), tuning_of(tmp_path / "together")
+    assert a["points"][0]["chosen"] == b["points"][0]["chosen"]
+    assert [e["score"] for e in a["points"][0]["values"]] == [
+        e["score"] for e in b["points"][0]["values"]
+    ]
+    for f in (tmp_path / "together" / "tune").glob("*/ckpt/last.ckpt"):  # a member's own lr
+        import torch
+
+        lr = float(f.parent.parent.name.split("optimizer.lr=")[1].split(",")[0])
+        ckpt = torch.load(f, weights_only=False)
+        assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == lr
+
+
+def test_points_none_of_whose_values_score_are_named_and_not_compared(cli, tmp_path):
+    proc = cli("sweep.py", "model=lenet,lenet_bn1", *SHORT, "seeds=[0]", *TUNED, "optimizer=sgd",
+               "sweep.tune.values=[1e30]", "hydra.sweep.dir=sw")  # fmt: skip
+    # both diverge at 1e30: neither has a value that scored
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: sweep.tune: no value of optimizer.lr scored for model=lenet; model=lenet_bn1 "
+        f"(every one diverged or failed): its compared runs were not run; scores in {tmp_path / 'sw' / 'tune' / 'tuning.json'}")  # fmt: skip
+    assert not list((tmp_path / "sw").glob("[0-9]*"))
+
+
+def test_a_range_search_without_optuna_is_refused_in_one_line(cli, tmp_path):
+    fake = tmp_path / "no_optuna" / "optuna"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named optuna')\n")
+    proc = cli("sweep.py", "model=lenet", *SHORT, *TUNED, "sweep.tune.range=[0.001,0.1]",
+               "sweep.tune.budget=2", "hydra.sweep.dir=sw",
+               env={"PYTHONPATH": str(fake.parent)})  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ('error: sweep.tune.range searches with Optuna, which is not '
+                                   'installed: pip install -e ".[optuna]"')  # fmt: skip
+    assert not (tmp_path / "sw").exists()

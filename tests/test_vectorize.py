@@ -595,3 +595,16 @@ def test_a_sweep_of_stacked_points_resumes_through_the_command_line(cli, tmp_pat
     assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == [
         f"0_init.std={v},seed={s}" for v in ("0.05", "0.1") for s in (0, 1)
     ]
+
+
+def test_a_vectorized_job_of_one_member_trains_as_its_run_alone(cli, tmp_path):
+    """A point with one seed, vectorized: one member (its BN statistics' check said a bool where
+    the job read a list per member, and every such job failed at its first validation)."""
+    args = ["model=lenet_bn1", *SHORT, "seeds=[0]"]
+    together = cli("sweep.py", *args, "sweep.vectorize=true", "hydra.sweep.dir=together")
+    apart = cli("sweep.py", *args, "hydra.sweep.dir=apart")
+    assert together.returncode == 0 and apart.returncode == 0, together.stderr[-2000:]
+    (a,) = (tmp_path / "together").glob("*,seed=0/metrics.json")
+    (b,) = (tmp_path / "apart").glob("*/metrics.json")
+    a, b = json.loads(a.read_text()), json.loads(b.read_text())
+    assert a["history"]["val/loss"] == b["history"]["val/loss"] and a["test/acc"] == b["test/acc"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -308,6 +309,8 @@ class StackedNet(nn.Module):
         if any(s != shapes[0] for s in shapes[1:]):
             raise ValueError("stacked networks must share one architecture (state dict shapes)")
         self.members = len(nets)
+        # the members' own learning rates where they differ (``member_lrs``); None: one lr
+        self.lrs: list[float] | None = None
         self.member_shapes = shapes[0]  # state dict key -> shape of one member's tensor
         self.generators = list(generators)
         self.fused = fused
@@ -388,3 +391,37 @@ __all__ = [
     "stack_inputs",
     "stack_states",
 ]
+
+
+def member_lrs(optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -> torch.optim.Optimizer:
+    """``optimizer`` (made with lr=1) stepping member m of every stacked parameter at ``lrs[m]``.
+
+    Its step runs at lr 1 on weights set to zero, which leaves each weight at minus its update
+    (exactly: 0 − 1·u), then adds ``lrs[m]`` times that to member m's weights. For SGD this is
+    the same arithmetic as a run at its own lr (w + (−lr)·u); for Adam, Adagrad and RMSprop the
+    step size is rounded once more (lr / bias correction applied in two products), a difference
+    in the last bit of an update. Parameters keep their members along dim 0, blocked."""
+    members = len(lrs)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    plain = optimizer.step
+
+    def step(closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            before = [p.detach().clone() for p in params]
+            for p in params:
+                p.zero_()
+        plain()
+        with torch.no_grad():
+            for p, b in zip(params, before):
+                update, blocks = p.reshape(members, -1), b.view(members, -1)
+                for m, lr in enumerate(lrs):
+                    blocks[m].add_(update[m], alpha=lr)
+                p.copy_(b)
+        return loss
+
+    optimizer.step = step  # an instance's own step: Lightning calls optimizer.step(closure=…)
+    return optimizer

@@ -273,8 +273,24 @@ def end_of_sweep(sweep_dir: Path, jobs: list[dict[str, Any]]) -> None:
               + "; ".join(j["error"] for j in refused), file=sys.stderr)  # fmt: skip
     if failed:
         print(f"error: {len(failed)} run(s) failed: {' '.join(failed)}", file=sys.stderr)
+    untuned = _untuned(sweep_dir)
+    if untuned:
+        print(untuned, file=sys.stderr)
     if bad_report:
         print(bad_report[0], file=sys.stderr)
         raise SystemExit(bad_report[1])
-    if refused or failed:
+    if refused or failed or untuned:
         raise SystemExit(1)
+
+
+def _untuned(sweep_dir: Path) -> str | None:
+    """The line naming a tuned sweep's points none of whose values scored (sweep.tune)."""
+    from bnsweep.report.tuning import TUNE_DIR, TUNING, read_tuning
+
+    tuning = read_tuning(sweep_dir)
+    points = [p["point"] for p in (tuning or {}).get("points", []) if p["chosen"] is None]
+    if not points:
+        return None
+    return (f"error: sweep.tune: no value of {tuning['key']} scored for {'; '.join(points)} (every "
+            f"one diverged or failed): its compared runs were not run; scores in "
+            f"{Path(sweep_dir) / TUNE_DIR / TUNING}")  # fmt: skip

@@ -40,7 +40,11 @@ def member_checkpoint(ckpt: dict, net: StackedNet, m: int) -> dict:
             }
             for i, st in opt["state"].items()
         }
-        optimizers.append({"state": per_param, "param_groups": copy.deepcopy(opt["param_groups"])})
+        groups = copy.deepcopy(opt["param_groups"])
+        if net.lrs is not None:  # each member's own lr (the job's optimizer steps at lr 1)
+            for g in groups:
+                g["lr"] = net.lrs[m]
+        optimizers.append({"state": per_param, "param_groups": groups})
     saved = ckpt["bnsweep"]
     sums = saved["epoch_sums"]
     own = {
@@ -74,7 +78,11 @@ def stack_checkpoints(ckpts: list[dict], net: StackedNet) -> dict:
                 else v
                 for name, v in st.items()
             }
-        optimizers.append({"state": per_param, "param_groups": parts[0]["param_groups"]})
+        groups = copy.deepcopy(parts[0]["param_groups"])
+        if net.lrs is not None:  # the members' lrs apart: the job's optimizer steps at lr 1
+            for g in groups:
+                g["lr"] = 1.0
+        optimizers.append({"state": per_param, "param_groups": groups})
     own = [c["bnsweep"] for c in ckpts]
     sums = [o["epoch_sums"] for o in own]
     diverged = [o.get("diverged_step") for o in own]

@@ -215,6 +215,8 @@ class LitMembers(pl.LightningModule):
         if self.track is not None and tracked:
             quantiles = unit_percentiles(torch.cat(tracked, 1), self.track["q"])  # (S, len(q))
         finite_stats = stats_finite(self.net.net, self.members)
+        if not isinstance(finite_stats, list):  # one member: stats_finite says one bool
+            finite_stats = [finite_stats]
         for m, (acc, loss) in enumerate(means):
             diverged = self.diverged_step[m]
             if diverged is not None and not self.final_validation:

@@ -169,6 +169,8 @@ def tuned_jobs(base: DictConfig, tune: Tune, expanded: list[list[str]]) -> list[
                     name = name.replace(f"{tune.key}={value_text(v)}", f"{tune.key}=(proposed)")
                 folder = f"{TUNE_DIR}/{len(jobs)}_{name}"
                 jobs.append(Job(len(jobs), folder, [folder], estimate(cfg), tuning=True))
+    if base.sweep.vectorize:
+        return _vectorized(base, tune, jobs)
     for p_jobs in points.values():
         for job in p_jobs:
             cfg = _compose([*job, f"{tune.key}={value_text(tune.values[0] if tune.values else tune.range[0])}"])
@@ -177,6 +179,38 @@ def tuned_jobs(base: DictConfig, tune: Tune, expanded: list[list[str]]) -> list[
                             for o in name.split(","))  # fmt: skip
             folder = f"{len(jobs)}_{name}"
             jobs.append(Job(len(jobs), folder, [folder], estimate(cfg)))
+    return jobs
+
+
+def _vectorized(base: DictConfig, tune: Tune, runs: list[Job]) -> list[Job]:
+    """The tuned sweep's jobs when vectorized: the tuning runs of a point and value as one job
+    (a point's values in one where its optimizer steps members at their own lr), then a job
+    per point training its seeds (the runs listed in the dry run's first lines are the same)."""
+    from bnsweep.sweep.points import lr_stacks
+
+    optimizer = OmegaConf.to_container(base.optimizer, resolve=True)
+    stacks = tune.key == "optimizer.lr" and lr_stacks(optimizer) and not tune.searched
+    per_job = len(tune.seeds) * (len(tune.values) if stacks else 1)
+    jobs: list[Job] = []
+    for start in range(0, len(runs), per_job):
+        group = runs[start : start + per_job]
+        folder = group[0].folder.split("_", 1)[1].rsplit(",seed=", 1)[0]
+        if stacks:
+            folder = ",".join(o for o in folder.split(",") if not o.startswith(tune.key + "="))
+        known = [r.seconds for r in group]
+        names = [f"{TUNE_DIR}/{len(jobs)}_{r.folder.split('_', 1)[1]}" for r in group]
+        jobs.append(Job(len(jobs), f"{TUNE_DIR}/{len(jobs)}_{folder}", names,
+                        None if None in known else sum(known), tuning=True))  # fmt: skip
+    points = len(runs) // tune.per_point()
+    for p in range(points):
+        seeds = list(base.seeds)
+        name = runs[p * tune.per_point()].folder.split("_", 1)[1].rsplit(",seed=", 1)[0]
+        name = ",".join(f"{tune.key}=(chosen)" if o.startswith(tune.key + "=") else o
+                        for o in name.split(","))  # fmt: skip
+        folder = f"{len(jobs)}_{name}"
+        once = runs[p * tune.per_point()].seconds
+        jobs.append(Job(len(jobs), folder, [f"{folder},seed={s}" for s in seeds],
+                        None if once is None else once * len(seeds)))  # fmt: skip
     return jobs
 
 
@@ -200,12 +234,15 @@ def dry_run(args: Sequence[str]) -> int:
     print(f"study={study}: {len(jobs)} jobs, {runs} runs, into {sweep_dir}/ (the time in the "
           "folder's name is the launch's)")  # fmt: skip
     if (tune := tune_settings(base)) is not None:
-        inner = sum(j.tuning for j in jobs)
+        inner = sum(len(j.runs) for j in jobs if j.tuning)
+        outer = sum(len(j.runs) for j in jobs if not j.tuning)
         points = inner // tune.per_point()
         tried = f"{tune.budget} proposed values" if tune.searched else f"{len(tune.values)} values"
         print(f"  {points} points × {tried} × {len(tune.seeds)} tuning seeds = {inner} tuning "
-              f"jobs (validation only), then {points} × {(len(jobs) - inner) // max(points, 1)} = "
-              f"{len(jobs) - inner} compared jobs at each point's chosen {tune.key}")  # fmt: skip
+              f"runs (validation only), then {points} × {outer // max(points, 1)} = {outer} "
+              f"compared runs at each point's chosen {tune.key}"
+              + (f"; vectorized: {sum(j.tuning for j in jobs)} tuning jobs, "
+                 f"{sum(not j.tuning for j in jobs)} compared" if base.sweep.vectorize else ""))  # fmt: skip
     width = max(len(j.folder) for j in jobs)
     for j in jobs:
         took = f"≈ {duration(j.seconds)}" if j.seconds is not None else "time unknown"

@@ -27,11 +27,30 @@ OUR_BN = "bnsweep.nn.make_batchnorm"  # our layer (and its ghost-batch variant);
 # running statistics enter its training transform, torch's layer stacks one momentum only
 
 
+# optimizers whose step is the learning rate times an update that does not depend on it (its
+# state neither: momentum buffers, moment estimates, squared-gradient sums), nor on the weights
+# when weight_decay is 0: stacked members may then each have their own learning rate
+LR_LINEAR = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.Adagrad",
+             "torch.optim.RMSprop")  # fmt: skip
+
+
+def lr_stacks(optimizer: dict[str, Any]) -> bool:
+    """Whether members may differ in ``optimizer.lr`` (a config of LR_LINEAR without weight
+    decay; AdamW's default decay is 0.01)."""
+    target = str(optimizer.get("_target_", ""))
+    decay = optimizer.get("weight_decay", 0.01 if target.endswith("AdamW") else 0.0)
+    return target in LR_LINEAR and decay == 0
+
+
 def training_signature(config: dict[str, Any]) -> str:
     """What a point's training computes, from its comparable config (bnsweep.run.folders): the config
-    without the seed, the init keys and, for our BN layer, the EMA momentum and which estimator
+    without the seed, the init keys, the lr of an optimizer that steps members at their own
+    (``lr_stacks``: bnsweep.nn.stacked.member_lrs) and, for our BN layer, the EMA momentum and which estimator
     (only the buffers it keeps: momentum and cumulative keep none, window its ring)."""
     out = {k: v for k, v in config.items() if k not in ("seed", "init")}
+    opt = out.get("optimizer")
+    if isinstance(opt, dict) and lr_stacks(opt):  # each member may step at its own lr
+        out["optimizer"] = {k: v for k, v in opt.items() if k != "lr"}
     bn = out.get("bn")
     if isinstance(bn, dict) and bn.get("_target_") == OUR_BN:
         bn = {k: v for k, v in bn.items() if k != "momentum"}
@@ -49,7 +68,7 @@ def _estimator_buffers(name: Any) -> Any:
 
 def is_stackable(key: str) -> bool:
     """Whether a swept key may tell stacked points apart (the signature decides whether they do)."""
-    return _key(key).split(".")[0] in ("init", "bn")
+    return _key(key).split(".")[0] in ("init", "bn") or _key(key) == "optimizer.lr"
 
 
 def _key(override: str) -> str:

@@ -123,9 +123,6 @@ def check(cfg: DictConfig, overrides: Sequence[str]) -> Tune | None:
     if not grid_sweeper(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")):
         raise ConfigError("sweep.tune needs the grid sweeper (hydra/sweeper=bnsweep), got "
                           f"{OmegaConf.select(cfg, 'hydra.sweeper._target_')}")  # fmt: skip
-    if OmegaConf.select(cfg, "sweep.vectorize", default=False):
-        raise ConfigError("sweep.tune trains its values as separate jobs: sweep.vectorize=true "
-                          "is not for a tuned sweep")  # fmt: skip
     if OmegaConf.select(cfg, "data.val_size", default=None) == 0:
         raise ConfigError("sweep.tune scores on the validation split, and data.val_size=0 "
                           "validates on the test set: give data.val_size > 0")  # fmt: skip
@@ -239,14 +236,33 @@ class Tuner:
         self.sweep_dir = Path(self.config.hydra.sweep.dir)
         self.num = 0
         self.returns: list[Any] = []
+        self.vectorize = bool(OmegaConf.select(self.config, "sweep.vectorize", default=False))
 
     def inner(self, point: Sequence[str], value: Any, seed: int) -> list[str]:
         return inner_job(self.config, point, self.tune.key, value, seed)
 
-    def launch(self, batch: list[list[str]]) -> None:
-        """Launch the jobs of ``batch`` that have no finished run yet."""
+    def launch(self, runs: list[tuple[tuple[str, ...], Any, int]]) -> None:
+        """Launch the tuning runs (point, value, seed) that have no finished run yet: a job
+        each, or with sweep.vectorize=true a job per point and value training its seeds
+        together, and a point's values in one job where its optimizer steps each member at its
+        own lr (bnsweep.sweep.points.lr_stacks)."""
         done = self.finished()
-        batch = [job for job in batch if identity(job) not in done]
+        runs = [r for r in runs if identity(self.inner(*r)) not in done]
+        if not self.vectorize:
+            return self._launch([self.inner(*r) for r in runs])
+        from bnsweep.sweep.points import group_jobs
+
+        seeds: dict[tuple[tuple[str, ...], str], tuple[tuple[str, ...], Any, list[int]]] = {}
+        for p, v, s in runs:
+            seeds.setdefault((p, value_text(v)), (p, v, []))[2].append(s)
+        batch = [
+            [o for o in self.inner(p, v, ss[0]) if not o.startswith(("seed=", "seeds="))]
+            + ["seeds=[" + ",".join(map(str, ss)) + "]"]
+            for p, v, ss in seeds.values()
+        ]
+        self._launch(group_jobs(self.config, batch, self.sweeper.hydra_context.config_loader))
+
+    def _launch(self, batch: list[list[str]]) -> None:
         if not batch:
             return
         self.sweeper.validate_batch_is_legal(batch)
@@ -288,9 +304,7 @@ class Tuner:
             else {p: list(self.tune.values) for p in points}
         )
         if not self.tune.searched:
-            self.launch(
-                [self.inner(p, v, s) for p in points for v in tried[p] for s in self.tune.seeds]
-            )
+            self.launch([(p, v, s) for p in points for v in tried[p] for s in self.tune.seeds])
         record, outer = [], []
         shared = set.intersection(*(set(p) for p in points)) if len(points) > 1 else set()
         for p, p_jobs in points.items():
@@ -306,23 +320,17 @@ class Tuner:
             if chosen is not None:
                 outer += [[*job, f"{self.tune.key}={value_text(chosen.value)}"] for job in p_jobs]
         self.write(record)
-        untuned = [r["point"] for r in record if r["chosen"] is None]
-        if untuned:
-            print(f"error: sweep.tune: no value of {self.tune.key} trained to a score for "
-                  f"{'; '.join(untuned)}: its runs are left out (scores in {self.sweep_dir / TUNE_DIR / TUNING})",
-                  flush=True)  # fmt: skip
         self.launch_outer(outer)
         return self.returns
 
     def launch_outer(self, outer: list[list[str]]) -> None:
-        if not outer:
-            return
-        self.sweeper.validate_batch_is_legal(outer)
-        results = self.sweeper.launcher.launch(outer, initial_job_idx=self.num)
-        for r in results:
-            _ = r.return_value
-        self.num += len(outer)
-        self.returns.append(results)
+        """The compared runs; vectorized, the points stack as any sweep's do (their chosen lrs
+        apart where the optimizer allows)."""
+        if self.vectorize and len(outer) > 1:
+            from bnsweep.sweep.points import group_jobs
+
+            outer = group_jobs(self.config, outer, self.sweeper.hydra_context.config_loader)
+        self._launch(outer)
 
     def search(self, points: list[tuple[str, ...]]) -> dict[tuple[str, ...], list[float]]:
         """A TPE search per point, one proposed value per point per round (the points of a
@@ -344,9 +352,7 @@ class Tuner:
             values = [
                 float(f"{t.suggest_float(self.tune.key, lo, hi, log=True):.3g}") for t in trials
             ]
-            self.launch(
-                [self.inner(p, v, s) for p, v in zip(points, values) for s in self.tune.seeds]
-            )
+            self.launch([(p, v, s) for p, v in zip(points, values) for s in self.tune.seeds])
             for p, v, study, trial in zip(points, values, studies, trials):
                 tried[p].append(v)
                 score = self.scored(p, [v])[0].score
@@ -365,9 +371,19 @@ class Tuner:
 
 
 def job_count(cfg: DictConfig, points: int, seeds: int) -> int | None:
-    """A tuned sweep's jobs: every point's tuning runs and its compared runs."""
+    """A tuned sweep's jobs: every point's tuning runs and its compared runs (``seeds`` jobs a
+    point). Vectorized: a job per point and value (a range search: per round), the values of a
+    point in one where its optimizer allows, and a job per point after."""
     try:
         tune = settings(cfg)
     except ConfigError:
         return None
-    return None if tune is None else points * (tune.per_point() + seeds)
+    if tune is None:
+        return None
+    if not OmegaConf.select(cfg, "sweep.vectorize", default=False):
+        return points * (tune.per_point() + seeds)
+    from bnsweep.sweep.points import lr_stacks
+
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    stacks = tune.key == "optimizer.lr" and lr_stacks(optimizer) and not tune.searched
+    return points * ((1 if stacks else tune.budget or len(tune.values)) + 1)

@@ -18,6 +18,7 @@ import copy
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, open_dict
 
 from bnsweep.config.checks import check_vectorize, refusal, validate
 from bnsweep.files import FolderLock, remove_unstarted, write_json
-from bnsweep.nn.stacked import StackedNet, stack_inputs
+from bnsweep.nn.stacked import StackedNet, member_lrs, stack_inputs
 from bnsweep.run import checkpoints
 from bnsweep.run.folders import claim, config_snapshot, find_run, member_dir
 from bnsweep.run.record import finished_record, write_record
@@ -222,6 +223,10 @@ def _resume_checkpoint(cfgs: list[DictConfig], net: StackedNet, job_dir: Path) -
     return path
 
 
+def _at_member_lrs(make: Any, lrs: list[float], params: Any) -> torch.optim.Optimizer:
+    return member_lrs(make(params, lr=1.0), lrs)
+
+
 def train_members(members: list[Member], job_dir: Path) -> list[dict[str, Any]]:
     cfgs = [m.cfg for m in members]
     tune_allocator()
@@ -237,9 +242,14 @@ def train_members(members: list[Member], job_dir: Path) -> list[dict[str, Any]]:
             generators.append(torch.Generator().set_state(torch.get_rng_state()))
         net = StackedNet(nets, generators)
         data = MemberData([instantiate(c.data) for c in cfgs])
+        optimizer = instantiate(cfgs[0].optimizer)
+        lrs = [float(c.optimizer.lr) for c in cfgs]
+        if len(set(lrs)) > 1:  # points told apart by optimizer.lr (lr_stacks): one lr each
+            net.lrs = lrs
+            optimizer = partial(_at_member_lrs, optimizer, lrs)
         module = LitMembers(
             net,
-            optimizer=instantiate(cfgs[0].optimizer),
+            optimizer=optimizer,
             seeds=seeds,
             loggers=[make_loggers(c) for c in cfgs],
             percentiles=percentile_config(cfgs[0]),
