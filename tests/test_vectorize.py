@@ -483,8 +483,10 @@ def test_points_differing_only_in_init_or_the_bn_estimator_stack_into_one_job():
     # what the training computes differs: ghost batches, renorm's r and d from the running
     # statistics, torch's layer: separate jobs
     for swept in (["bn=momentum,ghost"], ["bn=renorm", "bn.momentum=0.1,0.01"], ["bn=momentum,torch"],
-                  ["optimizer.lr=0.01,0.1"]):  # fmt: skip
+                  ["optimizer.lr=0.01,0.1", "optimizer.weight_decay=1e-4"]):  # fmt: skip
         assert len(_planned("model=lenet_fc_bn2", *swept, *vec)) == 2, swept
+    # learning rates apart, each member at its own: one job (Adam without weight decay)
+    assert len(_planned("model=lenet_fc_bn2", "optimizer.lr=0.01,0.1", *vec)) == 1
     # without sweep.vectorize: a job per point and seed, as before
     assert len(_planned("model=lenet_fc_bn2", "init.std=0.01,0.1", "seeds=[0,1]")) == 4
 
