@@ -179,6 +179,7 @@ RULES: dict[str, Rule] = {
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value, before anything is built or trained."""
     _facts(cfg)  # a user's data that cannot be read: one line first
+    _check_tracker(cfg)
     for key, (ok, expected) in RULES.items():
         value = _value(cfg, key)
         if value is not _MISSING and not ok(value):
@@ -203,6 +204,19 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.accelerator={accelerator} but no CUDA GPU is available here "
             "(torch.cuda.is_available() is False); use trainer.accelerator=auto or cpu"
         )
+
+
+def _check_tracker(cfg: DictConfig) -> None:
+    """A logger of MLflow needs mlflow installed (an optional extra)."""
+    loggers = OmegaConf.select(cfg, "logger", default=None) or {}
+    uses = [k for k, v in loggers.items() if v is not None and "MLflow" in str(v.get("_target_", ""))]
+    if not uses:
+        return
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"logger.{uses[0]} logs to MLflow, which is not installed: "
+                          'pip install -e ".[mlflow]"') from None  # fmt: skip
 
 
 def _check_variants(cfg: DictConfig) -> None:

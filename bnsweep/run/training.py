@@ -352,7 +352,7 @@ def _train(cfg: DictConfig, run_dir: Path, process: ProcessStart | None,
     )
     if secondary():
         return record  # rank 0 writes it
-    log_final(trainer.loggers, record["hparams"])
+    log_final(trainer.loggers, record["hparams"], record)
     write_record(run_dir, record)
     return record
 
@@ -378,11 +378,14 @@ def interruptible(trainer: pl.Trainer, run_dir: Path, testing: bool = False) -> 
                                      testing) from None  # fmt: skip
 
 
-def log_final(loggers: list, hp: dict[str, Any]) -> None:
+def log_final(loggers: list, hp: dict[str, Any], record: dict[str, Any] | None = None) -> None:
     """The run's hyper-parameters (TensorBoard's HPARAMS tab reads the run's final metrics from
-    its own val/ and test/ scalars, never a placeholder); then every logger flushed and closed."""
+    its own val/ and test/ scalars, never a placeholder), its record to a logger that takes one
+    (MLflow's finals and status); then every logger flushed and closed."""
     for logger in loggers:
         logger.log_hyperparams(hp)
+        if record is not None and hasattr(logger, "log_record"):
+            logger.log_record(record)
         logger.save()
         if hasattr(logger, "close"):
             logger.close()

@@ -182,6 +182,10 @@ class SweepCallback(Callback):
         typed = _typed_command(config)
         with (sweep_dir / "command.txt").open("a") as f:  # a resume adds its line
             f.write(shlex.join([Path(sys.argv[0]).name, *typed]) + "\n")
+        if OmegaConf.select(config, "logger.mlflow", default=None) is not None:
+            from bnsweep.run.tracking import start_sweep
+
+            start_sweep(config, sweep_dir)  # the parent run of the runs
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         _release_workers(config)
@@ -276,6 +280,10 @@ def end_of_sweep(sweep_dir: Path, jobs: list[dict[str, Any]]) -> None:
     untuned = _untuned(sweep_dir)
     if untuned:
         print(untuned, file=sys.stderr)
+    if (sweep_dir / "mlflow.json").exists():  # the report as the parent run's artifacts
+        from bnsweep.run.tracking import end_sweep
+
+        end_sweep(sweep_dir, ok=not (refused or failed or untuned or bad_report))
     if bad_report:
         print(bad_report[0], file=sys.stderr)
         raise SystemExit(bad_report[1])

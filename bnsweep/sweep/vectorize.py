@@ -317,7 +317,7 @@ def train_members(members: list[Member], job_dir: Path) -> list[dict[str, Any]]:
             device=str(trainer.strategy.root_device),
             hparams=hparams(c, picked, nets[m], member.overrides),
         )
-        log_final(module.member_loggers[m], record["hparams"])
+        log_final(module.member_loggers[m], record["hparams"], record)
         write_record(Path(c.run_dir), record)
         results.append(record)
     return results
