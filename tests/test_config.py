@@ -68,7 +68,8 @@ def test_option_composes_and_instantiates(make_cfg, group, option, tmp_path):
     if group == "logger":
         kinds = {type(lg).__name__ for lg in trainer.loggers}
         expected = {"default": {"TensorBoard", "CSV"}, "tensorboard": {"TensorBoard"},
-                    "csv": {"CSV"}, "none": set()}[option]  # fmt: skip
+                    "csv": {"CSV"}, "none": set(), "mlflow": {"MLflow"},
+                    "tensorboard_mlflow": {"TensorBoard", "CSV", "MLflow"}}[option]  # fmt: skip
         assert kinds == expected
     if group == "bn":
         net = instantiate(
