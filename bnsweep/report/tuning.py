@@ -79,30 +79,42 @@ def plot_tuning(path: Path, tuning: dict[str, Any]) -> Path | None:
     floor = min(scores) if scores else 0.0
     names = sorted({_value(e["value"]) for p in points for e in p["values"]},
                    key=lambda t: _sortable(float(t) if numeric else t))  # fmt: skip
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    for p in points:
-        tried = sorted(p["values"], key=lambda e: _sortable(e["value"]))
-        x = [e["value"] if numeric else names.index(_value(e["value"])) for e in tried]
-        y = [e["score"] if e["score"] is not None else math.nan for e in tried]
-        (line,) = ax.plot(x, y, marker="o", ms=4, label=p["point"])
-        bad = [xi for xi, e in zip(x, tried) if e["score"] is None]
-        if bad:
-            ax.scatter(bad, [floor] * len(bad), marker="x", color=line.get_color(), s=40)
-        if p["chosen"] is not None:
-            cx = p["chosen"] if numeric else names.index(_value(p["chosen"]))
-            ax.scatter([cx], [p["chosen_score"]], s=160, facecolors="none",
-                       edgecolors=line.get_color(), linewidths=2)  # fmt: skip
     values = sorted({e["value"] for p in points for e in p["values"]}) if numeric else []
-    if numeric and values and values[0] > 0:
-        ax.set_xscale("log")
-    if not numeric:
-        ax.set_xticks(range(len(names)), names)
-    ax.set_xlabel(tuning["key"] + (" (log axis)" if numeric and values and values[0] > 0 else ""))
+    log = numeric and bool(values) and values[0] > 0
+    best = [p["chosen_score"] for p in points if p["chosen_score"] is not None]
+    # beside the whole range, the top of it, where the chosen values are told apart
+    zoom = (min(best) - 0.02, max(best) + 0.005) if best and floor < min(best) - 0.05 else None
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12.5 if zoom else 7.5, 4.6), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        for p in points:
+            tried = sorted(p["values"], key=lambda e: _sortable(e["value"]))
+            x = [e["value"] if numeric else names.index(_value(e["value"])) for e in tried]
+            y = [e["score"] if e["score"] is not None else math.nan for e in tried]
+            (line,) = ax.plot(x, y, marker="o", ms=4, label=p["point"])
+            bad = [xi for xi, e in zip(x, tried) if e["score"] is None]
+            if bad:
+                ax.scatter(bad, [floor] * len(bad), marker="x", color=line.get_color(), s=40)
+            if p["chosen"] is not None:
+                cx = p["chosen"] if numeric else names.index(_value(p["chosen"]))
+                ax.scatter([cx], [p["chosen_score"]], s=160, facecolors="none",
+                           edgecolors=line.get_color(), linewidths=2)  # fmt: skip
+        if log:
+            ax.set_xscale("log")
+            if len(values) <= 12:  # every value tried named on the axis
+                ax.set_xticks(values, [f"{v:g}" for v in values])
+                ax.minorticks_off()
+        if not numeric:
+            ax.set_xticks(range(len(names)), names)
+        ax.set_xlabel(tuning["key"] + (" (log axis)" if log else ""))
+        ax.grid(alpha=0.3)
+        if k == 1:
+            ax.set_ylim(*zoom)
+            ax.set_title("the top of the range", fontsize=9)
+    ax = axes[0][0]
     ax.set_ylabel(f"validation {tuning['score'].replace('val_acc', 'accuracy').replace('_best', ' (best)')}"
                   f", mean of {len(tuning['seeds'])} tuning run{'s' * (len(tuning['seeds']) > 1)}")  # fmt: skip
     ax.set_title("each point's tuning: ringed, the value chosen; ×, diverged or failed",
                  fontsize=9)  # fmt: skip
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
