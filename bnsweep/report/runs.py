@@ -71,11 +71,12 @@ def _parse_override(text: str) -> tuple[str, str] | None:
     return key, value
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict's leaves by dotted key (``{'a': {'b': 1}}`` -> ``{'a.b': 1}``)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -95,7 +96,7 @@ def _settings(folder: Path, metrics: dict[str, Any], typed: dict[str, str]) -> d
     # a failed run's record names no options: those its command line picked stand for them
     choices = metrics.get("choices") or {k: v for k, v in typed.items() if "." not in k}
     picked = {k: v for k, v in choices.items() if defines_a_point(k)}
-    leaves = {k: v for k, v in _flat(config).items() if defines_a_point(k) and k not in follows}
+    leaves = {k: v for k, v in flat(config).items() if defines_a_point(k) and k not in follows}
     return {**picked, **leaves}
 
 
@@ -111,7 +112,7 @@ def _interpolated(folder: Path) -> set[str]:
         )
     except Exception:  # noqa: BLE001 (no such file, or not YAML: nothing is known to follow)
         return set()
-    return {k for k, v in _flat(raw).items() if isinstance(v, str) and "${" in v}
+    return {k for k, v in flat(raw).items() if isinstance(v, str) and "${" in v}
 
 
 def load_runs(sweep_dir: Path) -> list[Run]:

@@ -21,6 +21,7 @@ from typing import Any
 from pytorch_lightning.loggers.logger import Logger
 
 from bnsweep.files import atomic_write
+from bnsweep.report.runs import flat
 from bnsweep.run.tensorboard import EventWriter, session_summaries
 from bnsweep.run.tracking import (
     FINALS,
@@ -28,8 +29,7 @@ from bnsweep.run.tracking import (
     _batches,
     _client,
     _experiment,
-    _flat,
-    default_uri,
+        default_uri,
     point_of,
     sweep_of,
 )
@@ -268,8 +268,8 @@ class MLflow(Logger):
         config_file = self.run_dir / "run_config.json"
         config = json.loads(config_file.read_text()) if config_file.exists() else {}
         logged = client.get_run(run_id).data.params
-        flat = {**{k: v for k, v in record.get("choices", {}).items()}, **_flat(config)}
-        params = [Param(k[:250], str(v)[:6000]) for k, v in flat.items()
+        values = {**record.get("choices", {}), **flat(config)}  # model=lenet, then the leaves
+        params = [Param(k[:250], str(v)[:6000]) for k, v in values.items()
                   if k[:250] not in logged]  # fmt: skip
         for chunk in _batches(params, 100):
             client.log_batch(run_id, params=chunk)
