@@ -112,10 +112,14 @@ def test_a_vectorized_jobs_members_are_child_runs_of_their_own(cli, tmp_path):
 
 
 def test_train_py_logs_one_run_into_the_train_experiment_or_a_given_store(cli, tmp_path):
-    proc = cli("train.py", "model=lenet", "logger=mlflow", *SHORT, "hydra.run.dir=one")
+    proc = cli("train.py", "model=lenet", "logger=mlflow", *SHORT, "hydra.run.dir=one",
+               "logger.mlflow.checkpoints=true")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run,) = runs_of(tmp_path, "train")
     assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
+    saved = client_of(tmp_path / "outputs" / "mlflow.db").list_artifacts(run.info.run_id, "checkpoints")
+    assert sorted(Path(a.path).name for a in saved) == ["best.ckpt", "last.ckpt"]  # asked for
+    assert (tmp_path / "outputs" / "mlartifacts" / "train").is_dir()  # beside the store
     store = tmp_path / "lab.db"
     proc = cli("train.py", "model=lenet", "logger=mlflow", *SHORT, "hydra.run.dir=two",
                env={"MLFLOW_TRACKING_URI": f"sqlite:///{store}"})  # fmt: skip
