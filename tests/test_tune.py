@@ -365,3 +365,17 @@ def test_a_range_search_without_optuna_is_refused_in_one_line(cli, tmp_path):
     assert proc.stderr.strip() == ('error: sweep.tune.range searches with Optuna, which is not '
                                    'installed: pip install -e ".[optuna]"')  # fmt: skip
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_resume_cannot_change_how_the_points_were_tuned(cli, tmp_path):
+    """Another list of values on a resume could choose another lr for a point whose compared
+    runs ran at the first choice: refused, the folder as it was."""
+    args = ["model=lenet", *SHORT, "seeds=[0]", *TUNED]
+    proc = cli("sweep.py", *args, "sweep.tune.values=[0.001,0.01]", "hydra.sweep.dir=sw")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = (tmp_path / "sw" / "tune" / "tuning.json").read_bytes()
+    again = cli("sweep.py", *args, "sweep.tune.values=[0.001,0.01,0.1]", f"resume={tmp_path / 'sw'}")
+    assert again.returncode == 2
+    (line,) = again.stderr.strip().splitlines()
+    assert line.startswith(f"error: resume={tmp_path / 'sw'} would change the sweep it holds (sweep.tune: ")
+    assert (tmp_path / "sw" / "tune" / "tuning.json").read_bytes() == before

@@ -76,8 +76,13 @@ def sweep_settings(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             key, value = text.split("=", 1)
             given[key.lstrip("+~")] = value
     given["study"] = str(hydra.runtime.choices.get("study", "custom"))
-    return {k: {"swept": is_sweep(f"{k}={v}"), "value": v} for k, v in sorted(given.items())
-            if k == "study" or (k != SEED and computes(k))}  # fmt: skip
+    settings = {k: {"swept": is_sweep(f"{k}={v}"), "value": v} for k, v in sorted(given.items())
+                if k == "study" or (k != SEED and computes(k))}  # fmt: skip
+    tune = OmegaConf.select(cfg, "sweep.tune", default=None)
+    if tune is not None and tune.get("key"):  # what chose each point's value: kept on a resume
+        text = json.dumps(OmegaConf.to_container(tune, resolve=True), sort_keys=True)
+        settings["sweep.tune"] = {"swept": False, "value": text}
+    return settings
 
 
 def _check_report(cfg: DictConfig) -> None:
