@@ -33,6 +33,9 @@ def test_help_describes_every_group_and_key_from_the_configs(tmp_path):
     assert "bn.window=5" in window and "how many of the last training batches" in window
     sweep = script("sweep.py", "--help", cwd=tmp_path).stdout
     assert "  study\n" in sweep and "seeds=[0, 1, 2]" in sweep and "--dry-run" in sweep
+    # keys two levels down are described too (they were left out of the list)
+    assert "  sweep.tune.key=null              the key tuned per point" in sweep
+    assert "  sweep.tune.budget=null           values tried per point in a range search" in sweep
     assert not (tmp_path / "outputs").exists()
 
 

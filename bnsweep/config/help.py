@@ -33,8 +33,10 @@ def option_description(path: Path) -> str:
 
 def key_descriptions(path: Path, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, description) for the keys of a YAML file, from the comment on their line
-    or the comment lines just above; one level of nesting (``report.val_acc_ylim``)."""
-    out, above, parent = [], [], None
+    or the comment lines just above; nested keys by their dotted name (``sweep.tune.key``)."""
+    out: list[tuple[str, str, str]] = []
+    above: list[str] = []
+    parents: list[tuple[int, str]] = []  # (indent, key) of the mappings the line is inside
     for line in path.read_text().splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
@@ -46,17 +48,15 @@ def key_descriptions(path: Path, prefix: str = "") -> list[tuple[str, str, str]]
         indent = len(line) - len(line.lstrip())
         key, _, rest = stripped.partition(":")
         value, _, inline = rest.partition("#")
-        if indent == 0:
-            parent = key if not value.strip() else None
-            if parent in ("hydra", "defaults"):
-                parent = "skip"
-            name = f"{prefix}{key}"
-        elif parent and parent != "skip" and indent == 2:
-            name = f"{prefix}{parent}.{key}"
-        else:
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        if parents and parents[0][1] in ("hydra", "defaults") or indent != 2 * len(parents):
             above = []
             continue
-        if value.strip() and not key.startswith("_"):
+        name = prefix + ".".join([*(k for _, k in parents), key])
+        if not value.strip():
+            parents.append((indent, key))
+        elif not key.startswith("_"):
             out.append((name, value.strip(), inline.strip() or _comments(above)))
         above = []
     return out
