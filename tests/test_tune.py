@@ -379,3 +379,17 @@ def test_a_resume_cannot_change_how_the_points_were_tuned(cli, tmp_path):
     (line,) = again.stderr.strip().splitlines()
     assert line.startswith(f"error: resume={tmp_path / 'sw'} would change the sweep it holds (sweep.tune: ")
     assert (tmp_path / "sw" / "tune" / "tuning.json").read_bytes() == before
+
+
+def test_a_group_is_tuned_by_its_options(cli, tmp_path):
+    proc = cli("sweep.py", "model=lenet_bn1,lenet_fc_bn2", *SHORT, "seeds=[0]",
+               "sweep.tune.key=optimizer", "sweep.tune.values=[sgd,adam]", "hydra.sweep.dir=sw")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tuning = tuning_of(tmp_path / "sw")
+    rows = {r["model"]: r for r in read_summary(tmp_path / "sw")}
+    assert set(rows) == {"lenet_bn1", "lenet_fc_bn2"}  # the optimizer's leaves tell no point apart
+    for p in tuning["points"]:
+        scores = {e["value"]: e["score"] for e in p["values"]}
+        best = max(scores.values())
+        assert p["chosen"] == next(v for v in ("sgd", "adam") if scores[v] == best)
+        assert rows[p["overrides"][0].split("=")[1]]["optimizer (tuned)"] == p["chosen"]
