@@ -11,7 +11,9 @@ A value scores the mean of its tuning runs' ``score`` (val_acc_best); a value an
 diverged or failed scores the worst, and says so. Ties go to the smaller value (for group
 options: the one listed first). Runs are found again by their config, whatever their folder's
 name: a resumed or rerun sweep trains only what has no finished run (a range search replays its
-sampler over the recorded scores and so proposes the same values again).
+sampler over the recorded scores and so proposes the same values again). With
+``sweep.vectorize=true`` a point's tuning seeds train as one job, and its values too where the
+optimizer steps each member at its own lr (bnsweep.sweep.points.lr_stacks).
 """
 
 from __future__ import annotations
