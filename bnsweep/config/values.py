@@ -26,3 +26,14 @@ def value(cfg: DictConfig, key: str) -> Any:
 def shown(value: Any) -> str:
     """A value as a refusal writes it: repr, and nan / inf as they are typed."""
     return repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+
+
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict's leaves by dotted key (``{'a': {'b': 1}}`` -> ``{'a.b': 1}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

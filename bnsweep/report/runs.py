@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bnsweep.config.keys import defines_a_point
+from bnsweep.config.values import flat
 from bnsweep.terminal import readable
 
 # the numbers a run records whose non-finite value means it diverged
@@ -69,17 +70,6 @@ def _parse_override(text: str) -> tuple[str, str] | None:
     if not defines_a_point(key):
         return None
     return key, value
-
-
-def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested dict's leaves by dotted key (``{'a': {'b': 1}}`` -> ``{'a.b': 1}``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _settings(folder: Path, metrics: dict[str, Any], typed: dict[str, str]) -> dict[str, Any]:

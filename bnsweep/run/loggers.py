@@ -20,8 +20,8 @@ from typing import Any
 
 from pytorch_lightning.loggers.logger import Logger
 
+from bnsweep.config.values import flat
 from bnsweep.files import atomic_write
-from bnsweep.report.runs import flat
 from bnsweep.run.tensorboard import EventWriter, session_summaries
 from bnsweep.run.tracking import (
     FINALS,
