@@ -302,7 +302,8 @@ def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
     rows = read_summary(sweep)
     points = {"bn_placement": 5, "bn_estimators": 4, "init_scale": 9, "init_scale_quick": 9,
               "paper_fig1": 2, "batch_size": 10, "bn_position": 12, "precise_bn": 4,
-              "santurkar": 4, "sync_bn": 10}[study]  # fmt: skip
+              "santurkar": 4, "sync_bn": 10, "bn_placement_tuned": 5, "bn_estimators_tuned": 4,
+              }[study]  # fmt: skip
     assert len(rows) == points and all(r["n_finished"] == "1" for r in rows)
 
 

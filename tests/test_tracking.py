@@ -4,6 +4,7 @@ with its point, seed and status; read back through mlflow.search_runs against me
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,14 @@ def client_of(store: Path):
 
 
 def runs_of(folder: Path, experiment: str, store: Path | None = None) -> list:
-    client = client_of(store or folder / "outputs" / "mlflow.db")
-    found = client.get_experiment_by_name(experiment)
-    return [] if found is None else client.search_runs([found.experiment_id])
+    """The experiment's runs, read back as a lab would: mlflow.search_runs on the store."""
+    mlflow.set_tracking_uri(f"sqlite:///{store or folder / 'outputs' / 'mlflow.db'}")
+    try:
+        if mlflow.get_experiment_by_name(experiment) is None:
+            return []
+        return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    finally:  # not inherited by the scripts a test runs next
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def test_a_sweep_is_a_parent_run_with_a_child_per_run_equal_to_metrics_json(cli, tmp_path):

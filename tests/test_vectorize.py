@@ -606,7 +606,7 @@ def test_a_vectorized_job_of_one_member_trains_as_its_run_alone(cli, tmp_path):
     together = cli("sweep.py", *args, "sweep.vectorize=true", "hydra.sweep.dir=together")
     apart = cli("sweep.py", *args, "hydra.sweep.dir=apart")
     assert together.returncode == 0 and apart.returncode == 0, together.stderr[-2000:]
-    (a,) = (tmp_path / "together").glob("*,seed=0/metrics.json")
+    (a,) = (tmp_path / "together").glob("*seed=0/metrics.json")
     (b,) = (tmp_path / "apart").glob("*/metrics.json")
     a, b = json.loads(a.read_text()), json.loads(b.read_text())
     assert a["history"]["val/loss"] == b["history"]["val/loss"] and a["test/acc"] == b["test/acc"]

@@ -301,7 +301,8 @@ def _untuned(sweep_dir: Path) -> str | None:
     from bnsweep.report.tuning import TUNE_DIR, TUNING, read_tuning
 
     tuning = read_tuning(sweep_dir)
-    points = [p["point"] for p in (tuning or {}).get("points", []) if p["chosen"] is None]
+    points = [p["point"] if p["point"] != "all" else "the sweep's one point"
+              for p in (tuning or {}).get("points", []) if p["chosen"] is None]  # fmt: skip
     if not points:
         return None
     return (f"error: sweep.tune: no value of {tuning['key']} scored for {'; '.join(points)} (every "

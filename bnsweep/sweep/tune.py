@@ -308,7 +308,7 @@ class Tuner:
         if not self.tune.searched:
             self.launch([(p, v, s) for p in points for v in tried[p] for s in self.tune.seeds])
         record, outer = [], []
-        shared = set.intersection(*(set(p) for p in points)) if len(points) > 1 else set()
+        shared = set.intersection(*(set(p) for p in points))  # one point: "all"
         for p, p_jobs in points.items():
             scored = self.scored(p, tried[p])
             chosen = choose(scored)
