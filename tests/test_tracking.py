@@ -144,3 +144,13 @@ def test_mlflow_missing_is_refused_in_one_line(cli, tmp_path):
     assert proc.stderr.strip() == ('error: logger.mlflow logs to MLflow, which is not installed: '
                                    'pip install -e ".[mlflow]"')  # fmt: skip
     assert not (tmp_path / "sw").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_server_that_does_not_answer_is_refused_before_training_not_waited_for(cli, tmp_path):
+    """MLflow's client retried a closed port for minutes, the run waiting (a hang, in effect)."""
+    proc = cli("train.py", "model=lenet", "logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9",
+               *SHORT, "hydra.run.dir=one", timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: logger.mlflow.tracking_uri=http://127.0.0.1:9: the MLflow server does not answer (")
+    assert not (tmp_path / "one").exists()

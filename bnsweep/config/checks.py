@@ -217,6 +217,23 @@ def _check_tracker(cfg: DictConfig) -> None:
     except ImportError:
         raise ConfigError(f"logger.{uses[0]} logs to MLflow, which is not installed: "
                           'pip install -e ".[mlflow]"') from None  # fmt: skip
+    import os
+
+    given = loggers[uses[0]].get("tracking_uri")
+    uri = str(given or os.environ.get("MLFLOW_TRACKING_URI") or "")
+    if uri.startswith(("http://", "https://")):  # a server: it answers now, or the run waits
+        import urllib.error
+        import urllib.request
+
+        key = f"logger.{uses[0]}.tracking_uri" if given else "MLFLOW_TRACKING_URI"
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # it answered
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConfigError(f"{key}={uri}: the MLflow server does not answer ({reason}); "
+                              "start it, or log to a local store (leave the URI unset)") from None
 
 
 def _check_variants(cfg: DictConfig) -> None:

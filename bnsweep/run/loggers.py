@@ -26,10 +26,10 @@ from bnsweep.run.tensorboard import EventWriter, session_summaries
 from bnsweep.run.tracking import (
     FINALS,
     RUN_FILE,
-    _batches,
-    _client,
-    _experiment,
-        default_uri,
+    batches,
+    client_for,
+    default_uri,
+    experiment_of,
     point_of,
     sweep_of,
 )
@@ -196,7 +196,7 @@ class MLflow(Logger):
     @property
     def experiment(self) -> Any:
         if self._client is None:
-            self._client = _client(self.uri)
+            self._client = client_for(self.uri)
         return self._client
 
     @property
@@ -213,7 +213,7 @@ class MLflow(Logger):
                 client.update_run(self._run_id, status="RUNNING")
                 client.set_tag(self._run_id, "status", "running")
                 return self._run_id
-        experiment = self.experiment_id or _experiment(client, self.experiment_name, self.uri)
+        experiment = self.experiment_id or experiment_of(client, self.experiment_name, self.uri)
         tags = {"status": "running", "bnsweep.run_dir": str(self.run_dir.absolute()),
                 "bnsweep.kind": "run", **self._identity()}  # fmt: skip
         if self.parent:
@@ -254,7 +254,7 @@ class MLflow(Logger):
         saves every logger as fit starts: a run that fails at once is shown failed)."""
         pending, self._pending = self._pending, []
         run_id = self.run_id
-        for chunk in _batches(pending, 1000):
+        for chunk in batches(pending, 1000):
             self.experiment.log_batch(run_id, metrics=chunk)
 
     def log_record(self, record: Mapping[str, Any]) -> None:
@@ -271,7 +271,7 @@ class MLflow(Logger):
         values = {**record.get("choices", {}), **flat(config)}  # model=lenet, then the leaves
         params = [Param(k[:250], str(v)[:6000]) for k, v in values.items()
                   if k[:250] not in logged]  # fmt: skip
-        for chunk in _batches(params, 100):
+        for chunk in batches(params, 100):
             client.log_batch(run_id, params=chunk)
         now, step = int(time.time() * 1000), int(record.get("steps") or 0)
         finals = [Metric(f"final/{k}", float(record[k]), now, step) for k in FINALS

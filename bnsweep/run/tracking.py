@@ -32,13 +32,16 @@ def default_uri() -> str:
     )
 
 
-def _client(uri: str) -> Any:
+def client_for(uri: str) -> Any:
+    # a server that stops answering mid-run: a few short retries, not MLflow's minutes of them
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 
 
-def _experiment(client: Any, name: str, uri: str) -> str:
+def experiment_of(client: Any, name: str, uri: str) -> str:
     """The id of the experiment ``name``, made if new; a SQLite store keeps its artifacts beside
     its file (mlartifacts/), a server where it chooses."""
     found = client.get_experiment_by_name(name)
@@ -50,7 +53,7 @@ def _experiment(client: Any, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def _batches(items: list, n: int) -> list[list]:
+def batches(items: list, n: int) -> list[list]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
 
@@ -69,13 +72,13 @@ def start_sweep(cfg: Any, sweep_dir: Path) -> None:
     saved = Path(sweep_dir) / SWEEP_FILE
     if saved.exists():
         info = json.loads(saved.read_text())
-        _client(info["tracking_uri"]).update_run(info["parent_run_id"], status="RUNNING")
+        client_for(info["tracking_uri"]).update_run(info["parent_run_id"], status="RUNNING")
         return
     uri = node.get("tracking_uri") or default_uri()
     study = str(OmegaConf.select(cfg, "hydra.runtime.choices.study", default="custom"))
     name = node.get("experiment") or study
-    client = _client(uri)
-    experiment = _experiment(client, name, uri)
+    client = client_for(uri)
+    experiment = experiment_of(client, name, uri)
     run = client.create_run(experiment, run_name=Path(sweep_dir).name,
                             tags={"bnsweep.kind": "sweep", "bnsweep.sweep_dir": str(Path(sweep_dir).absolute()),
                                   "study": study})  # fmt: skip
@@ -83,7 +86,7 @@ def start_sweep(cfg: Any, sweep_dir: Path) -> None:
 
     overrides = [o for o in cfg.hydra.overrides.task if "=" in o]
     params = [Param(k[:250], v[:6000]) for k, v in (o.split("=", 1) for o in overrides)]
-    for chunk in _batches(params, 100):
+    for chunk in batches(params, 100):
         client.log_batch(run.info.run_id, params=chunk)
     atomic_write(saved, json.dumps({"tracking_uri": uri, "experiment_id": experiment,
                                     "parent_run_id": run.info.run_id}, indent=2))  # fmt: skip
@@ -96,7 +99,7 @@ def end_sweep(sweep_dir: Path, ok: bool) -> None:
     if not saved.exists():
         return
     info = json.loads(saved.read_text())
-    client = _client(info["tracking_uri"])
+    client = client_for(info["tracking_uri"])
     run_id = info["parent_run_id"]
     for f in sorted(Path(sweep_dir).iterdir()):
         if f.is_file() and f.suffix in (".md", ".csv", ".png") or f.name == "command.txt":

@@ -284,8 +284,9 @@ class Tuner:
         runs = load_run_folders(p.parent for p in sorted(folder.glob("*/metrics.json")))
         return {identity(r.metrics.get("overrides", [])): r for r in runs}
 
-    def scored(self, point: Sequence[str], values: Sequence[Any]) -> list[Scored]:
-        runs, out = self.tuning_runs(), []
+    def scored(self, point: Sequence[str], values: Sequence[Any],
+               runs: dict[frozenset[str], Any] | None = None) -> list[Scored]:  # fmt: skip
+        runs, out = self.tuning_runs() if runs is None else runs, []
         for value in values:
             s = Scored(value)
             for seed in self.tune.seeds:
@@ -309,8 +310,9 @@ class Tuner:
             self.launch([(p, v, s) for p in points for v in tried[p] for s in self.tune.seeds])
         record, outer = [], []
         shared = set.intersection(*(set(p) for p in points))  # one point: "all"
+        runs = self.tuning_runs()
         for p, p_jobs in points.items():
-            scored = self.scored(p, tried[p])
+            scored = self.scored(p, tried[p], runs)
             chosen = choose(scored)
             record.append({
                 "point": point_label(p, shared), "overrides": list(p),
@@ -355,9 +357,10 @@ class Tuner:
                 float(f"{t.suggest_float(self.tune.key, lo, hi, log=True):.3g}") for t in trials
             ]
             self.launch([(p, v, s) for p, v in zip(points, values) for s in self.tune.seeds])
+            runs = self.tuning_runs()  # read once a round
             for p, v, study, trial in zip(points, values, studies, trials):
                 tried[p].append(v)
-                score = self.scored(p, [v])[0].score
+                score = self.scored(p, [v], runs)[0].score
                 study.tell(trial, score if score is not None else 0.0)  # the worst accuracy
         return tried
 
