@@ -510,8 +510,9 @@ def test_two_sweeps_into_one_folder_the_second_is_refused(cli, tmp_path, mnist_d
 
 
 def test_a_changed_byte_in_the_dataset_cache_is_noticed(mnist_dir, tmp_path, monkeypatch):
-    """Item 11: the decoded cache carries the sha256 of the verified arrays; a cache whose bytes
-    changed (same size) is not used: the sources are decoded and checked again."""
+    """Item 11: the decoded cache carries the CRC-32 of the verified arrays; a cache whose bytes
+    changed (same size: a flipped byte, two bytes swapped, which a sum would miss) is not used:
+    the sources are decoded and checked again, and the cache rewritten."""
     from bnsweep.data.cache import load_raw
     from bnsweep.data.catalog import DATASETS
 
@@ -520,9 +521,21 @@ def test_a_changed_byte_in_the_dataset_cache_is_noticed(mnist_dir, tmp_path, mon
     truth = load_raw(mnist, mnist_dir, download=False, cache=False)
     load_raw(mnist, mnist_dir, download=False)
     (cache,) = (tmp_path / "cache").glob("mnist-*.u8")
-    data = bytearray(cache.read_bytes())
-    data[-1] ^= 0xFF  # the last test label
-    cache.write_bytes(bytes(data))
-    again = load_raw(mnist, mnist_dir, download=False)
-    assert torch.equal(again["test_labels"], truth["test_labels"])
-    assert cache.read_bytes()[-1] == truth["test_labels"][-1].item()  # the cache was rewritten
+    clean = cache.read_bytes()
+    middle = 28 * 28 * 30000 + 400  # a pixel of a training image near its centre
+
+    def flipped(data: bytearray) -> None:
+        data[-1] ^= 0xFF  # the last test label
+
+    def swapped(data: bytearray) -> None:
+        i = next(j for j in range(middle, len(data)) if data[j] != data[j + 1])
+        data[i], data[i + 1] = data[i + 1], data[i]
+
+    for damage in (flipped, swapped):
+        data = bytearray(clean)
+        damage(data)
+        cache.write_bytes(bytes(data))
+        again = load_raw(mnist, mnist_dir, download=False)
+        for key, value in truth.items():
+            assert torch.equal(again[key], value), (damage.__name__, key)
+        assert cache.read_bytes() == clean, damage.__name__  # the cache was rewritten

@@ -328,14 +328,16 @@ def trainer_overrides(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     ``trainer.compile``) is refused in one line naming the closest ones."""
     import difflib
 
-    listed: set[str] = set()
-    for folder in [*config_dirs(argv), conf]:
-        for path in (folder / "trainer").glob("*.yaml"):
-            listed |= {str(k) for k in OmegaConf.load(path).keys()}
+    listed: set[str] | None = None  # read only when a trainer key is given (start-up)
     arguments = None
     out = []
     for a in argv:
         found = re.match(r"trainer\.(\w+)=", a)
+        if found and listed is None:
+            listed = set()
+            for folder in [*config_dirs(argv), conf]:
+                for path in (folder / "trainer").glob("*.yaml"):
+                    listed |= {str(k) for k in OmegaConf.load(path).keys()}
         if found and found[1] not in listed:
             arguments = trainer_arguments() if arguments is None else arguments
             if arguments and found[1] not in arguments:

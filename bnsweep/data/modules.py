@@ -261,8 +261,9 @@ class ImageDataModule(pl.LightningDataModule):
             train_idx = train_idx[: self.train_size]
         images = raw["train_images"]  # (N, C, H, W), uint8: scaled batch by batch (Pixels), a
         # quarter of the memory, and nothing to convert before the first step
-        x = {"x_train": images[train_idx], "x_val": images[val_idx],
-             "x_test": raw["test_images"]}  # fmt: skip
+        # index_select: the same rows as images[idx], copied twice as fast (a run's start-up)
+        x = {"x_train": images.index_select(0, train_idx),
+             "x_val": images.index_select(0, val_idx), "x_test": raw["test_images"]}
         pixels = Pixels()
         if self.normalize == "standardize":
             scaled = pixels(x["x_train"])
