@@ -70,6 +70,19 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.1)
 
 
+def _start_when_pending(job: str, timeout: float = 60) -> None:
+    """Once the requeued ``job`` is pending again, its start time set to now."""
+    end = time.time() + timeout
+    while True:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                               text=True).stdout.strip()  # fmt: skip
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            return
+        assert time.time() < end, f"{job} was not pending again within {timeout} s ({state!r})"
+        time.sleep(0.2)
+
+
 def _array_id(sweep: Path) -> str:
     tasks = sorted(p.name for p in (sweep / ".submitit").iterdir()
                    if re.fullmatch(r"\d+_\d+", p.name))  # <array job>_<task>  # fmt: skip
@@ -95,7 +108,8 @@ def test_a_sweep_through_slurm_survives_scancel_and_requeue_and_equals_the_basic
     proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     # job 1 cancelled mid-run, job 2 requeued mid-run (then let start at once: Slurm holds a
-    # requeued job back 2 minutes)
+    # requeued job back for AuthInfo's cred_expire, 2 minutes, from when it is pending again;
+    # a StartTime set before that is overwritten)
     _wait_for(sweep / NAMES[1] / "ckpt" / "last.ckpt", proc)
     array = _array_id(sweep)
     assert not (sweep / NAMES[1] / "metrics.json").exists(), "job 1 finished before the cancel"
@@ -103,7 +117,7 @@ def test_a_sweep_through_slurm_survives_scancel_and_requeue_and_equals_the_basic
     _wait_for(sweep / NAMES[2] / "ckpt" / "last.ckpt", proc)
     assert not (sweep / NAMES[2] / "metrics.json").exists(), "job 2 finished before the requeue"
     subprocess.run(["scontrol", "requeue", f"{array}_2"], check=True)
-    subprocess.run(["scontrol", "update", f"JobId={array}_2", "StartTime=now"], check=True)
+    _start_when_pending(f"{array}_2")
     out, err = proc.communicate(timeout=900)
 
     # the sweep ends with its report and one line for the cancelled job
