@@ -142,3 +142,26 @@ def test_a_run_recorded_before_a_target_moved_still_resumes():
         assert comparable(before) == comparable(now)
         assert before["model"]["_target_"] == old  # the record read is left as it was
         assert comparable({**now, "model": {**now["model"], "name": "resnet34"}}) != comparable(before)
+
+
+def test_every_command_the_docs_give_names_a_file_that_exists():
+    """A restructuring moved modules, and the README's own-network commands followed them to
+    paths that never were scripts (~/bnsweep/run/training.py): every `python X.py` in the docs
+    names one of the clone's entry scripts (a ~/bnsweep/ or ../../ prefix is the clone's root), and
+    every `python -m bnsweep.…` a module that exists."""
+    import re
+
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    docs += sorted((ROOT / "examples").rglob("*.md"))
+    wrong = []
+    for doc in docs:
+        text = doc.read_text()
+        for script in re.findall(r"python3? ((?:~/bnsweep/|\.\./\.\./)?[\w/.-]+\.py)\b", text):
+            relative = re.sub(r"^(~/bnsweep/|\.\./\.\./)", "", script)
+            if not (ROOT / relative).is_file():
+                wrong.append(f"{doc.relative_to(ROOT)}: python {script}")
+        for module in re.findall(r"python3? -m (bnsweep[\w.]*)", text):
+            path = ROOT / module.replace(".", "/")
+            if not (path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()):
+                wrong.append(f"{doc.relative_to(ROOT)}: python -m {module}")
+    assert not wrong, wrong
