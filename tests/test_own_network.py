@@ -308,7 +308,9 @@ def test_the_example_study_as_a_two_seed_sweep(cli, tmp_path):
             "momentum",
             "window",
         )
-        assert record["test/acc"] >= 0.85, (run.name, record["test/acc"])  # 200 steps, 10 classes
+        # 200 steps, 10 classes (chance 0.1): 0.82–0.92 measured on an Intel and an AMD CPU, whose
+        # kernels differ in summation order (bn=momentum's estimates still lag at 200 steps)
+        assert record["test/acc"] >= 0.75, (run.name, record["test/acc"])
     assert "bn=window" in (sweep / "comparisons.csv").read_text()
 
 
