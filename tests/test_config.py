@@ -182,3 +182,16 @@ def test_a_refused_run_leaves_no_folder_it_made(cli, tmp_path):
     proc = cli("train.py", "optimizer.lr=-1")
     assert proc.returncode == 2, proc.stderr
     assert sorted(p.name for p in (tmp_path / "outputs" / "train").iterdir()) == ["other_run"]
+
+
+def test_a_mistyped_trainer_key_names_each_close_key_once(capsys):
+    """max_steps is both a Trainer argument and a key conf/trainer lists: the refusal named it
+    twice ('the closest: max_steps, max_steps, max_time')."""
+    from bnsweep.config.cli import trainer_overrides
+
+    with pytest.raises(SystemExit) as e:
+        trainer_overrides(["trainer.max_stepz=3"])
+    assert e.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line == ("error: trainer.max_stepz is not an argument of pytorch_lightning.Trainer; "
+                    "the closest: max_steps, max_time, min_steps"), line  # fmt: skip

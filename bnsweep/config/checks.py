@@ -8,6 +8,7 @@ judge (a BN placement against the network's layers) are refused by the construct
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -207,7 +208,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_tracker(cfg: DictConfig) -> None:
-    """A logger of MLflow needs mlflow installed (an optional extra)."""
+    """A logger of MLflow needs mlflow installed (an optional extra), and its server, where it
+    logs to one, answering now."""
     loggers = OmegaConf.select(cfg, "logger", default=None) or {}
     uses = [k for k, v in loggers.items() if v is not None and "MLflow" in str(v.get("_target_", ""))]
     if not uses:
@@ -217,23 +219,26 @@ def _check_tracker(cfg: DictConfig) -> None:
     except ImportError:
         raise ConfigError(f"logger.{uses[0]} logs to MLflow, which is not installed: "
                           'pip install -e ".[mlflow]"') from None  # fmt: skip
-    import os
-
     given = loggers[uses[0]].get("tracking_uri")
     uri = str(given or os.environ.get("MLFLOW_TRACKING_URI") or "")
-    if uri.startswith(("http://", "https://")):  # a server: it answers now, or the run waits
-        import urllib.error
-        import urllib.request
+    if uri.startswith(("http://", "https://")):
+        _check_server(f"logger.{uses[0]}.tracking_uri" if given else "MLFLOW_TRACKING_URI", uri)
 
-        key = f"logger.{uses[0]}.tracking_uri" if given else "MLFLOW_TRACKING_URI"
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-        except urllib.error.HTTPError:
-            pass  # it answered
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ConfigError(f"{key}={uri}: the MLflow server does not answer ({reason}); "
-                              "start it, or log to a local store (leave the URI unset)") from None
+
+def _check_server(key: str, uri: str) -> None:
+    """An MLflow server that does not answer in 5 s is refused (its client would retry for
+    minutes: the run would wait, in effect hung)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except OSError as e:  # URLError, a refused connection, a timeout
+        raise ConfigError(f"{key}={uri}: the MLflow server does not answer "
+                          f"({getattr(e, 'reason', e)}); start it, or log to a local store "
+                          "(leave the URI unset)") from None  # fmt: skip
 
 
 def _check_variants(cfg: DictConfig) -> None:

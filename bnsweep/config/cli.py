@@ -322,6 +322,12 @@ def trainer_arguments() -> list[str]:
     return []
 
 
+def _listed_trainer_keys(argv: Sequence[str], conf: Path) -> set[str]:
+    """The keys the trainer options list (conf/trainer/ and a --config-dir's trainer/)."""
+    return {str(k) for folder in [*config_dirs(argv), conf]
+            for path in (folder / "trainer").glob("*.yaml") for k in OmegaConf.load(path)}  # fmt: skip
+
+
 def trainer_overrides(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     """``trainer.KEY=value`` for any Trainer argument, as for those conf/trainer/ lists: one it
     does not list is added (Hydra's ``++``); a key that is no Trainer argument (nor bnsweep's
@@ -334,14 +340,11 @@ def trainer_overrides(argv: Sequence[str], conf: Path = CONF) -> list[str]:
     for a in argv:
         found = re.match(r"trainer\.(\w+)=", a)
         if found and listed is None:
-            listed = set()
-            for folder in [*config_dirs(argv), conf]:
-                for path in (folder / "trainer").glob("*.yaml"):
-                    listed |= {str(k) for k in OmegaConf.load(path).keys()}
+            listed = _listed_trainer_keys(argv, conf)
         if found and found[1] not in listed:
             arguments = trainer_arguments() if arguments is None else arguments
             if arguments and found[1] not in arguments:
-                close = difflib.get_close_matches(found[1], [*arguments, *listed], n=3)
+                close = difflib.get_close_matches(found[1], sorted({*arguments, *listed}), n=3)
                 print(f"error: trainer.{found[1]} is not an argument of pytorch_lightning.Trainer; "
                       f"the closest: {', '.join(close) or 'none'}", file=sys.stderr)  # fmt: skip
                 raise SystemExit(2)
