@@ -19,15 +19,20 @@ def _comments(lines: list[str]) -> str:
     return " ".join(line.lstrip("#").strip() for line in lines if line.strip("# "))
 
 
-def option_description(path: Path) -> str:
-    """The comment at the top of an option's YAML file (after ``# @package``), first sentence."""
+def option_text(path: Path) -> str:
+    """The whole comment at the top of an option's YAML file (after ``# @package``)."""
     head = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
         if not line.startswith("# @package"):
             head.append(line)
-    text = _comments(head)
+    return _comments(head)
+
+
+def option_description(path: Path) -> str:
+    """The first sentence of an option's comment: its line in ``--help``."""
+    text = option_text(path)
     return re.split(r"\. (?=[A-Z])", text)[0].rstrip(".") if text else ""
 
 
@@ -132,7 +137,7 @@ def help_text(app: str, argv: Sequence[str] = (), conf: Path = CONF) -> str:
         "",
         "Options of one group show with group=option --help; the composed config with --cfg job.",
         "Hydra's own flags: --hydra-help. Lightning's and Hydra's info logging: hydra.verbose=true.",
-        "README.md: every option with its paper; Troubleshooting: every refusal and its fix.",
+        "The manual (mkdocs serve, or docs/): every option with its paper; docs/how-to/troubleshooting.md: every refusal and its fix.",
     ]
     if app == "sweep":
         lines.insert(
