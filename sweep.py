@@ -1,7 +1,7 @@
 """python sweep.py [-m] [study=NAME] [key=v1,v2 ...] [seeds=[0,1,2]] — a study: points × seeds.
 
 Every point runs once per seed; when the sweep ends its folder gets summary.csv / summary.md,
-plots and TensorBoard aggregate runs (see README). Exits non-zero if any run failed.
+plots and TensorBoard aggregate runs (see docs/reference/report.md). Exits non-zero if any run failed.
 """
 
 import hydra

@@ -1,4 +1,4 @@
-"""python train.py [group=option ...] [key=value ...] — one training run (see README)."""
+"""python train.py [group=option ...] [key=value ...] — one training run (see docs/tutorials/first-run.md)."""
 
 import hydra
 from omegaconf import DictConfig

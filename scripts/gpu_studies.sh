@@ -13,7 +13,7 @@
 # named there and the next runs); a study's sweep folder lands there without its checkpoints,
 # ready for docs/results/. A step's time limit: GPU_STEP_LIMIT seconds (default 540; a device
 # call lasts at most 600 s, so give one call one step, or several short ones).
-# Environment: the project installed (README), MNIST where BNSWEEP_DATA points or in ./data.
+# Environment: the project installed (README.md), MNIST where BNSWEEP_DATA points or in ./data.
 # TINY=1: tiny settings, to try the script on a CPU before the machine is lent.
 set -uo pipefail
 cd "$(dirname "$0")/.."

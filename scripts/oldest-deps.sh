@@ -7,7 +7,7 @@
 #   scripts/oldest-deps.sh [VENV_DIR] [pytest args...]     (default: a temporary folder)
 #
 # Needs the package index (torch's old releases are not on this machine's disk) and the MNIST
-# files (BNSWEEP_DATA, or the download the README describes).
+# files (BNSWEEP_DATA, or the download docs/how-to/data.md describes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-$(mktemp -d)/oldest}

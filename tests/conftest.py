@@ -47,7 +47,7 @@ def mnist_root() -> Path:
     pytest.fail(
         "real MNIST not found: run python train.py once (it fetches them into ./data), or set "
         "BNSWEEP_DATA to a folder holding MNIST/raw/ "
-        "(see README, 'Getting the data')"
+        "(see docs/how-to/data.md)"
     )
 
 

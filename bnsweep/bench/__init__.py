@@ -23,5 +23,5 @@ Sections (rows), each measured against the best alternative in the same run:
   (everything a user waits for);
 - devices: a lenet_fc_bn2 step of a global batch of 64 in two gloo processes (DDP, 32 each) vs
   one process of 64 on the same cores, and the same two processes with bn.sync=true.
-Needs the MNIST files (README: Getting the data).
+Needs the MNIST files (docs/how-to/data.md).
 """

@@ -247,7 +247,7 @@ def register_resolvers() -> None:
 
 def skip_mode_probe() -> None:
     """Hydra composes the whole config once only to read ``hydra.mode`` before composing it
-    again to run (a tenth of a second of every start: docs/benchmarks.md). train.py sets no
+    again to run (a tenth of a second of every start: docs/reference/benchmarks.md). train.py sets no
     mode (the probe finds none) and sweep.py always passes --multirun, so the probe cannot
     change which way Hydra runs: it answers None, as it does for train.py, and Hydra goes by
     --multirun."""

@@ -42,7 +42,7 @@ def layers_of(model: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 
 # Rough cost of a training sample (forward, backward, step) and of an evaluated one, in ms, on
-# this project's 2-core CPU (docs/benchmarks.md: a lenet_fc_bn2 epoch, the init-study CNN, the
+# this project's 2-core CPU (docs/reference/benchmarks.md: a lenet_fc_bn2 epoch, the init-study CNN, the
 # paper's MLP); the dry run's time estimate. A GPU is far faster.
 COST_MS = {
     "bnsweep.nn.LeNet": (0.16, 0.05),

@@ -212,7 +212,7 @@ class BatchNorm(nn.Module):
 
     # The hot paths below read parameters and buffers from ``_parameters`` / ``_buffers``:
     # nn.Module's ``__getattr__`` costs, per access, a noticeable part of the layer's time in
-    # eval at the FC shapes (docs/benchmarks.md).
+    # eval at the FC shapes (docs/reference/benchmarks.md).
 
     def forward(self, x: Tensor) -> Tensor:
         own = (

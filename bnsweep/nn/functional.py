@@ -27,7 +27,7 @@ class _BatchNormTrain(torch.autograd.Function):
     kept down: per-channel vectors broadcast against (N, C) input without a ``view``, and the
     scalars 1/m, ε and −1/m are 0-dim tensors made once per (m, ε, device, dtype) (a
     tensor-scalar op wraps its Python number on every call). The measurements behind each
-    choice: docs/benchmarks.md, "Why the code is shaped so".
+    choice: docs/reference/benchmarks.md, "Why the code is shaped so".
     """
 
     @staticmethod
@@ -148,7 +148,7 @@ def batch_constants(m: int, eps: float, like: Tensor) -> tuple[Tensor | float, .
 def _channel_sum(t: Tensor) -> Tensor:
     """Σ over every dim but the channels (dim 1): (N, C) -> (C,); (N, C, …) summed over the
     positions (H·W) first (a contiguous inner reduction), then over N: on the CPU faster than one
-    ``sum((0, 2, 3))`` and than ``mean`` (docs/benchmarks.md).
+    ``sum((0, 2, 3))`` and than ``mean`` (docs/reference/benchmarks.md).
 
     Under torch.compile the layer writes nothing into a buffer it has read (no ``out=``, no
     in-place ops on the activations): inductor fuses the passes itself, and on CUDA (torch
@@ -176,7 +176,7 @@ class _SyncBatchNormTrain(torch.autograd.Function):
     that ∂ℓ/∂x is the global batch's (the formula of ``_BatchNormTrain`` with the global m);
     ∂ℓ/∂γ and ∂ℓ/∂β stay this shard's sums, which data parallelism then averages with the other
     ranks' gradients, as it does for every parameter. Two collectives a layer and step, each of
-    a latency that dominates at small shapes (docs/benchmarks.md). Every rank must call it, with
+    a latency that dominates at small shapes (docs/reference/benchmarks.md). Every rank must call it, with
     any number of samples ≥ 1 (shards may be unequal)."""
 
     @staticmethod

@@ -132,7 +132,7 @@ class _TilePool(torch.autograd.Function):
     Forward: for each window, 0 + x[0, 0] + x[0, 1] + … in row-major order, then / k²: the sum
     of k² strided slices in that order, bit for bit F.avg_pool2d's result. Backward: every input
     position lies in exactly one window, so its gradient is g / k² of that window, written once.
-    Faster than aten's kernels on the CPU, forward and backward (docs/benchmarks.md).
+    Faster than aten's kernels on the CPU, forward and backward (docs/reference/benchmarks.md).
     """
 
     @staticmethod

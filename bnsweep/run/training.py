@@ -239,7 +239,7 @@ def make_trainer(
     if t.get("deterministic") is None:
         # deterministic kernels on the CPU. On a GPU only when asked (trainer.deterministic=true:
         # seeded runs then repeat exactly, tested on an H100), as they cost there (about 1.5× an
-        # epoch's time: docs/benchmarks.md)
+        # epoch's time: docs/reference/benchmarks.md)
         extra["deterministic"] = on_cpu
     t = {k: v for k, v in t.items() if k != "compile"}  # ours (LitClassifier), not Lightning's
     return instantiate(
