@@ -55,12 +55,12 @@ def _keys_table(rows: list[tuple[str, str, str]]) -> list[str]:
 
 
 def _option_keys(group: str, path: Path) -> list[tuple[str, str, str]]:
-    """The keys an option sets (its own file's, not those of the options it builds on)."""
-    prefix = "" if _global(path) or group.startswith("hydra/") else f"{group}."
+    """The keys an option sets (its own file's, not those of the options it builds on); a
+    Hydra group's keys under ``hydra.<group>.``, a global option's (a study) by their own name."""
     if group.startswith("hydra/"):
-        prefix = f"hydra.{group.split('/', 1)[1]}."
-    return [r for r in key_descriptions(path, prefix) if not r[0].startswith(("hydra.", "defaults"))
-            or group.startswith("hydra/")]  # fmt: skip
+        return key_descriptions(path, f"hydra.{group.split('/', 1)[1]}.")
+    rows = key_descriptions(path, "" if _global(path) else f"{group}.")
+    return [r for r in rows if not r[0].startswith(("hydra.", "defaults"))]
 
 
 def reference_markdown(conf: Path = CONF) -> str:
