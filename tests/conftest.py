@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import inprocess
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -97,13 +98,20 @@ def make_cfg(tmp_path: Path, mnist_dir: Path) -> Callable[..., DictConfig]:
 
 @pytest.fixture
 def cli(tmp_path: Path, mnist_dir: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """Run a project script (train.py, sweep.py) as a user would, from a scratch folder."""
+    """Run a project script (train.py, sweep.py) as a user would, from a scratch folder: in this
+    process through the script's own ``__main__`` (tests/inprocess.py says what is restored
+    after it), or with ``process=True`` as a subprocess, where a process is the point (signals,
+    kills, several ranks, start-up, what a fresh interpreter imports)."""
 
-    def run(script: str, *args: str, timeout: float = 600, env: dict | None = None):
+    def run(script: str, *args: str, timeout: float = 600, env: dict | None = None,
+            process: bool = False, cwd: Path | None = None):  # fmt: skip
         full_env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true", **(env or {}))
+        where = cwd or tmp_path
+        if not process:
+            return inprocess.run(script, list(args), cwd=where, env=full_env, timeout=timeout)
         return subprocess.run(
             [sys.executable, str(ROOT / script), *args],
-            cwd=tmp_path,
+            cwd=where,
             env=full_env,
             capture_output=True,
             text=True,

@@ -88,7 +88,8 @@ def test_a_sweep_point_on_two_devices_is_the_same_run(histories, tmp_path: Path,
     """sweep.py's job for a point with trainer.devices=2 runs the point's two processes (its own
     train.py, Lightning's launcher) and computes what train.py computed alone."""
     proc = cli("sweep.py", *STEPS, "trainer.devices=2", "data.batch_size=32", "bn.sync=true",
-               "seeds=[0]", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=300)  # fmt: skip
+               "seeds=[0]", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=300,
+               process=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/metrics.json")]
     two = histories["two_sync"]["record"]
@@ -123,7 +124,7 @@ def test_a_killed_rank_ends_the_run_in_seconds_with_one_line(tmp_path: Path, mni
         while child is None and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
             for pid in os.listdir("/proc"):
-                if pid.isdigit() and b"train_ddp_process_1" in _cmdline(pid):
+                if _rank_1_of(proc.pid, pid):
                     child = int(pid)
         assert child is not None, "rank 1 never started"
         time.sleep(3)  # training
@@ -163,7 +164,7 @@ def test_a_run_on_two_devices_killed_mid_run_resumes_to_the_same_numbers(tmp_pat
             assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
             time.sleep(0.1)
         children = [int(p) for p in os.listdir("/proc")
-                    if p.isdigit() and b"train_ddp_process_1" in _cmdline(p)]  # fmt: skip
+                    if _rank_1_of(proc.pid, p)]  # fmt: skip
         os.kill(children[0], signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:
@@ -177,6 +178,18 @@ def test_a_run_on_two_devices_killed_mid_run_resumes_to_the_same_numbers(tmp_pat
     assert a["resumed_from_step"] and 0 < a["resumed_from_step"] < 400
     assert a["history"]["val/loss"] == b["history"]["val/loss"]
     assert a["test/acc"] == b["test/acc"] and a["steps"] == b["steps"] == 400
+
+
+def _rank_1_of(parent: int, pid: str) -> bool:
+    """Whether process ``pid`` is rank 1 started by ``parent`` (Lightning's launcher), not
+    another test's, which pytest-xdist may be running beside this one."""
+    if not pid.isdigit() or b"train_ddp_process_1" not in _cmdline(pid):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return int(stat.rsplit(")", 1)[1].split()[1]) == parent
 
 
 def _cmdline(pid: str) -> bytes:

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import inprocess
 import pytest
 import torch
 from helpers import SHORT, popen, read_summary, refused_with, tree
@@ -34,9 +35,7 @@ RUN = ["model=lenet_bn1", *SHORT, "trainer.accelerator=cpu"]
 def _made(script: str, folder_key: str, args: list[str], tmp_path_factory, mnist_dir) -> Path:
     where = tmp_path_factory.mktemp("made")
     env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")
-    proc = subprocess.run([sys_executable(), str(Path(__file__).parents[1] / script), *args,
-                           f"{folder_key}={where / 'folder'}"], cwd=where, env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = inprocess.run(script, [*args, f"{folder_key}={where / 'folder'}"], cwd=where, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return where / "folder"
 
@@ -439,9 +438,8 @@ def test_a_full_disk_during_a_sweep_is_one_line_and_what_finished_is_kept(
     assert first["status"] == "finished"
     assert not (d / "2_seed=2").exists()
     filler.unlink()
-    resumed = subprocess.run([sys_executable(), str(Path(__file__).parents[1] / "sweep.py"),
-                              *args, f"resume={d}"], cwd=tmp_path, capture_output=True, text=True,
-                             env=dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true"))  # fmt: skip
+    resumed = inprocess.run("sweep.py", [*args, f"resume={d}"], cwd=tmp_path,
+                            env=dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true"))  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["n_finished"] for r in read_summary(d)] == ["3"]
 

@@ -4,19 +4,19 @@ plots' markers and axes, the data source named."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import inprocess
 import pytest
-from conftest import ROOT
 from helpers import read_summary
 
 
 def script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / name), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return inprocess.run(name, list(args), cwd=cwd, env=dict(os.environ), timeout=120)
 
 
 def test_help_describes_every_group_and_key_from_the_configs(tmp_path):

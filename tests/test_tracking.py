@@ -139,7 +139,7 @@ def test_mlflow_missing_is_refused_in_one_line(cli, tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named mlflow')\n")
     proc = cli("sweep.py", "model=lenet", "logger=mlflow", *SHORT, "hydra.sweep.dir=sw",
-               env={"PYTHONPATH": str(fake.parent)})  # fmt: skip
+               env={"PYTHONPATH": str(fake.parent)}, process=True)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == ('error: logger.mlflow logs to MLflow, which is not installed: '
                                    'pip install -e ".[mlflow]"')  # fmt: skip

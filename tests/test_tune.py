@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from helpers import SHORT, popen, read_summary
 
 from bnsweep.sweep.tune import Scored, choose
@@ -117,7 +114,7 @@ class Watched(MNISTDataModule):
 '''
 
 
-def test_tuning_never_reads_the_test_set(tmp_path, mnist_dir):
+def test_tuning_never_reads_the_test_set(tmp_path, cli):
     """A user's own data module that notes each use of its test split: the tuning runs
     (seeds 10000…) never set it up nor serve it; the compared runs (seeds 0, 1) do."""
     study = tmp_path / "mystudy"
@@ -126,28 +123,23 @@ def test_tuning_never_reads_the_test_set(tmp_path, mnist_dir):
     (study / "conf" / "data" / "watched.yaml").write_text(
         "defaults:\n  - mnist\n  - _self_\n_target_: mydata.Watched\n")  # fmt: skip
     reads = tmp_path / "reads.txt"
-    env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true", TEST_READS=str(reads),
-               PYTHONPATH=str(study))  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "sweep.py"), "--config-dir", str(study / "conf"), "data=watched",
-         "model=lenet", *SHORT, "seeds=[0,1]", *TUNED, "sweep.tune.values=[0.001,0.01]",
-         "sweep.tune.seeds=2", "hydra.sweep.dir=sw"],
-        cwd=study, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = cli("sweep.py", "--config-dir", str(study / "conf"), "data=watched", "model=lenet",
+               *SHORT, "seeds=[0,1]", *TUNED, "sweep.tune.values=[0.001,0.01]",
+               "sweep.tune.seeds=2", "hydra.sweep.dir=sw", cwd=study,
+               env={"TEST_READS": str(reads), "PYTHONPATH": str(study)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert len(list((study / "sw" / "tune").glob("*/metrics.json"))) == 4
     seeds = [int(line.split()[0]) for line in reads.read_text().splitlines()]
     assert sorted(set(seeds)) == [0, 1]  # only the compared runs touched the test split
 
 
-def test_a_tuning_killed_midway_resumes_to_the_same_choice(tmp_path, mnist_dir):
+def test_a_tuning_killed_midway_resumes_to_the_same_choice(tmp_path, mnist_dir, cli):
     """A range search (Optuna's TPE) killed after its first tuning runs: resume= trains only
     what is missing and replays the sampler, so the values tried and the choice are those of
     the same sweep run uninterrupted."""
     args = ["model=lenet", *SHORT, "seeds=[0]", *TUNED, "optimizer=sgd",
             "sweep.tune.range=[0.001,1.0]", "sweep.tune.budget=5"]  # fmt: skip
-    whole = subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "hydra.sweep.dir=whole"],
-                           cwd=tmp_path, env=dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true"),
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    whole = cli("sweep.py", *args, "hydra.sweep.dir=whole")
     assert whole.returncode == 0, whole.stderr
     proc = popen("sweep.py", *args, "hydra.sweep.dir=cut", cwd=tmp_path, mnist_dir=mnist_dir)
     deadline = time.time() + 300
@@ -159,9 +151,7 @@ def test_a_tuning_killed_midway_resumes_to_the_same_choice(tmp_path, mnist_dir):
     assert not (tmp_path / "cut" / "tune" / "tuning.json").exists()
     before = {p.name: (p / "metrics.json").read_bytes()
               for p in (tmp_path / "cut" / "tune").iterdir() if (p / "metrics.json").exists()}  # fmt: skip
-    again = subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, f"resume={tmp_path / 'cut'}"],
-                           cwd=tmp_path, env=dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true"),
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    again = cli("sweep.py", *args, f"resume={tmp_path / 'cut'}")
     assert again.returncode == 0, again.stderr
     for name, data in before.items():  # the finished tuning runs: kept, not trained again
         assert (tmp_path / "cut" / "tune" / name / "metrics.json").read_bytes() == data
@@ -356,7 +346,7 @@ def test_a_range_search_without_optuna_is_refused_in_one_line(cli, tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('No module named optuna')\n")
     proc = cli("sweep.py", "model=lenet", *SHORT, *TUNED, "sweep.tune.range=[0.001,0.1]",
                "sweep.tune.budget=2", "hydra.sweep.dir=sw",
-               env={"PYTHONPATH": str(fake.parent)})  # fmt: skip
+               env={"PYTHONPATH": str(fake.parent)}, process=True)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == ('error: sweep.tune.range searches with Optuna, which is not '
                                    'installed: pip install -e ".[optuna]"')  # fmt: skip

@@ -162,15 +162,26 @@ class SweepCallback(Callback):
     then)."""
 
     def __init__(self) -> None:
-        self._lock: list = []  # the sweep folder's lock, held until the process ends
+        self._lock: list = []  # the sweep folder's lock, held until the sweep or its process ends
         self._jobs_offset = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self._start(config)
+        except SystemExit:  # refused: the folder is free again for the next command
+            self._release()
+            raise
         except Exception:  # Hydra would turn it into a warning and run the jobs unchecked
             traceback.print_exc()
+            self._release()
             raise SystemExit(1) from None
+
+    def _release(self) -> None:
+        """The sweep folder's lock, freed where the sweep ends but its process goes on (a
+        notebook, a test); a process that ends frees it anyway."""
+        for lock in self._lock:
+            lock.release()
+        self._lock.clear()
 
     def _start(self, config: DictConfig) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -193,9 +204,12 @@ class SweepCallback(Callback):
             start_sweep(config, sweep_dir)  # the parent run of the runs
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        _release_workers(config)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        end_of_sweep(sweep_dir, jobs_since(sweep_dir, self._jobs_offset))
+        try:
+            _release_workers(config)
+            sweep_dir = Path(config.hydra.sweep.dir)
+            end_of_sweep(sweep_dir, jobs_since(sweep_dir, self._jobs_offset))
+        finally:
+            self._release()
 
 
 def _release_workers(config: DictConfig) -> None:
