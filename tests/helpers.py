@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import os
@@ -66,16 +67,26 @@ def tree(folder: Path) -> dict[str, str]:
     return out
 
 
-def raw_bytes(mnist_dir: Path, name: str) -> bytes:
-    """The uncompressed IDX bytes of one MNIST file, whatever form the data source gave
-    (torchvision's .gz, the package index's uncompressed files, dotted names)."""
+@functools.cache
+def _source(mnist_dir: Path, name: str) -> tuple[bytes, bytes]:
+    """One MNIST file of the test session's copy as (IDX bytes, gzip bytes), read (and
+    decompressed or compressed) once per test process: gzip at level 9 over the 47 MB of
+    training images took seconds, in every test that wanted a copy."""
     from bnsweep.data.catalog import DATASETS, locate
 
     spec = DATASETS["mnist"]
     key = next(k for k, f in spec.files.items() if f.name == name)
     path = locate(spec, mnist_dir, download=False)[key]
     data = path.read_bytes()
-    return gzip.decompress(data) if path.suffix == ".gz" else data
+    if path.suffix == ".gz":
+        return gzip.decompress(data), data
+    return data, gzip.compress(data, mtime=0)
+
+
+def raw_bytes(mnist_dir: Path, name: str) -> bytes:
+    """The uncompressed IDX bytes of one MNIST file, whatever form the data source gave
+    (torchvision's .gz, the package index's uncompressed files, dotted names)."""
+    return _source(mnist_dir, name)[0]
 
 
 def write_mnist_copy(mnist_dir: Path, dest: Path, gz: bool) -> Path:
@@ -86,9 +97,9 @@ def write_mnist_copy(mnist_dir: Path, dest: Path, gz: bool) -> Path:
     raw = dest / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for f in DATASETS["mnist"].files.values():
-        data = raw_bytes(mnist_dir, f.name)
+        data, compressed = _source(mnist_dir, f.name)
         if gz:
-            (raw / f"{f.name}.gz").write_bytes(gzip.compress(data, mtime=0))
+            (raw / f"{f.name}.gz").write_bytes(compressed)
         else:
             (raw / f.name).write_bytes(data)
     return dest
