@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import inprocess
 import pytest
 from conftest import ROOT
 from helpers import read_summary
@@ -44,13 +45,22 @@ def run_again(command: str, cwd: Path, mnist_dir: Path) -> subprocess.CompletedP
     python, script, *args = shlex.split(command)
     assert python == "python"
     env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return inprocess.run(script, args, cwd=cwd, env=env)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, mnist_dir) -> dict:
+    """The record of LONG uninterrupted, trained once for the module's tests."""
+    where = tmp_path_factory.mktemp("whole")
+    env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")
+    proc = inprocess.run("train.py", [*LONG, f"hydra.run.dir={where / 'run'}"], cwd=where, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((where / "run" / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_says_where_and_goes_on_to_the_same_numbers(
-    tmp_path, mnist_dir, sig, status
+    tmp_path, mnist_dir, whole, sig, status
 ):
     proc = start("train.py", [*LONG, "hydra.run.dir=cut"], tmp_path, mnist_dir)
     wait_for("cut/ckpt/last.ckpt", tmp_path, proc)
@@ -69,11 +79,7 @@ def test_an_interrupted_run_says_where_and_goes_on_to_the_same_numbers(
         f"hydra.run.dir={tmp_path / 'cut'} resume=true")  # fmt: skip
     again = run_again(command, tmp_path, mnist_dir)
     assert again.returncode == 0, again.stderr
-    whole = subprocess.run([sys.executable, str(ROOT / "train.py"), *LONG, "hydra.run.dir=whole"],
-                           cwd=tmp_path, env=dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true"),
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert whole.returncode == 0, whole.stderr
-    cut, full = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("cut", "whole"))
+    cut, full = json.loads((tmp_path / "cut" / "metrics.json").read_text()), whole
     assert cut["status"] == "finished" and cut["resumed_from_step"] == int(found[2])
     assert cut["history"] == full["history"] and cut["test/acc"] == full["test/acc"]
 
