@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import inprocess
 import matplotlib.image
 import pytest
 from conftest import CONF, compose_cfg
@@ -328,15 +330,24 @@ def numbers_of(sweep: Path) -> list[dict[str, str]]:
     [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["hydra/launcher=submitit_local"]],
     ids=["joblib", "submitit_local"],
 )
-def test_launchers_give_the_basic_launchers_numbers(cli, tmp_path, launcher):
-    basic = cli("sweep.py", *LAUNCHER_SWEEP)
-    assert basic.returncode == 0, basic.stderr[-3000:]
-    (basic_dir,) = (tmp_path / "outputs" / "sweep").iterdir()
+def test_launchers_give_the_basic_launchers_numbers(cli, tmp_path, basic_launchers_sweep, launcher):
     other = cli("sweep.py", *LAUNCHER_SWEEP, *launcher)
     assert other.returncode == 0, other.stderr[-3000:]
-    (other_dir,) = set((tmp_path / "outputs" / "sweep").iterdir()) - {basic_dir}
+    (other_dir,) = (tmp_path / "outputs" / "sweep").iterdir()
     assert len(list(other_dir.glob("*/metrics.json"))) == 4
-    assert numbers_of(other_dir) == numbers_of(basic_dir)  # same seeds, same numbers on CPU
+    # same seeds, same numbers on CPU
+    assert numbers_of(other_dir) == numbers_of(basic_launchers_sweep)
+
+
+@pytest.fixture(scope="module")
+def basic_launchers_sweep(tmp_path_factory, mnist_dir) -> Path:
+    """LAUNCHER_SWEEP through Hydra's basic launcher, once for the launcher tests."""
+    where = tmp_path_factory.mktemp("basic")
+    env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")
+    basic = inprocess.run("sweep.py", [*LAUNCHER_SWEEP, f"hydra.sweep.dir={where / 'sw'}"],
+                          cwd=where, env=env)  # fmt: skip
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    return where / "sw"
 
 
 def test_slurm_launcher_preset_composes(tmp_path):
