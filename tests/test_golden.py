@@ -1,5 +1,6 @@
-"""Golden numbers: lenet_fc_bn2 after 200 CPU steps, each estimator alone and the vectorized
-path, give metrics.json numbers bit-identical to those of the code the fixture was computed by.
+"""Golden numbers: lenet_fc_bn2 after 200 CPU steps (the slow tier; 40 in the fast tier, with a
+fixture of its own), each estimator alone and the vectorized path, give metrics.json numbers
+bit-identical to those of the code the fixture was computed by.
 
 A restructuring must not change what a run computes. The fixture
 (tests/golden/metrics_200_steps.json) names the commit and the command that made it, per CPU,
@@ -18,7 +19,7 @@ scripts/oldest-deps.sh) draws other random streams and runs other kernels: its 2
 another trajectory of the same training, compared to a statistical tolerance (``TORCH_TOLERANCE``:
 training accuracy within 0.03 and losses within 10 %, evaluations within 0.10 and 50 %), and a
 broken training fails that too.
-``python tests/test_golden.py`` adds this machine's entry (only from
+``python tests/test_golden.py [--steps 200|40]`` adds this machine's entry (only from
 a clean bnsweep/ at a commit whose numbers are the golden ones) or, with ``--rewrite``, starts
 over (only for a change meant to alter numbers; say so in its commit).
 """
@@ -31,15 +32,28 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, compose_cfg, mnist_root
 
-FIXTURE = ROOT / "tests" / "golden" / "metrics_200_steps.json"
 ESTIMATORS = ("momentum", "window", "cumulative")
-# 200 steps, validated at 100 and 200 on 3,000 images, tested on 3,000
-STEPS = ["model=lenet_fc_bn2", "trainer.max_epochs=null", "trainer.max_steps=200",
-         "trainer.val_check_interval=100", "trainer.check_val_every_n_epoch=null", "logger=csv",
-         "trainer.limit_val_batches=3", "trainer.limit_test_batches=3",
-         "trainer.accelerator=cpu"]  # fmt: skip
+# the slow tier's 200 steps and the fast tier's 40 (the same claim, bits that must not move,
+# over a fifth of the trajectory), each with its own fixture
+LENGTHS = (200, 40)
+
+
+def fixture_of(steps: int) -> Path:
+    return ROOT / "tests" / "golden" / f"metrics_{steps}_steps.json"
+
+
+FIXTURE = fixture_of(200)
+
+
+def steps_of(steps: int) -> list[str]:
+    """``steps`` steps, validated halfway and at the end on 3,000 images, tested on 3,000."""
+    return ["model=lenet_fc_bn2", "trainer.max_epochs=null", f"trainer.max_steps={steps}",
+            f"trainer.val_check_interval={steps // 2}", "trainer.check_val_every_n_epoch=null",
+            "logger=csv", "trainer.limit_val_batches=3", "trainer.limit_test_batches=3",
+            "trainer.accelerator=cpu"]  # fmt: skip
 # what a run computed; times, paths and the config echo are left out
 NOT_NUMBERS = {"wall_time_s", "fit_time_s", "job_wall_time_s", "startup_s", "import_s",
                "overrides", "choices", "hparams", "device", "resumed_from_step", "schema"}  # fmt: skip
@@ -52,26 +66,26 @@ def numbers(metrics: dict) -> dict:
 THREADS = 2
 
 
-def compute(workdir: Path) -> dict[str, dict]:
-    """The numbers of the four golden runs, computed by the code as it stands, with THREADS
-    torch threads."""
+def compute(workdir: Path, steps: int = 200) -> dict[str, dict]:
+    """The numbers of the four golden runs of ``steps`` steps, computed by the code as it
+    stands, with THREADS torch threads."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
-        return _compute(workdir)
+        return _compute(workdir, steps)
     finally:
         torch.set_num_threads(threads)
 
 
-def _compute(workdir: Path) -> dict[str, dict]:
+def _compute(workdir: Path, steps: int) -> dict[str, dict]:
     from bnsweep.run.training import run
     from bnsweep.sweep.vectorize import run_members
 
     def cfg(name: str, *overrides: str):
         base = [f"run_dir={workdir / name}", f"data.root={mnist_root()}", "data.download=false"]
-        return compose_cfg("sweep", base + STEPS + list(overrides))
+        return compose_cfg("sweep", base + steps_of(steps) + list(overrides))
 
     out = {}
     for bn in ESTIMATORS:
@@ -206,9 +220,11 @@ def _evaluation(key: str) -> bool:
     return key.startswith(("val/", "test/"))
 
 
-def test_200_steps_give_the_golden_numbers(tmp_path):
-    golden = json.loads(FIXTURE.read_text())
-    ours = json.loads(json.dumps(compute(tmp_path)))  # through JSON, as metrics.json holds them
+@pytest.mark.parametrize("steps", [pytest.param(200, marks=pytest.mark.slow), 40])
+def test_the_golden_runs_give_the_golden_numbers(tmp_path, steps):
+    golden = json.loads(fixture_of(steps).read_text())
+    # through JSON, as metrics.json holds them
+    ours = json.loads(json.dumps(compute(tmp_path, steps)))
     entry, exact = reference(golden, kernels())
     import torch
 
@@ -274,10 +290,14 @@ if __name__ == "__main__":
                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     if dirty:
         sys.exit("error: bnsweep/ has uncommitted changes; the fixture must name the code's commit")
+    steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 200
+    if steps not in LENGTHS:
+        sys.exit(f"error: --steps={steps}: the golden runs are {' or '.join(map(str, LENGTHS))} steps")
+    FIXTURE = fixture_of(steps)
     with tempfile.TemporaryDirectory() as d:
-        runs = compute(Path(d))
+        runs = compute(Path(d), steps)
     rewrite = "--rewrite" in sys.argv[1:] or not FIXTURE.exists()
-    fixture = {"command": "python tests/test_golden.py", "cpus": {}}
+    fixture = {"command": f"python tests/test_golden.py --steps {steps}", "cpus": {}}
     if not rewrite:
         fixture = json.loads(FIXTURE.read_text())
     import torch
