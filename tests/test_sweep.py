@@ -315,7 +315,9 @@ def test_study_presets_run_with_fast_dev_run(cli, tmp_path, study):
 
 # one torch thread in every job: float sums then run in the same order whatever the launcher;
 # on the CPU (deterministic kernels) also where the machine has a GPU
-LAUNCHER_SWEEP = ["-m", "model=lenet_bn1,lenet_fc_bn2", "seeds=[0,1]", "threads=1",
+# (two jobs: each launcher's job is a process of its own, and what is compared is that a job
+# computes the same wherever it is launched; the seeds' fan-out is the sweeper's, tested above)
+LAUNCHER_SWEEP = ["-m", "model=lenet_bn1,lenet_fc_bn2", "seeds=[0]", "threads=1",
                   "trainer.accelerator=cpu", *SHORT]  # fmt: skip
 
 
@@ -334,7 +336,7 @@ def test_launchers_give_the_basic_launchers_numbers(cli, tmp_path, basic_launche
     other = cli("sweep.py", *LAUNCHER_SWEEP, *launcher)
     assert other.returncode == 0, other.stderr[-3000:]
     (other_dir,) = (tmp_path / "outputs" / "sweep").iterdir()
-    assert len(list(other_dir.glob("*/metrics.json"))) == 4
+    assert len(list(other_dir.glob("*/metrics.json"))) == 2
     # same seeds, same numbers on CPU
     assert numbers_of(other_dir) == numbers_of(basic_launchers_sweep)
 
