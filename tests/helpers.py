@@ -105,6 +105,14 @@ def write_mnist_copy(mnist_dir: Path, dest: Path, gz: bool) -> Path:
     return dest
 
 
+def report_command(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m bnsweep.report ARGS``, run in the test process (tests/inprocess.py)."""
+    import inprocess
+
+    return inprocess.run("bnsweep.report", list(args), cwd=cwd or Path.cwd(), env=dict(os.environ),
+                         module=True)  # fmt: skip
+
+
 def popen(script: str, *args: str, cwd: Path, mnist_dir: Path) -> subprocess.Popen:
     """A project script started in the background, in its own process group."""
     env = dict(os.environ, BNSWEEP_DATA=str(mnist_dir), CI="true")

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import SHORT, read_summary, sweep_dir_of
+from helpers import SHORT, read_summary, report_command, sweep_dir_of
 
 # SGD at lr 1e30: the training loss stays finite for the 20 steps (≈ 4.5e31), the evaluation's
 # is NaN (the network's outputs overflow in eval mode)
@@ -45,8 +43,7 @@ def test_a_sweep_with_nan_evaluations_writes_its_report(cli, tmp_path, vectorize
         in summary
     )
     assert (sweep / "val_acc.png").is_file()
-    report = subprocess.run([sys.executable, "-m", "bnsweep.report", str(sweep)], capture_output=True,
-                            text=True, cwd=tmp_path)  # fmt: skip
+    report = report_command(str(sweep), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import inprocess
 import pytest
 import torch
-from helpers import SHORT, popen, read_summary, refused_with, tree
+from helpers import SHORT, popen, read_summary, refused_with, report_command, tree
 
 # numbers that must repeat exactly after a resume (times and the resume's own step excluded)
 VOLATILE = (
@@ -392,8 +392,7 @@ def test_the_report_names_and_skips_a_damaged_run(tmp_path, finished_sweep):
     sweep = copy_of(finished_sweep, tmp_path / "D")
     bad = sweep / "1_seed=1" / "metrics.json"
     bad.write_text("not json")
-    again = subprocess.run([sys_executable(), "-m", "bnsweep.report", str(sweep)],
-                           capture_output=True, text=True)  # fmt: skip
+    again = report_command(str(sweep))
     assert again.returncode == 0, again.stderr
     assert again.stderr.strip().splitlines() == [
         f"warning: skipped {bad}: it is damaged (not valid JSON: Expecting value: line 1 column 1 (char 0))"

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from helpers import SHORT, read_summary, refused_with, sweep_dir_of
+from helpers import SHORT, read_summary, refused_with, report_command, sweep_dir_of
 
 from bnsweep.report import report
 from bnsweep.report.stats import compare, compare_censored, holm, mean_ci, seeds_needed
@@ -167,21 +167,18 @@ def test_a_baseline_that_names_no_point_is_one_line(cli, tmp_path):
 
 
 def test_the_report_command_refuses_a_baseline_it_cannot_find(tmp_path):
-    import subprocess
-    import sys
 
     from test_sweep import _fake_run
 
     for i, bn in enumerate(["window", "window", "momentum", "momentum"]):
         _fake_run(tmp_path, str(i), i % 2, [0.95, 0.97 + i / 1000], [f"bn={bn}"])
     (tmp_path / "command.txt").write_text("sweep.py -m bn=window,momentum\n")
-    run = [sys.executable, "-m", "bnsweep.report", str(tmp_path)]
-    proc = subprocess.run([*run, "--baseline", "bn=torch"], capture_output=True, text=True)
+    proc = report_command(str(tmp_path), "--baseline", "bn=torch")
     assert refused_with(
         proc,
         "error: report.baseline='bn=torch' matches no point; the points: bn=momentum; bn=window",
     )
-    proc = subprocess.run([*run, "--baseline", "bn=window"], capture_output=True, text=True)
+    proc = report_command(str(tmp_path), "--baseline", "bn=window")
     assert proc.returncode == 0, proc.stderr
     assert "## Differences against bn=window" in (tmp_path / "summary.md").read_text()
 

@@ -13,7 +13,7 @@ import inprocess
 import matplotlib.image
 import pytest
 from conftest import CONF, compose_cfg
-from helpers import SHORT, read_summary, scalars, sweep_dir_of
+from helpers import SHORT, read_summary, report_command, scalars, sweep_dir_of
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -101,9 +101,7 @@ def test_two_points_two_seeds(cli, tmp_path):
         )
     # on demand: the same report again
     before = (sweep / "summary.csv").read_text()
-    again = subprocess.run(
-        [sys.executable, "-m", "bnsweep.report", str(sweep)], capture_output=True, text=True
-    )
+    again = report_command(str(sweep))
     assert again.returncode == 0 and (sweep / "summary.csv").read_text() == before
     # the report never imports torch: a joblib sweep's parent process would pay that alone
     check = "import sys, bnsweep.sweep.jobs as s; s.report(sys.argv[1], quiet=True); print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
@@ -244,9 +242,7 @@ def test_aggregation_rules(tmp_path):
 
 
 def test_report_on_an_empty_folder_says_so(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "bnsweep.report", str(tmp_path)], capture_output=True, text=True
-    )
+    proc = report_command(str(tmp_path))
     assert (
         proc.returncode == 2
         and proc.stderr.strip() == f"error: no runs (*/metrics.json) in {tmp_path}"

@@ -7,12 +7,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import inprocess
 import pytest
-from helpers import read_summary
+from helpers import read_summary, report_command
 
 
 def script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -82,9 +81,7 @@ def test_the_report_refuses_a_folder_that_is_no_sweep_and_compares_chosen_runs(t
     train = tmp_path / "outputs" / "train"
     a = _run_folder(train, "lenet_nobn_s0_x", 0.91, ["model=lenet"])
     b = _run_folder(train, "lenet_fc_bn2_momentum_s0_x", 0.97, ["model=lenet_fc_bn2"])
-    proc = subprocess.run(
-        [sys.executable, "-m", "bnsweep.report", str(train)], capture_output=True, text=True
-    )
+    proc = report_command(str(train))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"error: {train} is not a sweep folder (no command.txt in it); to compare runs: "
@@ -92,8 +89,7 @@ def test_the_report_refuses_a_folder_that_is_no_sweep_and_compares_chosen_runs(t
     )
     assert sorted(p.name for p in train.iterdir()) == sorted([a.name, b.name])  # nothing written
     out = tmp_path / "compare"
-    proc = subprocess.run([sys.executable, "-m", "bnsweep.report", "--runs", str(a), str(b),
-                           "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+    proc = report_command("--runs", str(a), str(b), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     rows = {r["model"]: r for r in read_summary(out)}
     assert (
@@ -102,8 +98,7 @@ def test_the_report_refuses_a_folder_that_is_no_sweep_and_compares_chosen_runs(t
     )
     assert "| lenet_fc_bn2 | 1 / 0 / 0 | 0.9700 (n = 1) |" in (out / "summary.md").read_text()
     assert {"val_acc.png", "summary.csv"} <= {p.name for p in out.iterdir()}
-    again = subprocess.run([sys.executable, "-m", "bnsweep.report", "--runs", str(a), "--out", str(b)],
-                           capture_output=True, text=True)  # fmt: skip
+    again = report_command("--runs", str(a), "--out", str(b))
     assert again.returncode == 2 and "is a sweep or run folder" in again.stderr
 
 
