@@ -372,6 +372,11 @@ def test_npz_layouts_and_float_images(tmp_path, mnist_npz, layout):
     )
 
 
+def _with_nan(x: np.ndarray, index: int) -> np.ndarray:
+    x[index, 5, 5] = np.nan
+    return x
+
+
 @pytest.mark.parametrize(
     "arrays, message",
     [
@@ -397,7 +402,29 @@ def test_npz_layouts_and_float_images(tmp_path, mnist_npz, layout):
             },
             "x_train must be N×H×W, N×H×W×C or N×C×H×W images, got shape (4, 28)",
         ),
-    ],
+        # a traceback each before, or a training that could not mean anything
+        (
+            {"x_train": np.zeros((4, 28, 28), np.uint8), "y_train": np.array(list("abab")),
+             "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.array(list("ab"))},
+            "y_train must be integer class labels >= 0, one per image (got <U1, shape (4,))",
+        ),
+        (
+            {"x_train": np.zeros((0, 28, 28), np.uint8), "y_train": np.zeros(0, np.int64),
+             "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.int64)},
+            "x_train holds no images (shape (0, 28, 28))",
+        ),
+        (
+            {"x_train": _with_nan(np.zeros((6, 28, 28), np.float32), 3),
+             "y_train": np.arange(6) % 2,
+             "x_test": np.zeros((2, 28, 28), np.float32), "y_test": np.zeros(2, np.int64)},
+            "x_train holds NaN or inf (first at image 3, 1 images in all)",
+        ),
+        (
+            {"x_train": np.zeros((6, 28, 28), np.uint8), "y_train": np.arange(6) % 3,
+             "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.full(2, 7)},
+            "y_test holds classes y_train lacks: [7]",
+        ),
+    ],  # fmt: skip
 )
 def test_a_bad_npz_is_one_line(cli, tmp_path, arrays, message):
     path = tmp_path / "bad.npz"

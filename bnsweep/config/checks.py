@@ -92,6 +92,8 @@ RULES: dict[str, Rule] = {
     "seed": (lambda v: _int(v) and 0 <= v <= SEED_MAX, f"an integer in [0, {SEED_MAX}]"),
     "percentiles": (_percentiles, "null or a mapping {layer: NAME, unit: N, q: [15, 50, 85]}"),
     "test_weights": (lambda v: v in ("last", "best", "none"), "last, best or none"),
+    # train.py's; sweep.py's resume=<sweep folder> is read before composing (config/cli.py)
+    "resume": (lambda v: isinstance(v, bool), "true or false"),
     "report.val_acc_ylim": (
         lambda v: (
             v is None

@@ -94,9 +94,35 @@ def _npz_facts(path: Path, layout: str, stamp: tuple) -> dict[str, Any]:
     if _nchw(headers["x_test"][0], layout, f"data.path={path}: x_test") != (c, h, w):
         raise DataError(f"data.path={path}: x_test's images {headers['x_test'][0][1:]} differ "
                         f"from x_train's {headers['x_train'][0][1:]}")  # fmt: skip
-    with np.load(path) as z:  # the labels only
-        largest = max(int(z["y_train"].max()), int(z["y_test"].max()))
+    for key in ("x_train", "x_test"):
+        if headers[key][0][0] == 0:
+            raise DataError(f"data.path={path}: {key} holds no images (shape {headers[key][0]})")
+    with np.load(path) as z:  # the labels, and float images for what no training survives
+        labels = {split: z[f"y_{split}"] for split in ("train", "test")}
+        for split, y in labels.items():
+            _check_labels(path, split, y)
+        unseen = sorted(set(np.unique(labels["test"]).tolist())
+                        - set(np.unique(labels["train"]).tolist()))  # fmt: skip
+        if unseen:
+            raise DataError(f"data.path={path}: y_test holds classes y_train lacks: {unseen} "
+                            "(a network trained on y_train's classes cannot predict them)")  # fmt: skip
+        for split in ("train", "test"):
+            if np.issubdtype(np.dtype(headers[f"x_{split}"][1]), np.floating):
+                x = z[f"x_{split}"]
+                bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+                if bad.any():
+                    raise DataError(f"data.path={path}: x_{split} holds NaN or inf (first at "
+                                    f"image {int(bad.argmax())}, {int(bad.sum())} images in all)")  # fmt: skip
+        largest = max(int(labels["train"].max()), int(labels["test"].max()))
     return {"num_classes": largest + 1, "channels": c, "image_size": [h, w], "train_count": n}
+
+
+def _check_labels(path: Path, split: str, y: Any) -> None:
+    import numpy as np
+
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or (len(y) and y.min() < 0):
+        raise DataError(f"data.path={path}: y_{split} must be integer class labels >= 0, "
+                        f"one per image (got {y.dtype}, shape {y.shape})")  # fmt: skip
 
 
 def load_npz(path: Path, layout: str = "auto", md5: str | None = None) -> dict[str, Any]:
@@ -119,9 +145,7 @@ def load_npz(path: Path, layout: str = "auto", md5: str | None = None) -> dict[s
         if len(x) != len(y):
             raise DataError(f"data.path={path}: x_{split} holds {len(x)} images but y_{split} "
                             f"{len(y)} labels")  # fmt: skip
-        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or (len(y) and y.min() < 0):
-            raise DataError(f"data.path={path}: y_{split} must be integer class labels >= 0, "
-                            f"one per image (got {y.dtype}, shape {y.shape})")  # fmt: skip
+        _check_labels(path, split, y)
         kind = image_layout(x.shape, layout, f"data.path={path}: x_{split}")
         x = x[:, None] if kind == "nhw" else x.transpose(0, 3, 1, 2) if kind == "nhwc" else x
         if x.dtype != np.uint8:
