@@ -20,7 +20,7 @@ from conftest import ROOT
 from helpers import read_summary
 
 # long enough to be interrupted after its first checkpoint (validated every 25 steps)
-LONG = ["model=lenet_fc_bn2", "data.train_size=4000", "trainer.max_steps=250",
+LONG = ["model=lenet_fc_bn2", "data.train_size=4000", "trainer.max_steps=125",
         "trainer.max_epochs=null", "trainer.val_check_interval=25",
         "trainer.check_val_every_n_epoch=null", "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1", "logger=csv"]  # fmt: skip
@@ -69,7 +69,7 @@ def test_an_interrupted_run_says_where_and_goes_on_to_the_same_numbers(
     assert proc.returncode == status
     (line,) = err.strip().splitlines()[-1:]
     found = re.fullmatch(
-        r"interrupted at step (\d+) of 250 \(last checkpoint step (\d+)\); go on with: (.*)", line
+        r"interrupted at step (\d+) of 125 \(last checkpoint step (\d+)\); go on with: (.*)", line
     )
     assert found, err
     assert int(found[1]) >= int(found[2]) >= 25 and int(found[2]) % 25 == 0
