@@ -146,6 +146,17 @@ def test_mlflow_missing_is_refused_in_one_line(cli, tmp_path):
     assert not (tmp_path / "sw").exists() and not (tmp_path / "outputs").exists()
 
 
+def test_a_store_uri_mlflow_has_no_store_for_is_one_line(cli, tmp_path):
+    """A 105-line MLflow traceback before, with the run's folder made."""
+    proc = cli("train.py", "model=lenet", "logger=mlflow", "logger.mlflow.tracking_uri=ftp://x",
+               *SHORT, "hydra.run.dir=one", timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: logger.mlflow.tracking_uri=ftp://x: MLflow has no store for the scheme 'ftp'; use "
+        "a local path, file:, sqlite:///…, or an http(s):// server"]  # fmt: skip
+    assert not (tmp_path / "one").exists() and not (tmp_path / "outputs").exists()
+
+
 def test_a_server_that_does_not_answer_is_refused_before_training_not_waited_for(cli, tmp_path):
     """MLflow's client retried a closed port for minutes, the run waiting (a hang, in effect)."""
     proc = cli("train.py", "model=lenet", "logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9",

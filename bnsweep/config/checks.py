@@ -223,8 +223,32 @@ def _check_tracker(cfg: DictConfig) -> None:
                           'pip install -e ".[mlflow]"') from None  # fmt: skip
     given = loggers[uses[0]].get("tracking_uri")
     uri = str(given or os.environ.get("MLFLOW_TRACKING_URI") or "")
+    key = f"logger.{uses[0]}.tracking_uri" if given else "MLFLOW_TRACKING_URI"
     if uri.startswith(("http://", "https://")):
-        _check_server(f"logger.{uses[0]}.tracking_uri" if given else "MLFLOW_TRACKING_URI", uri)
+        _check_server(key, uri)
+    elif uri.split(":", 1)[0].split("+", 1)[0] not in _MLFLOW_SCHEMES and ":" in uri:
+        _check_scheme(key, uri)
+
+
+# the store URIs MLflow itself takes (a path, file:, a database, Databricks); another scheme
+# is a plugin's, or a mistake
+_MLFLOW_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "databricks",
+                   "databricks-uc", "uc")  # fmt: skip
+
+
+def _check_scheme(key: str, uri: str) -> None:
+    """A store URI of a scheme MLflow knows no store for (``ftp://…``): its client refuses it
+    at once (a plugin's scheme constructs), which would otherwise surface as a long traceback
+    once the run has made its folder."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient(tracking_uri=uri)
+    except MlflowException:
+        scheme = uri.split(":", 1)[0]
+        raise ConfigError(f"{key}={uri}: MLflow has no store for the scheme {scheme!r}; use a "
+                          "local path, file:, sqlite:///…, or an http(s):// server") from None  # fmt: skip
 
 
 def _check_server(key: str, uri: str) -> None:
