@@ -12,8 +12,8 @@ from bnsweep.config.values import ConfigError
 
 
 def check_tracker(cfg: DictConfig) -> None:
-    """A logger of MLflow needs mlflow installed (an optional extra), and its server, where it
-    logs to one, answering now."""
+    """A logger of MLflow needs mlflow installed (an optional extra), a store URI of a scheme
+    MLflow has a store for, and its server, where it logs to one, answering now."""
     loggers = OmegaConf.select(cfg, "logger", default=None) or {}
     uses = [k for k, v in loggers.items() if v is not None and "MLflow" in str(v.get("_target_", ""))]
     if not uses:
